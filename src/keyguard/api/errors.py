@@ -1,0 +1,112 @@
+"""Every error keyguard's HTTP API sends has a Wavix body.
+
+Handlers here translate keyguard's exceptions and the framework's own 404, 405
+and validation errors; :class:`LastResort` makes sure that even a bug answers
+with a Wavix 500 and is logged without its message (which might quote input).
+"""
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyguard.errors import InvalidInput, NotFound, StorageUnavailable
+from keyguard.wire import error_body
+
+log = logging.getLogger("keyguard.api")
+
+HTTP_MESSAGES = {
+    404: "Route not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    500: "Internal server error",
+    503: "Service temporarily unavailable",
+}
+
+
+def wavix_error(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+
+
+async def _invalid_input(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, InvalidInput)
+    return wavix_error(error.status, error.message)
+
+
+async def _not_found(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, NotFound)
+    return wavix_error(404, error.message)
+
+
+async def _unavailable(_request: Request, _error: Exception) -> JSONResponse:
+    return wavix_error(503, HTTP_MESSAGES[503], {"Retry-After": "1"})
+
+
+async def _http(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    message = HTTP_MESSAGES.get(error.status_code, "Request failed")
+    return wavix_error(error.status_code, message, error.headers)
+
+
+async def _validation(_request: Request, error: Exception) -> JSONResponse:
+    """Framework validation covers path and query parameters only (bodies are
+    parsed by keyguard): a bad ``{id}`` is an unknown record, a bad query
+    parameter a 400 that names it."""
+    assert isinstance(error, RequestValidationError)
+    location = error.errors()[0].get("loc", ())
+    if location and location[0] == "path":
+        return wavix_error(404, "Record not found")
+    name = str(location[-1]) if len(location) > 1 else "query"
+    return wavix_error(400, f"Missing or invalid parameter {name}")
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    log.error("unexpected %s on %s %s", type(error).__name__, request.method, request.url.path)
+    return wavix_error(500, HTTP_MESSAGES[500])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InvalidInput, _invalid_input)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(StorageUnavailable, _unavailable)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class LastResort:
+    """Outermost middleware: swallow the re-raise of an error already answered.
+
+    Starlette sends the 500 from the ``Exception`` handler and then re-raises so
+    that servers can log a traceback; keyguard has logged the error already, by
+    type only, and a traceback could quote a secret.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if scope["type"] != "http":
+                raise
+            if not started:
+                log.error("unexpected %s outside the app", type(error).__name__)
+                response: Any = wavix_error(500, HTTP_MESSAGES[500])
+                await response(scope, receive, send)

@@ -1,0 +1,167 @@
+"""``/v1/api-keys``: the Wavix-compatible key management API.
+
+Requests reach these handlers only after :class:`~keyguard.middleware.KeyguardMiddleware`
+has allowed them, so ``request.state.keyguard`` holds the caller's decision.
+"""
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from keyguard.api.schemas import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    SuccessResponse,
+    create_request_model,
+    key_model,
+    request_body,
+    update_request_model,
+)
+from keyguard.decide import Decision
+from keyguard.domain.fields import MAX_LABEL_LENGTH
+from keyguard.errors import InvalidInput
+from keyguard.service import KeyService
+from keyguard.wire import key_object
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_KEY_ID = 2**63 - 1
+
+KeyId = Annotated[int, Path(ge=1, le=MAX_KEY_ID, description="The unique ID of the API key.")]
+
+
+def _caller(request: Request) -> int:
+    decision: Decision = request.state.keyguard
+    assert decision.account_id is not None
+    return decision.account_id
+
+
+def _service(request: Request) -> KeyService:
+    service: KeyService = request.app.state.keyguard.service
+    return service
+
+
+async def read_json(request: Request, *, required: bool) -> object:
+    """The request body as JSON; an absent body is ``{}`` unless ``required``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InvalidInput("Request body too large", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidInput("Request body too large", 413)
+    if not body.strip():
+        if required:
+            raise InvalidInput.parameter("body")
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput.parameter("body") from None
+
+
+def key_router(service: KeyService) -> APIRouter:
+    """The routes, documented with the deployment's scope groups."""
+    groups = service.groups
+    api_key = key_model(groups)
+    create_body = create_request_model(groups)
+    update_body = update_request_model(groups)
+    invalid: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "Missing or invalid parameter."},
+        413: {"model": ErrorResponse, "description": "The body is larger than 64 KiB."},
+        422: {"model": ErrorResponse, "description": "A field value is not acceptable."},
+    }
+    missing: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorResponse, "description": "No such key in this account."}
+    }
+    router = APIRouter(prefix="/v1/api-keys", tags=["API Keys"], responses=ERROR_RESPONSES)
+
+    def render(view: Any) -> dict[str, Any]:
+        return key_object(view, groups)
+
+    @router.get(
+        "",
+        operation_id="api_keys_list",
+        summary="List API keys",
+        responses={200: {"model": list[api_key]}, **invalid},  # type: ignore[valid-type]
+    )
+    async def list_keys(
+        request: Request,
+        label: Annotated[
+            str | None,
+            Query(max_length=MAX_LABEL_LENGTH, description="Case-insensitive substring."),
+        ] = None,
+    ) -> JSONResponse:
+        views = await run_in_threadpool(_service(request).list_keys, _caller(request), label)
+        return JSONResponse([render(view) for view in views])
+
+    @router.post(
+        "",
+        operation_id="api_keys_create",
+        summary="Create an API key",
+        responses={200: {"model": api_key}, **invalid},
+        openapi_extra=request_body(create_body, required=True),
+    )
+    async def create_key(request: Request) -> JSONResponse:
+        body = await read_json(request, required=True)
+        view = await run_in_threadpool(_service(request).create_key, _caller(request), body)
+        return JSONResponse(render(view))
+
+    @router.get(
+        "/{key_id}",
+        operation_id="api_keys_get",
+        summary="Get an API key",
+        responses={200: {"model": api_key}, **missing},
+    )
+    async def get_key(request: Request, key_id: KeyId) -> JSONResponse:
+        view = await run_in_threadpool(_service(request).get_key, _caller(request), key_id)
+        return JSONResponse(render(view))
+
+    @router.patch(
+        "/{key_id}",
+        operation_id="api_keys_update",
+        summary="Update an API key",
+        responses={200: {"model": api_key}, **invalid, **missing},
+        openapi_extra=request_body(update_body, required=False),
+    )
+    async def update_key(request: Request, key_id: KeyId) -> JSONResponse:
+        body = await read_json(request, required=False)
+        service = _service(request)
+        view = await run_in_threadpool(service.update_key, _caller(request), key_id, body)
+        return JSONResponse(render(view))
+
+    @router.delete(
+        "/{key_id}",
+        operation_id="api_keys_delete",
+        summary="Delete an API key",
+        responses={200: {"model": SuccessResponse}, **missing},
+    )
+    async def delete_key(request: Request, key_id: KeyId) -> JSONResponse:
+        await run_in_threadpool(_service(request).delete_key, _caller(request), key_id)
+        return JSONResponse({"success": True})
+
+    for action, active in (("activate", True), ("deactivate", False)):
+        _add_toggle(router, action, active, missing)
+
+    return router
+
+
+def _add_toggle(
+    router: APIRouter, action: str, active: bool, missing: dict[int | str, dict[str, Any]]
+) -> None:
+    async def toggle(request: Request, key_id: KeyId) -> JSONResponse:
+        service = _service(request)
+        await run_in_threadpool(service.set_active, _caller(request), key_id, active)
+        return JSONResponse({"success": True})
+
+    router.add_api_route(
+        f"/{{key_id}}/{action}",
+        toggle,
+        methods=["PATCH"],
+        operation_id=f"api_keys_{action}",
+        summary=f"{action.capitalize()} an API key (older generation)",
+        responses={200: {"model": SuccessResponse}, **missing},
+    )

@@ -1,0 +1,124 @@
+"""Pydantic models that document the wire format in ``/openapi.json``.
+
+keyguard parses request bodies itself (to answer with Wavix's exact messages),
+so these models describe; they do not validate. They are built per app, because
+the scope groups are data.
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from keyguard.domain.fields import FLAG_ALIASES, MAX_LABEL_LENGTH, MAX_PERMITTED_IPS
+from keyguard.domain.scopes import ScopeGroups
+
+LevelName = Literal["none", "read", "write"]
+
+
+class ScopePermission(BaseModel):
+    allow: LevelName = "none"
+
+
+class SuccessResponse(BaseModel):
+    success: Literal[True]
+
+
+class ErrorResponse(BaseModel):
+    """400, 403, 404, 413, 422, 429, 500 and 503 answers."""
+
+    success: Literal[False]
+    message: str
+
+
+class UnauthorizedResponse(BaseModel):
+    success: Literal[False]
+    error: Literal[True]
+    message: Literal["Unauthorized"]
+
+
+_FLAG_DOCS = {
+    "active": "The key can authenticate.",
+    "restricted": "Only permitted_ips may use the key; with an empty list, nobody may.",
+    "scopes_enabled": "The key may do only what its scope groups allow; false = full access.",
+}
+
+
+def key_model(groups: ScopeGroups) -> type[BaseModel]:
+    """``ApiKey``: every field, both generations of flag names."""
+    fields: dict[str, Any] = {
+        "id": (int, ...),
+        "label": (str, ...),
+        "value": (str, Field(description="The secret, or its masked form.")),
+    }
+    for current, legacy in FLAG_ALIASES.items():
+        fields[legacy] = (bool, Field(description=_FLAG_DOCS[current]))
+        fields[current] = (bool, Field(description=_FLAG_DOCS[current]))
+        if current == "restricted":
+            fields["permitted_ips"] = (list[str], ...)
+    fields["last_used_at"] = (datetime | None, ...)
+    fields.update(dict.fromkeys(groups.names, (ScopePermission, ...)))
+    fields["created_at"] = (datetime, ...)
+    return create_model("ApiKey", **fields)
+
+
+def _request_fields(groups: ScopeGroups) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "permitted_ips": (
+            list[str] | None,
+            Field(
+                default=None,
+                max_length=MAX_PERMITTED_IPS,
+                description="IPv4/IPv6 addresses or CIDR ranges.",
+            ),
+        )
+    }
+    for current, legacy in FLAG_ALIASES.items():
+        fields[current] = (bool | None, Field(default=None, description=_FLAG_DOCS[current]))
+        fields[legacy] = (
+            bool | None,
+            Field(default=None, description=f"Older name of `{current}`; `{current}` wins."),
+        )
+    fields.update(dict.fromkeys(groups.names, (ScopePermission | None, None)))
+    return fields
+
+
+def create_request_model(groups: ScopeGroups) -> type[BaseModel]:
+    label = (str, Field(min_length=1, max_length=MAX_LABEL_LENGTH))
+    return create_model("ApiKeyCreateRequest", label=label, **_request_fields(groups))
+
+
+def update_request_model(groups: ScopeGroups) -> type[BaseModel]:
+    label: Any = (str | None, Field(default=None, min_length=1, max_length=MAX_LABEL_LENGTH))
+    return create_model(
+        "ApiKeyUpdateRequest",
+        __config__=ConfigDict(extra="forbid"),
+        label=label,
+        **_request_fields(groups),
+    )
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": UnauthorizedResponse, "description": "Missing, unknown or inactive key."},
+    403: {"model": ErrorResponse, "description": "The key may not make this request."},
+    500: {"model": ErrorResponse, "description": "Unexpected error."},
+    503: {"model": ErrorResponse, "description": "The database is unreachable."},
+}
+
+
+def request_body(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
+    """``openapi_extra`` that documents a JSON body by component reference."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}
+    }
+
+
+def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """Component schemas for models referenced only from ``openapi_extra``."""
+    schemas: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas

@@ -1,0 +1,83 @@
+"""The in-memory snapshot of every live key, by digest.
+
+Decisions read it without locks or I/O. It is kept current three ways: a
+management call in this process puts its result in at once; a periodic
+refresh reads the store's change feed; and every entry remembers its
+revision, so a late, older copy of a key can never overwrite a newer one.
+"""
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from keyguard.domain.network import Network, parse_networks
+from keyguard.domain.records import StoredKey
+from keyguard.domain.scopes import Level
+from keyguard.storage import Store
+
+
+@dataclass(frozen=True, slots=True)
+class CachedKey:
+    """What a decision needs to know about a key, parsed once."""
+
+    key_id: int
+    account_id: int
+    active: bool
+    networks: tuple[Network, ...] | None  # None: not restricted
+    scopes_enabled: bool
+    levels: Mapping[str, Level] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, key: StoredKey) -> "CachedKey":
+        settings = key.settings
+        return cls(
+            key_id=key.id,
+            account_id=key.account_id,
+            active=settings.active,
+            networks=parse_networks(settings.permitted_ips) if settings.restricted else None,
+            scopes_enabled=settings.scopes_enabled,
+            levels=dict(settings.scopes),
+        )
+
+
+class KeyCache:
+    """Live keys by digest, plus the revision the snapshot has reached."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._by_digest: dict[bytes, CachedKey] = {}
+        self._revisions: dict[int, int] = {}  # key id -> revision held, tombstones too
+        self.revision = 0
+        self.refreshed_at: float | None = None  # time.monotonic() of the last refresh
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def get(self, digest: bytes) -> CachedKey | None:
+        return self._by_digest.get(digest)
+
+    def put(self, key: StoredKey) -> None:
+        """Take in a key written by this process; older copies are ignored."""
+        with self._lock:
+            self._apply(key)
+
+    def refresh(self) -> int:
+        """Read every change since the last refresh; return how many were applied."""
+        revision, changes = self._store.changes_since(self.revision)
+        with self._lock:
+            applied = sum(self._apply(key) for key in changes)
+            self.revision = max(self.revision, revision)
+            self.refreshed_at = time.monotonic()
+        return applied
+
+    def _apply(self, key: StoredKey) -> bool:
+        if self._revisions.get(key.id, -1) >= key.revision:
+            return False
+        self._revisions[key.id] = key.revision
+        if key.deleted:
+            self._by_digest.pop(key.digest, None)
+        else:
+            self._by_digest[key.digest] = CachedKey.of(key)
+        return True

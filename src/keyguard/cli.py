@@ -1,0 +1,334 @@
+"""The ``keyguard`` command: serve, migrate, and manage accounts and keys.
+
+A thin shell over :class:`~keyguard.service.KeyService`: it builds the same
+request bodies the HTTP API receives, so both validate alike. Tables for people,
+``--json`` for scripts. Errors print one sentence to stderr and exit with 1.
+"""
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from keyguard.config import load_settings
+from keyguard.domain import keys
+from keyguard.domain.records import Account
+from keyguard.errors import KeyguardError
+from keyguard.runtime import Keyguard
+from keyguard.service import KeyView
+from keyguard.wire import key_object
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+
+
+@contextmanager
+def _keyguard() -> Iterator[Keyguard]:
+    """A migrated keyguard for one command, closed afterwards."""
+    runtime = Keyguard(load_settings())
+    try:
+        runtime.store.migrate()
+        yield runtime
+    finally:
+        runtime.store.close()
+
+
+def _fail_cleanly(function: F) -> F:
+    """Turn keyguard's errors into one sentence on stderr and exit status 1."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except KeyguardError as error:
+            click.echo(f"keyguard: {error.message}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _account_object(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "created_at": account.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="keyguard")
+def main() -> None:
+    """keyguard: API keys with scopes and IP allow-lists, wire-compatible with Wavix.
+
+    Every command reads its database from KEYGUARD_DATABASE_URL
+    (default: sqlite:///./data/keyguard.db).
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes; each keeps its own key snapshot.",
+)
+@_fail_cleanly
+def serve(host: str, port: int, workers: int) -> None:
+    """Migrate the database and serve the HTTP API.
+
+    On an empty database, creates the account "default" and prints its first
+    key once.
+    """
+    import uvicorn
+
+    from keyguard.logs import uvicorn_log_config
+
+    with _keyguard() as runtime:
+        if not runtime.service.list_accounts():
+            _announce_first_key(runtime, host, port)
+    uvicorn.run(
+        "keyguard.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=uvicorn_log_config(),
+        server_header=False,
+    )
+
+
+def _announce_first_key(runtime: Keyguard, host: str, port: int) -> None:
+    _account, view = runtime.service.create_account("default")
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    console.print("[bold]Created account 'default'. Its full-access key, shown only now:[/bold]")
+    console.print(view.value, markup=False, highlight=False)
+    console.print("Try it:")
+    console.print(
+        f'curl -H "Authorization: Bearer {view.value}" http://{shown_host}:{port}/v1/api-keys',
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@main.command()
+@_fail_cleanly
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    with _keyguard():
+        pass
+    click.echo("Database schema is up to date.")
+
+
+# -- accounts ------------------------------------------------------------------
+
+
+@main.group()
+def accounts() -> None:
+    """Create and list accounts."""
+
+
+@accounts.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_fail_cleanly
+def accounts_create(name: str, as_json: bool) -> None:
+    """Create an account and print its first, full-access key (shown only once)."""
+    with _keyguard() as runtime:
+        account, view = runtime.service.create_account(name)
+        if as_json:
+            groups = runtime.service.groups
+            _echo_json({"account": _account_object(account), "api_key": key_object(view, groups)})
+            return
+    console.print(f"Created account {account.id} ({account.name}). Its key, shown only now:")
+    console.print(view.value, markup=False, highlight=False)
+
+
+@accounts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_fail_cleanly
+def accounts_list(as_json: bool) -> None:
+    """List every account."""
+    with _keyguard() as runtime:
+        found = runtime.service.list_accounts()
+    if as_json:
+        _echo_json([_account_object(account) for account in found])
+        return
+    table = Table("id", "name", "created")
+    for account in found:
+        table.add_row(str(account.id), account.name, _when(account.created_at))
+    console.print(table)
+
+
+# -- keys ----------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Manage the keys of one account, as the HTTP API does."""
+
+
+def _account_option(function: F) -> F:
+    option = click.option(
+        "--account", "account_id", required=True, type=int, help="The account's id."
+    )
+    return option(function)
+
+
+def _json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+
+
+def _key_options(function: F) -> F:
+    """Options that map one-to-one onto the fields of a key."""
+    options = [
+        click.option("--label", help="The key's label."),
+        click.option("--active/--inactive", default=None, help="Whether the key can authenticate."),
+        click.option(
+            "--restricted/--unrestricted",
+            default=None,
+            help="Whether only --permitted-ip addresses may use the key.",
+        ),
+        click.option(
+            "--permitted-ip",
+            "permitted_ips",
+            multiple=True,
+            help="An IPv4/IPv6 address or CIDR range; repeat for several.",
+        ),
+        click.option(
+            "--scopes-enabled/--full-access",
+            default=None,
+            help="Limit the key to its --scope grants, or give it full access.",
+        ),
+        click.option(
+            "--scope",
+            "scopes",
+            multiple=True,
+            metavar="GROUP=LEVEL",
+            help="A scope grant such as messages=write; repeat for several.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _key_body(
+    label: str | None,
+    active: bool | None,
+    restricted: bool | None,
+    permitted_ips: tuple[str, ...],
+    scopes_enabled: bool | None,
+    scopes: tuple[str, ...],
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "label": label,
+        "active": active,
+        "restricted": restricted,
+        "permitted_ips": list(permitted_ips) if permitted_ips else None,
+        "scopes_enabled": scopes_enabled,
+    }
+    for grant in scopes:
+        group, sep, level = grant.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{grant!r} is not GROUP=LEVEL", param_hint="--scope")
+        body[group.strip()] = {"allow": level.strip()}
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
+    groups = runtime.service.groups
+    if as_json:
+        _echo_json([key_object(view, groups) for view in views])
+        return
+    table = Table("id", "label", "key", "active", "ips", "scopes", "last used", "created")
+    for view in views:
+        settings = view.key.settings
+        scopes = (
+            ", ".join(f"{name}:{level.label}" for name, level in settings.scopes.items()) or "none"
+            if settings.scopes_enabled
+            else "full access"
+        )
+        ips = ", ".join(settings.permitted_ips) or "-" if settings.restricted else "any"
+        table.add_row(
+            str(view.key.id),
+            settings.label,
+            keys.mask(view.value),
+            "yes" if settings.active else "no",
+            ips,
+            scopes,
+            _when(view.last_used_at),
+            _when(view.key.created_at),
+        )
+    console.print(table)
+
+
+@keys_group.command("list")
+@_account_option
+@click.option("--label", help="Only keys whose label contains this text (case-insensitive).")
+@_json_option
+@_fail_cleanly
+def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
+    """List an account's keys; tables show secrets masked."""
+    with _keyguard() as runtime:
+        views = runtime.service.list_keys(account_id, label)
+        _print_keys(views, runtime, as_json)
+
+
+@keys_group.command("create")
+@_account_option
+@_key_options
+@_json_option
+@_fail_cleanly
+def keys_create(account_id: int, as_json: bool, **fields: Any) -> None:
+    """Create a key and print it; its secret is shown in full this once."""
+    with _keyguard() as runtime:
+        view = runtime.service.create_key(account_id, _key_body(**fields))
+        if as_json:
+            _echo_json(key_object(view, runtime.service.groups))
+            return
+        _print_keys([view], runtime, as_json=False)
+    console.print("Secret:", view.value, markup=False, highlight=False)
+
+
+@keys_group.command("update")
+@click.argument("key_id", type=int)
+@_account_option
+@_key_options
+@_json_option
+@_fail_cleanly
+def keys_update(key_id: int, account_id: int, as_json: bool, **fields: Any) -> None:
+    """Change only the given fields of a key."""
+    with _keyguard() as runtime:
+        view = runtime.service.update_key(account_id, key_id, _key_body(**fields))
+        _print_keys([view], runtime, as_json)
+
+
+@keys_group.command("delete")
+@click.argument("key_id", type=int)
+@_account_option
+@_fail_cleanly
+def keys_delete(key_id: int, account_id: int) -> None:
+    """Delete a key; every keyguard process refuses it within a second."""
+    with _keyguard() as runtime:
+        runtime.service.delete_key(account_id, key_id)
+    click.echo(f"Deleted key {key_id}.")

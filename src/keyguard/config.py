@@ -1,0 +1,83 @@
+"""keyguard's settings: ``KEYGUARD_*`` environment variables, read once.
+
+Only the CLI entry point and the app factory build a :class:`Settings`; every
+other module receives what it needs through its constructor.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from keyguard.domain import keys
+from keyguard.domain.network import canonical_entry
+from keyguard.errors import ConfigurationError
+from keyguard.service import SecretDisplay
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/keyguard.db"
+
+
+class Settings(BaseSettings):
+    """Every setting, with the default that runs keyguard on SQLite."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYGUARD_", frozen=True, extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: SecretStr | None = Field(
+        default=None, description="Server secret; generated into secret_file when unset."
+    )
+    secret_file: Path | None = Field(
+        default=None, description="Where a generated secret lives; default: beside the database."
+    )
+    secret_display: SecretDisplay = SecretDisplay.FULL
+    key_prefix: str = "kg"
+    refresh_interval: float = Field(
+        default=0.25, gt=0, le=1, description="Seconds between reads of the change feed."
+    )
+    usage_flush_interval: float = Field(
+        default=1.0, gt=0, le=3600, description="Seconds between last_used_at flushes."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or CIDR ranges of proxies whose "
+        "X-Forwarded-For / X-Real-IP headers are believed.",
+    )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not keys.is_valid_prefix(value):
+            raise ValueError("must be 1-16 lowercase letters or digits")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                if not isinstance(entry, str) or canonical_entry(entry) is None:
+                    raise ValueError(f"{entry!r} is not an IP address or CIDR range")
+        return value
+
+    def resolved_secret_file(self) -> Path:
+        if self.secret_file is not None:
+            return self.secret_file
+        if self.database_url.startswith("sqlite:///") and self.database_url != "sqlite:///":
+            database = Path(self.database_url.removeprefix("sqlite:///"))
+            return database.parent / "keyguard.secret"
+        return Path("./data/keyguard.secret")
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a :class:`ConfigurationError` that says what to fix."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"KEYGUARD_{'_'.join(str(part) for part in issue['loc']).upper()}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise ConfigurationError(f"Invalid settings: {problems}.") from None

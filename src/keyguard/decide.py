@@ -1,0 +1,91 @@
+"""The hot path: may this key make this request?
+
+:meth:`Decider.decide` takes a token, a client address, a method and a path and
+returns a :class:`Decision`. It reads only the in-memory key snapshot and the
+route map; a refusal is a value, never an exception; the one side effect is a
+note of the key's use, flushed to the database later in a batch.
+"""
+
+from dataclasses import dataclass
+
+from keyguard.cache import CachedKey, KeyCache
+from keyguard.domain.keys import is_well_formed
+from keyguard.domain.network import is_permitted, parse_address
+from keyguard.domain.routes import Route, RouteMap, UnknownRoutes
+from keyguard.domain.scopes import Level
+from keyguard.usage import UsageRecorder
+from keyguard.vault import Vault
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one request.
+
+    ``status`` is 200 when allowed, else 401 (no usable key) or 403 (a usable
+    key that may not do this). ``scope`` names what the request needed:
+    ``"messages:write"``, ``"full"`` for a route that needs a full-access key,
+    or ``None`` when no route matched.
+    """
+
+    allowed: bool
+    status: int
+    message: str
+    account_id: int | None = None
+    key_id: int | None = None
+    scope: str | None = None
+
+
+UNAUTHORIZED = Decision(False, 401, "Unauthorized")
+
+
+class Decider:
+    """Decisions over a key snapshot and a route map."""
+
+    def __init__(
+        self, vault: Vault, cache: KeyCache, routes: RouteMap, usage: UsageRecorder
+    ) -> None:
+        self._vault = vault
+        self._cache = cache
+        self._routes = routes
+        self._usage = usage
+
+    @property
+    def routes(self) -> RouteMap:
+        return self._routes
+
+    def decide(self, token: str | None, ip: str | None, method: str, path: str) -> Decision:
+        if token is None or not is_well_formed(token):
+            return UNAUTHORIZED
+        key = self._cache.get(self._vault.digest(token))
+        if key is None or not key.active:
+            return UNAUTHORIZED
+        if key.networks is not None:
+            address = parse_address(ip) if ip else None
+            if address is None or not is_permitted(address, key.networks):
+                shown = str(address) if address is not None else "(unknown)"
+                return self._deny(key, f"IP address {shown} is not permitted for this API key")
+        route = self._routes.match(method, path)
+        refusal = self._refusal(key, route)
+        if refusal is not None:
+            return self._deny(key, refusal, route)
+        self._usage.touch(key.key_id)
+        return Decision(True, 200, "OK", key.account_id, key.key_id, route.label if route else None)
+
+    def _refusal(self, key: CachedKey, route: Route | None) -> str | None:
+        """Why ``key`` may not take ``route``, or ``None`` if it may."""
+        if route is None:
+            if self._routes.unknown is UnknownRoutes.DENY:
+                return "This route is not available to any API key"
+            return "API key with full access required" if key.scopes_enabled else None
+        if not key.scopes_enabled:
+            return None
+        if route.scope is None:
+            return "API key with full access required"
+        if key.levels.get(route.scope, Level.NONE) < route.level:
+            return f"API key scope {route.scope}: {route.level.label} access required"
+        return None
+
+    @staticmethod
+    def _deny(key: CachedKey, message: str, route: Route | None = None) -> Decision:
+        scope = route.label if route else None
+        return Decision(False, 403, message, key.account_id, key.key_id, scope)

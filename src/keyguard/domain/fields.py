@@ -1,0 +1,158 @@
+"""Validation of the key fields a management request sends.
+
+Both generations of Wavix field names are accepted (``is_active`` and
+``active``, …); when a body gives both, the current name wins. JSON ``null``
+means "not given". Every refusal is an :class:`~keyguard.errors.InvalidInput`
+carrying Wavix's own message, raised before anything is changed.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from keyguard.domain.network import canonical_entry
+from keyguard.domain.records import KeySettings
+from keyguard.domain.scopes import LEVEL_NAMES, Level, ScopeGroups
+from keyguard.errors import InvalidInput
+
+T = TypeVar("T")
+
+MAX_LABEL_LENGTH = 255
+MAX_PERMITTED_IPS = 100
+
+# current name -> the seed-era name Wavix documented first
+FLAG_ALIASES: dict[str, str] = {
+    "active": "is_active",
+    "restricted": "is_restriction",
+    "scopes_enabled": "is_scopes_enabled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """The fields a request sets; ``None`` means "leave as it is"."""
+
+    label: str | None = None
+    active: bool | None = None
+    restricted: bool | None = None
+    permitted_ips: tuple[str, ...] | None = None
+    scopes_enabled: bool | None = None
+    scopes: dict[str, Level] = field(default_factory=dict)
+
+
+def parse_create(body: object, groups: ScopeGroups) -> KeyChanges:
+    """The fields of ``POST /v1/api-keys``; unknown fields are ignored."""
+    data = _as_object(body)
+    changes = _parse(data, groups)
+    if changes.label is None:
+        raise InvalidInput.parameter("label")
+    if changes.restricted and changes.permitted_ips is None:
+        raise InvalidInput.parameter("permitted_ips")
+    return changes
+
+
+def parse_update(body: object, groups: ScopeGroups) -> KeyChanges:
+    """The fields of ``PATCH /v1/api-keys/{id}``; unknown fields are refused."""
+    data = _as_object(body)
+    known = {"label", "permitted_ips", *FLAG_ALIASES, *FLAG_ALIASES.values(), *groups}
+    for name in data:
+        if name not in known:
+            raise InvalidInput.parameter(_printable(name))
+    return _parse(data, groups)
+
+
+def _as_object(body: object) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput.parameter("body")
+    return body
+
+
+def _parse(data: Mapping[str, Any], groups: ScopeGroups) -> KeyChanges:
+    return KeyChanges(
+        label=_label(data.get("label")),
+        active=_flag(data, "active"),
+        restricted=_flag(data, "restricted"),
+        permitted_ips=_permitted_ips(data.get("permitted_ips")),
+        scopes_enabled=_flag(data, "scopes_enabled"),
+        scopes={name: _level(name, data[name]) for name in groups if data.get(name) is not None},
+    )
+
+
+def _label(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise InvalidInput.parameter("label")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise InvalidInput(f"Label is too long (maximum is {MAX_LABEL_LENGTH} characters)", 422)
+    return value
+
+
+def _flag(data: Mapping[str, Any], name: str) -> bool | None:
+    given = name if data.get(name) is not None else FLAG_ALIASES[name]
+    value = data.get(given)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise InvalidInput.parameter(given)
+    return value
+
+
+def _permitted_ips(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise InvalidInput.parameter("permitted_ips")
+    if len(value) > MAX_PERMITTED_IPS:
+        raise InvalidInput(f"Too many permitted_ips (maximum is {MAX_PERMITTED_IPS})", 422)
+    entries: dict[str, None] = {}
+    for entry in value:
+        canonical = canonical_entry(entry)
+        if canonical is None:
+            raise InvalidInput("Ip has incorrect format", 422)
+        entries[canonical] = None
+    return tuple(entries)
+
+
+def _level(group: str, value: object) -> Level:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"API key scope {group}: must be a hash", 422)
+    if set(value) - {"allow"}:
+        raise InvalidInput(f'API key scope {group}: must have only "allow" key', 422)
+    allow = value.get("allow")
+    if allow not in LEVEL_NAMES:
+        choices = ", ".join(LEVEL_NAMES)
+        raise InvalidInput(f"API key scope {group}: allow must be one of: {choices}", 422)
+    return Level.parse(allow)
+
+
+def _printable(name: str) -> str:
+    """A client-supplied field name, made safe to echo in an error message."""
+    cleaned = "".join(char if char.isprintable() else "?" for char in name[:64])
+    return cleaned or "body"
+
+
+def apply(settings: KeySettings, changes: KeyChanges) -> KeySettings:
+    """``settings`` with every field that ``changes`` gives replaced."""
+    return KeySettings(
+        label=changes.label if changes.label is not None else settings.label,
+        active=_given(changes.active, settings.active),
+        restricted=_given(changes.restricted, settings.restricted),
+        permitted_ips=_given(changes.permitted_ips, settings.permitted_ips),
+        scopes_enabled=_given(changes.scopes_enabled, settings.scopes_enabled),
+        scopes=_granted({**settings.scopes, **changes.scopes}),
+    )
+
+
+def settings_for_new_key(changes: KeyChanges) -> KeySettings:
+    """The settings of a key created from validated ``changes``, Wavix defaults elsewhere."""
+    assert changes.label is not None  # parse_create guarantees it
+    return apply(KeySettings(label=changes.label), changes)
+
+
+def _given(value: T | None, current: T) -> T:
+    return current if value is None else value
+
+
+def _granted(levels: Mapping[str, Level]) -> dict[str, Level]:
+    return {name: level for name, level in levels.items() if level is not Level.NONE}

@@ -1,0 +1,77 @@
+"""IP allow-lists and the client address of a request.
+
+``permitted_ips`` entries are IPv4 or IPv6 addresses or CIDR ranges. They are
+parsed once, when a key enters the snapshot, so a request pays only for parsing
+its own address.
+"""
+
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
+
+
+def canonical_entry(text: str) -> str | None:
+    """The canonical spelling of an allow-list entry, or ``None`` if it is not one.
+
+    A range with host bits set (``10.0.0.1/8``) is refused rather than silently
+    widened: the user meant something, and guessing what is unsafe.
+    """
+    if not text or text != text.strip():
+        return None
+    try:
+        if "/" in text:
+            return str(ip_network(text, strict=True))
+        return str(ip_address(text))
+    except ValueError:
+        return None
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Networks for canonical entries; a single address becomes a /32 or /128."""
+    return tuple(ip_network(entry, strict=False) for entry in entries)
+
+
+def parse_address(text: str) -> Address | None:
+    """A client address, unwrapping IPv4-mapped IPv6 and refusing zone ids."""
+    try:
+        address = ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address):
+        if address.scope_id is not None:
+            return None
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+    return address
+
+
+def is_permitted(address: Address, networks: Sequence[Network]) -> bool:
+    return any(address in network for network in networks)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
+) -> str | None:
+    """The address a decision should judge.
+
+    ``X-Forwarded-For`` is read only when the TCP peer is a trusted proxy. Walking
+    it from the right, the first address that is not itself a trusted proxy is the
+    client: everything to its left was written by the client and may be forged.
+    """
+    if peer is None:
+        return None
+    if not trusted or not forwarded_for:
+        return peer
+    address = parse_address(peer)
+    if address is None or not is_permitted(address, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",")]
+    for hop in reversed(hops):
+        hop_address = parse_address(hop)
+        if hop_address is None:
+            return hop  # unparseable: judged, and refused, as written
+        if not is_permitted(hop_address, trusted):
+            return str(hop_address)
+    return str(parse_address(hops[0]))

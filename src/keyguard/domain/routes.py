@@ -1,0 +1,176 @@
+"""The route map: method and path template -> the scope a request needs.
+
+Paths are matched on a trie of segments, so the cost of a match depends on the
+depth of the path, not on the number of routes. Before matching, a path is
+normalised the way upstream servers may interpret it (percent-decoding, dot
+segments, repeated and trailing slashes, backslashes, ``;`` parameters, case),
+so that no spelling of a path reaches a route it should not.
+"""
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import unquote
+
+from keyguard.domain.scopes import Level, ScopeGroups
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SUSPECT = re.compile(r"[%.;\\A-Z]|//")
+_MAX_DECODE_ROUNDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a matched request needs: a scope group at a level, or full access."""
+
+    method: str
+    template: str
+    scope: str | None
+    level: Level = Level.NONE
+
+    @property
+    def needs_full_access(self) -> bool:
+        return self.scope is None
+
+    @property
+    def label(self) -> str:
+        return "full" if self.scope is None else f"{self.scope}:{self.level.label}"
+
+
+class UnknownRoutes(Enum):
+    """What a path that matches no route is allowed to do."""
+
+    FULL_ACCESS_ONLY = "full-access-only"
+    DENY = "deny"
+
+
+def normalise(path: str) -> list[str]:
+    """The lower-cased segments of ``path`` as an upstream might resolve them.
+
+    The query string and fragment are dropped; percent-encoding is decoded until
+    stable (so ``%252e%252e`` is seen as ``..``); ``..`` never climbs above the root.
+    """
+    path = path.partition("?")[0].partition("#")[0]
+    if _SUSPECT.search(path):
+        for _ in range(_MAX_DECODE_ROUNDS):
+            decoded = unquote(path, errors="replace")
+            if decoded == path:
+                break
+            path = decoded
+        path = path.replace("\\", "/").lower()
+    segments: list[str] = []
+    for raw in path.split("/"):
+        segment = raw.partition(";")[0]
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return segments
+
+
+class _Node:
+    __slots__ = ("literals", "methods", "param")
+
+    def __init__(self) -> None:
+        self.literals: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.methods: dict[str, Route] = {}
+
+
+@dataclass(frozen=True)
+class RouteMap:
+    """An immutable set of routes with a matcher; build it with :meth:`build`."""
+
+    groups: ScopeGroups
+    routes: tuple[Route, ...]
+    unknown: UnknownRoutes = UnknownRoutes.FULL_ACCESS_ONLY
+    _root: _Node = field(default_factory=_Node, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        routes: Iterable[Route],
+        groups: ScopeGroups | None = None,
+        unknown: UnknownRoutes = UnknownRoutes.FULL_ACCESS_ONLY,
+    ) -> "RouteMap":
+        route_map = cls(groups or ScopeGroups(), tuple(routes), unknown)
+        for route in route_map.routes:
+            route_map._insert(route)
+        return route_map
+
+    def with_routes(self, extra: Iterable[Route]) -> "RouteMap":
+        """A map with ``extra`` added where this one has no route of its own."""
+        mine = {(route.method, route.template) for route in self.routes}
+        added = [route for route in extra if (route.method, route.template) not in mine]
+        return RouteMap.build([*self.routes, *added], self.groups, self.unknown)
+
+    def _insert(self, route: Route) -> None:
+        if route.scope is not None and route.scope not in self.groups:
+            raise ValueError(f"unknown scope group {route.scope!r}")
+        node = self._root
+        for segment in normalise(route.template):
+            if segment.startswith("{") and segment.endswith("}"):
+                node.param = node.param or _Node()
+                node = node.param
+            else:
+                node = node.literals.setdefault(segment, _Node())
+        if route.method in node.methods:
+            raise ValueError(f"duplicate route {route.method} {route.template}")
+        node.methods[route.method] = route
+
+    def match(self, method: str, path: str) -> Route | None:
+        """The route for a request, or ``None`` when no route matches."""
+        method = method.upper()
+        if method == "HEAD":
+            method = "GET"
+        node = _find(self._root, normalise(path), 0, method)
+        return node.methods[method] if node is not None else None
+
+
+def _find(node: _Node, segments: Sequence[str], index: int, method: str) -> _Node | None:
+    if index == len(segments):
+        return node if method in node.methods else None
+    literal = node.literals.get(segments[index])
+    if literal is not None:
+        found = _find(literal, segments, index + 1, method)
+        if found is not None:
+            return found
+    if node.param is not None:
+        return _find(node.param, segments, index + 1, method)
+    return None
+
+
+def parse_routes(lines: Iterable[str], source: str) -> list[Route]:
+    """Routes from tab-separated ``method path scope level`` lines.
+
+    The first line is a header; ``#`` starts a comment; a scope of ``-`` means the
+    route needs a full-access key. Errors name ``source`` and the line.
+    """
+    routes = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.partition("#")[0].rstrip("\r\n")
+        if number == 1 or not line.strip():
+            continue
+        columns = [column.strip() for column in line.split("\t")]
+        if len(columns) < 4:
+            raise ValueError(f"{source}:{number}: expected method, path, scope and level")
+        method, path, scope, level = columns[:4]
+        routes.append(_route(method, path, scope, level, f"{source}:{number}"))
+    return routes
+
+
+def _route(method: str, path: str, scope: str, level: str, where: str) -> Route:
+    method = method.upper()
+    if method not in METHODS:
+        raise ValueError(f"{where}: unknown method {method!r}")
+    if not path.startswith("/"):
+        raise ValueError(f"{where}: path must start with '/'")
+    if scope == "-":
+        return Route(method, path, None)
+    if level not in ("read", "write"):
+        raise ValueError(f"{where}: level must be read or write, not {level!r}")
+    return Route(method, path, scope, Level.parse(level))

@@ -1,0 +1,47 @@
+"""A daemon thread that runs one action at a fixed interval."""
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("keyguard")
+
+
+class Periodic:
+    """Call ``action`` every ``interval`` seconds until stopped.
+
+    A failing action is logged by exception type only (its message may quote a
+    database URL or a parameter) and retried at the next tick. With
+    ``run_on_stop``, :meth:`stop` calls the action once more, so a graceful
+    shutdown leaves nothing behind.
+    """
+
+    def __init__(
+        self, name: str, action: Callable[[], object], interval: float, *, run_on_stop: bool = False
+    ) -> None:
+        self.name = name
+        self._action = action
+        self._interval = interval
+        self._run_on_stop = run_on_stop
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"keyguard-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        if self._run_on_stop:
+            self._tick()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._tick()
+
+    def _tick(self) -> None:
+        try:
+            self._action()
+        except Exception as error:
+            log.warning("%s failed, will retry: %s", self.name, type(error).__name__)

@@ -1,0 +1,84 @@
+"""One keyguard process, composed in one place.
+
+:class:`Keyguard` wires the store, the vault, the key snapshot, the usage
+recorder, the decider and the management service from a :class:`Settings`.
+The CLI and the app factory build one; nothing else constructs these parts.
+"""
+
+from keyguard.cache import KeyCache
+from keyguard.config import Settings
+from keyguard.decide import Decider
+from keyguard.domain.network import Network, parse_networks
+from keyguard.domain.routes import Route, RouteMap, parse_routes
+from keyguard.domain.scopes import ScopeGroups
+from keyguard.periodic import Periodic
+from keyguard.service import KeyService
+from keyguard.storage import Store, open_store
+from keyguard.usage import UsageRecorder
+from keyguard.vault import Vault, load_or_create_secret
+
+# keyguard's own management API; a key must have full access to use it.
+MANAGEMENT_ROUTES = (
+    Route("GET", "/v1/api-keys", None),
+    Route("POST", "/v1/api-keys", None),
+    Route("GET", "/v1/api-keys/{id}", None),
+    Route("PATCH", "/v1/api-keys/{id}", None),
+    Route("DELETE", "/v1/api-keys/{id}", None),
+    Route("PATCH", "/v1/api-keys/{id}/activate", None),
+    Route("PATCH", "/v1/api-keys/{id}/deactivate", None),
+)
+
+
+def wavix_route_map() -> RouteMap:
+    """Wavix's route map: every route of its API with the scope it needs."""
+    from importlib.resources import files
+
+    text = files("keyguard.domain").joinpath("wavix_routes.tsv").read_text("utf-8")
+    return RouteMap.build(parse_routes(text.splitlines(), "wavix_routes.tsv"), ScopeGroups())
+
+
+def server_secret(settings: Settings) -> bytes:
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    return load_or_create_secret(settings.resolved_secret_file())
+
+
+class Keyguard:
+    """The parts of a running keyguard, and their background tasks."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings.database_url)
+        self.vault = Vault(server_secret(settings))
+        self.cache = KeyCache(self.store)
+        self.usage = UsageRecorder(self.store)
+        self.routes = wavix_route_map().with_routes(MANAGEMENT_ROUTES)
+        self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
+        self.decider = Decider(self.vault, self.cache, self.routes, self.usage)
+        self.service = KeyService(
+            self.store,
+            self.vault,
+            self.cache,
+            self.usage,
+            groups=self.routes.groups,
+            prefix=settings.key_prefix,
+            display=settings.secret_display,
+        )
+        self._tasks = [
+            Periodic("snapshot refresh", self.cache.refresh, settings.refresh_interval),
+            Periodic(
+                "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
+            ),
+        ]
+
+    def start(self) -> None:
+        """Load the snapshot, then keep it and ``last_used_at`` current."""
+        self.cache.refresh()
+        for task in self._tasks:
+            task.start()
+
+    def stop(self) -> None:
+        """Stop the tasks (flushing usage) and release the database."""
+        for task in self._tasks:
+            task.stop()
+        self.store.close()

@@ -1,0 +1,141 @@
+"""Management use cases: accounts and their keys.
+
+The HTTP API and the CLI both call :class:`KeyService`; neither talks to the
+store directly. Every write goes to the store first and then into this process's
+key snapshot, so the very next decision here sees it.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from keyguard.cache import KeyCache
+from keyguard.domain import keys
+from keyguard.domain.fields import KeyChanges, parse_create, parse_update, settings_for_new_key
+from keyguard.domain.records import Account, KeySettings, StoredKey
+from keyguard.domain.scopes import ScopeGroups
+from keyguard.errors import InvalidInput, NotFound
+from keyguard.storage import Store
+from keyguard.usage import UsageRecorder
+from keyguard.vault import Vault
+
+MAX_ACCOUNT_NAME_LENGTH = 255
+
+
+class SecretDisplay(Enum):
+    """How a key's secret appears outside its create response."""
+
+    FULL = "full"
+    MASKED = "masked"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """A key as an account sees it: the secret as displayed, use as last noted."""
+
+    key: StoredKey
+    value: str
+    last_used_at: datetime | None
+
+
+class KeyService:
+    """Accounts and keys, validated, stored and reflected in the snapshot."""
+
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        cache: KeyCache,
+        usage: UsageRecorder,
+        *,
+        groups: ScopeGroups,
+        prefix: str = "kg",
+        display: SecretDisplay = SecretDisplay.FULL,
+    ) -> None:
+        self.store = store
+        self.groups = groups
+        self._vault = vault
+        self._cache = cache
+        self._usage = usage
+        self._prefix = prefix
+        self._display = display
+
+    # -- accounts -----------------------------------------------------------------
+
+    def create_account(self, name: str) -> tuple[Account, KeyView]:
+        """A new account with its first, full-access key; the secret shown once."""
+        if not name.strip() or len(name) > MAX_ACCOUNT_NAME_LENGTH or not name.isprintable():
+            raise InvalidInput.parameter("name")
+        token, digest, sealed = self._new_secret()
+        account, key = self.store.create_account(
+            name, digest, sealed, KeySettings(label=f"{name} full access")
+        )
+        self._cache.put(key)
+        return account, KeyView(key, token, None)
+
+    def list_accounts(self) -> list[Account]:
+        return self.store.list_accounts()
+
+    def get_account(self, account_id: int) -> Account:
+        account = self.store.get_account(account_id)
+        if account is None:
+            raise NotFound()
+        return account
+
+    # -- keys -------------------------------------------------------------------
+
+    def list_keys(self, account_id: int, label: str | None = None) -> list[KeyView]:
+        return [self._view(key) for key in self.store.list_keys(account_id, label)]
+
+    def get_key(self, account_id: int, key_id: int) -> KeyView:
+        return self._view(self._existing(account_id, key_id))
+
+    def create_key(self, account_id: int, body: object) -> KeyView:
+        settings = settings_for_new_key(parse_create(body, self.groups))
+        self.get_account(account_id)
+        token, digest, sealed = self._new_secret()
+        key = self.store.create_key(account_id, digest, sealed, settings)
+        self._cache.put(key)
+        return KeyView(key, token, None)
+
+    def update_key(self, account_id: int, key_id: int, body: object) -> KeyView:
+        return self._view(self._update(account_id, key_id, parse_update(body, self.groups)))
+
+    def set_active(self, account_id: int, key_id: int, active: bool) -> None:
+        self._update(account_id, key_id, KeyChanges(active=active))
+
+    def delete_key(self, account_id: int, key_id: int) -> None:
+        tombstone = self.store.delete_key(account_id, key_id)
+        if tombstone is None:
+            raise NotFound()
+        self._cache.put(tombstone)
+
+    # -- internals --------------------------------------------------------------
+
+    def _update(self, account_id: int, key_id: int, changes: KeyChanges) -> StoredKey:
+        key = self.store.update_key(account_id, key_id, changes)
+        if key is None:
+            raise NotFound()
+        self._cache.put(key)
+        return key
+
+    def _existing(self, account_id: int, key_id: int) -> StoredKey:
+        key = self.store.get_key(account_id, key_id)
+        if key is None:
+            raise NotFound()
+        return key
+
+    def _new_secret(self) -> tuple[str, bytes, bytes]:
+        token = keys.generate(self._prefix)
+        digest = self._vault.digest(token)
+        return token, digest, self._vault.seal(token, digest)
+
+    def _view(self, key: StoredKey) -> KeyView:
+        value = self._vault.unseal(key.sealed_value, key.digest)
+        if self._display is SecretDisplay.MASKED:
+            value = keys.mask(value)
+        noted = self._usage.latest(key.id)
+        last_used = key.last_used_at
+        if noted is not None and (last_used is None or noted > last_used):
+            last_used = noted
+        return KeyView(key, value, last_used)

@@ -1,0 +1,297 @@
+"""The SQL :class:`~keyguard.storage.Store`, on SQLAlchemy Core.
+
+Dialect quirks live in :func:`create_engine_for`. Every write runs in one
+transaction that also bumps ``keyguard_meta.revision``; that row lock orders
+writers, so a cache that reads changes by revision never misses one.
+"""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Row,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from keyguard.domain.fields import KeyChanges, apply
+from keyguard.domain.records import Account, KeySettings, StoredKey
+from keyguard.domain.scopes import compact, expand
+from keyguard.errors import StorageUnavailable
+from keyguard.storage.tables import accounts, api_keys, meta
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def create_engine_for(url: str) -> Engine:
+    """An engine with keyguard's settings for the URL's dialect.
+
+    SQLite runs in WAL mode with ``synchronous=FULL`` so that an acknowledged
+    write survives a crash of the process or the machine; write transactions
+    start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the lock
+    instead of failing on a stale snapshot.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # keyguard issues BEGIN itself
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        writing = connection.get_execution_options().get("keyguard_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+    return engine
+
+
+class SQLStore:
+    """Accounts and keys in a relational database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine_for(url)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def migrate(self) -> None:
+        from keyguard.storage.migrations import upgrade
+
+        with self._translate_errors(), self.engine.begin() as connection:
+            upgrade(connection)
+
+    def ping(self) -> None:
+        with self._translate_errors(), self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as error:
+            raise StorageUnavailable(f"The database did not answer: {error.orig}") from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._translate_errors(), self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _writing(self) -> Iterator[tuple[Connection, int]]:
+        """A write transaction and the revision its changes carry."""
+        with self._translate_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(keyguard_write=True)
+            with connection.begin():
+                connection.execute(update(meta).values(revision=meta.c.revision + 1))
+                revision = connection.execute(select(meta.c.revision)).scalar_one()
+                yield connection, revision
+
+    # -- accounts ---------------------------------------------------------------
+
+    def create_account(
+        self, name: str, digest: bytes, sealed_value: bytes, settings: KeySettings
+    ) -> tuple[Account, StoredKey]:
+        created_at = _now()
+        with self._writing() as (connection, revision):
+            account_id = _new_id(
+                connection.execute(insert(accounts).values(name=name, created_at=created_at))
+            )
+            key = self._insert_key(connection, revision, account_id, digest, sealed_value, settings)
+        return Account(account_id, name, created_at), key
+
+    def list_accounts(self) -> list[Account]:
+        with self._reading() as connection:
+            rows = connection.execute(select(accounts).order_by(accounts.c.id))
+            return [Account(row.id, row.name, row.created_at) for row in rows]
+
+    def get_account(self, account_id: int) -> Account | None:
+        with self._reading() as connection:
+            row = connection.execute(select(accounts).where(accounts.c.id == account_id)).first()
+        return None if row is None else Account(row.id, row.name, row.created_at)
+
+    # -- keys -------------------------------------------------------------------
+
+    def create_key(
+        self, account_id: int, digest: bytes, sealed_value: bytes, settings: KeySettings
+    ) -> StoredKey:
+        with self._writing() as (connection, revision):
+            return self._insert_key(
+                connection, revision, account_id, digest, sealed_value, settings
+            )
+
+    def _insert_key(
+        self,
+        connection: Connection,
+        revision: int,
+        account_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+    ) -> StoredKey:
+        created_at = _now()
+        key_id = _new_id(
+            connection.execute(
+                insert(api_keys).values(
+                    account_id=account_id,
+                    digest=digest,
+                    sealed_value=sealed_value,
+                    created_at=created_at,
+                    revision=revision,
+                    **_settings_columns(settings),
+                )
+            )
+        )
+        return StoredKey(
+            key_id, account_id, digest, sealed_value, settings, created_at, None, revision
+        )
+
+    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
+        query = select(api_keys).where(
+            api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)
+        )
+        if label:
+            pattern = label.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(api_keys.c.label.ilike(f"%{pattern}%", escape="\\"))
+        with self._reading() as connection:
+            return [_key(row) for row in connection.execute(query.order_by(api_keys.c.id))]
+
+    def get_key(self, account_id: int, key_id: int) -> StoredKey | None:
+        with self._reading() as connection:
+            return self._get_key(connection, account_id, key_id)
+
+    def _get_key(self, connection: Connection, account_id: int, key_id: int) -> StoredKey | None:
+        row = connection.execute(
+            select(api_keys).where(
+                api_keys.c.id == key_id,
+                api_keys.c.account_id == account_id,
+                api_keys.c.deleted_at.is_(None),
+            )
+        ).first()
+        return None if row is None else _key(row)
+
+    def update_key(self, account_id: int, key_id: int, changes: KeyChanges) -> StoredKey | None:
+        with self._writing() as (connection, revision):
+            # The meta row lock taken by _writing serialises writers, so this
+            # read-modify-write cannot lose a concurrent update's fields.
+            key = self._get_key(connection, account_id, key_id)
+            if key is None:
+                return None
+            settings = apply(key.settings, changes)
+            connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id)
+                .values(revision=revision, **_settings_columns(settings))
+            )
+        return replace(key, settings=settings, revision=revision)
+
+    def delete_key(self, account_id: int, key_id: int) -> StoredKey | None:
+        with self._writing() as (connection, revision):
+            key = self._get_key(connection, account_id, key_id)
+            if key is None:
+                return None
+            # The row stays as a tombstone for change feeds; its secret does not.
+            connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id)
+                .values(deleted_at=_now(), sealed_value=b"", revision=revision)
+            )
+        return replace(key, deleted=True, sealed_value=b"", revision=revision)
+
+    def changes_since(self, revision: int) -> tuple[int, list[StoredKey]]:
+        query = select(api_keys).where(api_keys.c.revision > revision)
+        if revision == 0:
+            query = query.where(api_keys.c.deleted_at.is_(None))
+        with self._reading() as connection, connection.begin():
+            newest = connection.execute(select(meta.c.revision)).scalar_one()
+            rows = connection.execute(query.where(api_keys.c.revision <= newest))
+            return newest, [_key(row) for row in rows]
+
+    def record_usage(self, used: Mapping[int, datetime]) -> None:
+        if not used:
+            return
+        statement = (
+            update(api_keys)
+            .where(
+                api_keys.c.id == _bind("key_id"),
+                or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < _bind("used")),
+            )
+            .values(last_used_at=_bind("used"))
+        )
+        parameters = [{"key_id": key_id, "used": when} for key_id, when in used.items()]
+        with self._translate_errors(), self.engine.begin() as connection:
+            connection.execute(statement, parameters)
+
+
+def _new_id(result: CursorResult[Any]) -> int:
+    primary_key = result.inserted_primary_key
+    assert primary_key is not None
+    return int(primary_key[0])
+
+
+def _bind(name: str) -> Any:
+    return bindparam(name, type_=api_keys.c.last_used_at.type if name == "used" else None)
+
+
+def _settings_columns(settings: KeySettings) -> dict[str, Any]:
+    return {
+        "label": settings.label,
+        "active": settings.active,
+        "restricted": settings.restricted,
+        "permitted_ips": list(settings.permitted_ips),
+        "scopes_enabled": settings.scopes_enabled,
+        "scopes": compact(settings.scopes),
+    }
+
+
+def _key(row: Row[Any]) -> StoredKey:
+    settings = KeySettings(
+        label=row.label,
+        active=row.active,
+        restricted=row.restricted,
+        permitted_ips=tuple(row.permitted_ips),
+        scopes_enabled=row.scopes_enabled,
+        scopes=expand(row.scopes),
+    )
+    return StoredKey(
+        id=row.id,
+        account_id=row.account_id,
+        digest=row.digest,
+        sealed_value=row.sealed_value,
+        settings=settings,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revision=row.revision,
+        deleted=row.deleted_at is not None,
+    )
+
+
+__all__ = ["SQLStore", "create_engine_for"]

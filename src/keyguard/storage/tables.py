@@ -1,0 +1,85 @@
+"""The relational schema, shared by every SQL dialect keyguard supports.
+
+Migrations under ``migrations/`` build it; this module is what queries use.
+Times are stored as UTC; scope levels and allow-lists as small JSON documents, so
+that a deployment with its own scope groups needs no schema change.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every dialect, SQLite included."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:  # noqa: ARG002
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+# One row: the revision of the newest change to any key. Every write bumps it in
+# its own transaction; the row lock orders writers, so change feeds see no gaps.
+meta = Table(
+    "keyguard_meta",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("revision", BigInteger, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("label", String(255), nullable=False),
+    Column("digest", LargeBinary(32), nullable=False, unique=True),
+    Column("sealed_value", LargeBinary, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("restricted", Boolean, nullable=False),
+    Column("permitted_ips", JSON, nullable=False),
+    Column("scopes_enabled", Boolean, nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("deleted_at", UTCDateTime, nullable=True),
+    Column("revision", BigInteger, nullable=False, index=True),
+    sqlite_autoincrement=True,
+)

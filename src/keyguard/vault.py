@@ -1,0 +1,79 @@
+"""The server secret and what it protects.
+
+Two keys are derived from the server secret with HKDF-SHA256:
+
+* a MAC key: ``digest(token)`` is HMAC-SHA256, the value keys are looked up by.
+  Keys are random with ~190 bits of entropy, so a fast keyed hash is enough
+  (NIST SP 800-63B); a password hash here would turn every request into a
+  denial-of-service lever.
+* an encryption key: ``seal(token)`` is AES-256-GCM, bound to the key's digest,
+  so the secret can be shown again without being stored in plain text.
+"""
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from keyguard.errors import ConfigurationError
+
+MIN_SECRET_BYTES = 32
+_NONCE_BYTES = 12
+
+
+def _derive(secret: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
+
+
+class Vault:
+    """Digests and seals key values under the server secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"The server secret must be at least {MIN_SECRET_BYTES} bytes long."
+            )
+        self._mac_key = _derive(secret, b"keyguard key digest v1")
+        self._aead = AESGCM(_derive(secret, b"keyguard key display v1"))
+
+    def digest(self, token: str) -> bytes:
+        return hmac.digest(self._mac_key, token.encode(), "sha256")
+
+    def seal(self, token: str, digest: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, token.encode(), digest)
+
+    def unseal(self, sealed: bytes, digest: bytes) -> str:
+        nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+        return self._aead.decrypt(nonce, ciphertext, digest).decode()
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The secret in ``path``, created (mode 0600) on first use.
+
+    Creation is atomic (write a temporary file, then hard-link it into place), so
+    several workers starting at once agree on one secret.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(48) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process won the race; use its secret
+        finally:
+            temporary.unlink()
+    if path.stat().st_mode & 0o077:
+        raise ConfigurationError(
+            f"The secret file {path} is readable by other users; run: chmod 600 {path}"
+        )
+    return path.read_text().strip().encode()

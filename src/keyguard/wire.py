@@ -1,0 +1,41 @@
+"""The Wavix wire format: key objects and error bodies, as plain dicts."""
+
+from typing import Any
+
+from keyguard.domain.scopes import Level, ScopeGroups
+from keyguard.service import KeyView
+
+UNAUTHORIZED_BODY: dict[str, Any] = {"success": False, "error": True, "message": "Unauthorized"}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """The Wavix body of an error response."""
+    if status == 401:
+        return UNAUTHORIZED_BODY
+    return {"success": False, "message": message}
+
+
+def _timestamp(value: Any) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
+    """A key in Wavix's field order, with both generations of flag names."""
+    key, settings = view.key, view.key.settings
+    body: dict[str, Any] = {
+        "id": key.id,
+        "label": settings.label,
+        "value": view.value,
+        "is_active": settings.active,
+        "active": settings.active,
+        "is_restriction": settings.restricted,
+        "restricted": settings.restricted,
+        "permitted_ips": list(settings.permitted_ips),
+        "is_scopes_enabled": settings.scopes_enabled,
+        "scopes_enabled": settings.scopes_enabled,
+        "last_used_at": _timestamp(view.last_used_at),
+    }
+    for group in groups:
+        body[group] = {"allow": settings.scopes.get(group, Level.NONE).label}
+    body["created_at"] = _timestamp(key.created_at)
+    return body
