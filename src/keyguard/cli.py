@@ -320,7 +320,10 @@ def keys_update(key_id: int, account_id: int, as_json: bool, **fields: Any) -> N
     """Change only the given fields of a key."""
     with _keyguard() as runtime:
         view = runtime.service.update_key(account_id, key_id, _key_body(**fields))
-        _print_keys([view], runtime, as_json)
+        if as_json:
+            _echo_json(key_object(view, runtime.service.groups))
+            return
+        _print_keys([view], runtime, as_json=False)
 
 
 @keys_group.command("delete")

@@ -116,7 +116,7 @@ class MemoryStore:
                 for key in self._keys.values()
                 if key.revision > revision and not (revision == 0 and key.deleted)
             ]
-            return self._revision, changed
+            return self._revision, sorted(changed, key=lambda key: key.revision)
 
     def record_usage(self, used: Mapping[int, datetime]) -> None:
         with self._lock:

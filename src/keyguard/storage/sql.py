@@ -232,7 +232,9 @@ class SQLStore:
             query = query.where(api_keys.c.deleted_at.is_(None))
         with self._reading() as connection, connection.begin():
             newest = connection.execute(select(meta.c.revision)).scalar_one()
-            rows = connection.execute(query.where(api_keys.c.revision <= newest))
+            rows = connection.execute(
+                query.where(api_keys.c.revision <= newest).order_by(api_keys.c.revision)
+            )
             return newest, [_key(row) for row in rows]
 
     def record_usage(self, used: Mapping[int, datetime]) -> None:

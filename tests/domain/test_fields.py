@@ -1,0 +1,152 @@
+from typing import Any
+
+import pytest
+
+from keyguard.domain.fields import (
+    KeyChanges,
+    apply,
+    parse_create,
+    parse_update,
+    settings_for_new_key,
+)
+from keyguard.domain.records import KeySettings
+from keyguard.domain.scopes import Level, ScopeGroups
+from keyguard.errors import InvalidInput
+
+GROUPS = ScopeGroups()
+
+
+def _refusal(parse: Any, body: object) -> tuple[int, str]:
+    with pytest.raises(InvalidInput) as caught:
+        parse(body, GROUPS)
+    return caught.value.status, caught.value.message
+
+
+def test_create_defaults_follow_wavix() -> None:
+    settings = settings_for_new_key(parse_create({"label": "ci"}, GROUPS))
+    assert settings == KeySettings(label="ci")
+    assert settings.active
+    assert not settings.restricted
+    assert not settings.scopes_enabled
+    assert settings.permitted_ips == ()
+    assert settings.scopes == {}
+
+
+def test_both_generations_of_flag_names_are_accepted() -> None:
+    legacy = parse_create(
+        {"label": "x", "is_active": False, "is_restriction": True, "permitted_ips": [],
+         "is_scopes_enabled": True},
+        GROUPS,
+    )  # fmt: skip
+    assert (legacy.active, legacy.restricted, legacy.scopes_enabled) == (False, True, True)
+
+
+def test_current_name_wins_when_both_are_given() -> None:
+    changes = parse_update({"active": True, "is_active": False}, GROUPS)
+    assert changes.active is True
+
+
+def test_null_means_not_given() -> None:
+    assert parse_update({"label": None, "active": None, "numbers": None}, GROUPS) == KeyChanges()
+
+
+def test_legacy_name_is_named_in_its_type_error() -> None:
+    assert _refusal(parse_update, {"is_active": "yes"}) == (
+        400,
+        "Missing or invalid parameter is_active",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        ([], (400, "Missing or invalid parameter body")),
+        ("label", (400, "Missing or invalid parameter body")),
+        ({}, (400, "Missing or invalid parameter label")),
+        ({"label": ""}, (400, "Missing or invalid parameter label")),
+        ({"label": "   "}, (400, "Missing or invalid parameter label")),
+        ({"label": 5}, (400, "Missing or invalid parameter label")),
+        ({"label": "a\x00b"}, (400, "Missing or invalid parameter label")),
+        ({"label": "x" * 256}, (422, "Label is too long (maximum is 255 characters)")),
+        ({"label": "x", "active": "true"}, (400, "Missing or invalid parameter active")),
+        ({"label": "x", "active": 1}, (400, "Missing or invalid parameter active")),
+        ({"label": "x", "permitted_ips": "1.2.3.4"},
+         (400, "Missing or invalid parameter permitted_ips")),
+        ({"label": "x", "permitted_ips": [1]}, (400, "Missing or invalid parameter permitted_ips")),
+        ({"label": "x", "permitted_ips": ["1.2.3.999"]}, (422, "Ip has incorrect format")),
+        ({"label": "x", "permitted_ips": ["1.2.3.4"] * 101},
+         (422, "Too many permitted_ips (maximum is 100)")),
+        ({"label": "x", "restricted": True}, (400, "Missing or invalid parameter permitted_ips")),
+        ({"label": "x", "numbers": "read"}, (422, "API key scope numbers: must be a hash")),
+        ({"label": "x", "two_fa": {"allow": "read", "deny": "x"}},
+         (422, 'API key scope two_fa: must have only "allow" key')),
+        ({"label": "x", "billing": {"allow": "admin"}},
+         (422, "API key scope billing: allow must be one of: none, read, write")),
+        ({"label": "x", "calls": {}},
+         (422, "API key scope calls: allow must be one of: none, read, write")),
+        ({"label": "x", "calls": {"allow": ["read"]}},
+         (422, "API key scope calls: allow must be one of: none, read, write")),
+    ],
+    ids=lambda value: str(value)[:40] if isinstance(value, dict | list | str) else None,
+)  # fmt: skip
+def test_create_refusals_carry_wavix_messages(body: object, refusal: tuple[int, str]) -> None:
+    assert _refusal(parse_create, body) == refusal
+
+
+def test_restricted_with_empty_list_is_accepted_and_blocks_everyone() -> None:
+    changes = parse_create({"label": "x", "restricted": True, "permitted_ips": []}, GROUPS)
+    assert changes.restricted is True
+    assert changes.permitted_ips == ()
+
+
+def test_permitted_ips_are_canonical_and_deduplicated() -> None:
+    changes = parse_create(
+        {"label": "x", "permitted_ips": ["2001:DB8::1", "10.0.0.0/8", "2001:db8::1"]}, GROUPS
+    )
+    assert changes.permitted_ips == ("2001:db8::1", "10.0.0.0/8")
+
+
+def test_unknown_fields_are_ignored_on_create_and_refused_on_update() -> None:
+    assert parse_create({"label": "x", "colour": "red"}, GROUPS).label == "x"
+    assert _refusal(parse_update, {"colour": "red"}) == (
+        400,
+        "Missing or invalid parameter colour",
+    )
+
+
+@pytest.mark.parametrize("field", ["id", "value", "created_at", "last_used_at"])
+def test_read_only_fields_are_refused_on_update(field: str) -> None:
+    assert _refusal(parse_update, {field: 1}) == (400, f"Missing or invalid parameter {field}")
+
+
+def test_unknown_field_name_is_sanitised_in_the_message() -> None:
+    status, message = _refusal(parse_update, {"\x1b[31m" + "x" * 500: 1})
+    assert status == 400
+    assert "\x1b" not in message
+    assert len(message) < 100
+
+
+def test_scope_groups_follow_the_deployment() -> None:
+    groups = ScopeGroups(("orders",))
+    changes = parse_create({"label": "x", "orders": {"allow": "write"}, "numbers": 5}, groups)
+    assert changes.scopes == {"orders": Level.WRITE}
+
+
+def test_apply_changes_only_given_fields_and_drops_none_levels() -> None:
+    before = KeySettings(
+        label="a",
+        restricted=True,
+        permitted_ips=("10.0.0.1",),
+        scopes_enabled=True,
+        scopes={"numbers": Level.READ, "calls": Level.WRITE},
+    )
+    after = apply(
+        before, KeyChanges(label="b", scopes={"numbers": Level.NONE, "billing": Level.READ})
+    )
+    assert after == KeySettings(
+        label="b",
+        restricted=True,
+        permitted_ips=("10.0.0.1",),
+        scopes_enabled=True,
+        scopes={"calls": Level.WRITE, "billing": Level.READ},
+    )

@@ -1,0 +1,96 @@
+from ipaddress import ip_address
+
+import pytest
+
+from keyguard.domain.network import (
+    canonical_entry,
+    client_address,
+    is_permitted,
+    parse_address,
+    parse_networks,
+)
+
+
+@pytest.mark.parametrize(
+    ("entry", "canonical"),
+    [
+        ("192.168.1.1", "192.168.1.1"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("2001:DB8:0:0::1", "2001:db8::1"),
+        ("::1", "::1"),
+    ],
+)
+def test_valid_entries_are_canonical(entry: str, canonical: str) -> None:
+    assert canonical_entry(entry) == canonical
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "",
+        "256.1.1.1",
+        "10.0.0.1/8",
+        "1.2.3",
+        "localhost",
+        " 1.2.3.4",
+        "1.2.3.4 ",
+        "01.2.3.4",
+        "fe80::1%eth0/64",
+        "1.2.3.4/33",
+        "*",
+    ],
+)
+def test_invalid_entries_are_refused(entry: str) -> None:
+    assert canonical_entry(entry) is None
+
+
+def test_address_in_range_is_permitted() -> None:
+    networks = parse_networks(["10.0.0.0/8", "192.168.1.1", "2001:db8::/32"])
+    assert is_permitted(ip_address("10.20.30.40"), networks)
+    assert is_permitted(ip_address("192.168.1.1"), networks)
+    assert is_permitted(ip_address("2001:db8::5"), networks)
+    assert not is_permitted(ip_address("192.168.1.2"), networks)
+    assert not is_permitted(ip_address("11.0.0.1"), networks)
+
+
+def test_empty_allow_list_permits_nobody() -> None:
+    assert not is_permitted(ip_address("10.0.0.1"), parse_networks([]))
+
+
+def test_ipv4_mapped_ipv6_client_is_judged_as_ipv4() -> None:
+    assert parse_address("::ffff:10.0.0.1") == ip_address("10.0.0.1")
+
+
+@pytest.mark.parametrize("text", ["fe80::1%eth0", "10.0.0.1:80", " 10.0.0.1", "", "x"])
+def test_unparseable_or_zoned_client_address_is_none(text: str) -> None:
+    assert parse_address(text) is None
+
+
+TRUSTED = parse_networks(["127.0.0.1", "10.0.0.0/8"])
+
+
+def test_forwarded_for_is_ignored_from_untrusted_peer() -> None:
+    assert client_address("203.0.113.5", "198.51.100.1", TRUSTED) == "203.0.113.5"
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies() -> None:
+    assert client_address("127.0.0.1", "198.51.100.1", ()) == "127.0.0.1"
+
+
+def test_right_most_untrusted_forwarded_address_wins() -> None:
+    forged_then_real = "6.6.6.6, 198.51.100.1, 10.1.1.1"
+    assert client_address("127.0.0.1", forged_then_real, TRUSTED) == "198.51.100.1"
+
+
+def test_all_trusted_chain_yields_left_most() -> None:
+    assert client_address("127.0.0.1", "10.0.0.7, 10.0.0.8", TRUSTED) == "10.0.0.7"
+
+
+def test_unparseable_forwarded_hop_is_returned_as_written_to_be_refused() -> None:
+    assert client_address("127.0.0.1", "not-an-ip", TRUSTED) == "not-an-ip"
+    assert parse_address("not-an-ip") is None
+
+
+def test_missing_peer_is_none() -> None:
+    assert client_address(None, "1.2.3.4", TRUSTED) is None

@@ -1,0 +1,135 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, normalise, parse_routes
+from keyguard.domain.scopes import Level, ScopeGroups
+from keyguard.runtime import wavix_route_map
+
+WAVIX_TSV = Path(__file__).parents[2] / "src/keyguard/domain/wavix_routes.tsv"
+
+
+@pytest.fixture(scope="module")
+def wavix() -> RouteMap:
+    return wavix_route_map()
+
+
+def test_wavix_map_has_every_route_of_the_table(wavix: RouteMap) -> None:
+    assert len(wavix.routes) == 136
+    rows = [line.split("\t") for line in WAVIX_TSV.read_text().splitlines()[1:]]
+    for method, path, scope, level, *_ in rows:
+        route = wavix.match(method, path.replace("{", "x").replace("}", ""))
+        assert route is not None, (method, path)
+        assert route.scope == (None if scope == "-" else scope)
+        if scope != "-":
+            assert route.level is Level.parse(level)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "label"),
+    [
+        ("GET", "/v1/calls/webhooks", "webhooks:read"),
+        ("GET", "/v1/calls/abc", "calls:read"),
+        ("PATCH", "/v1/calls/abc", "calls:write"),
+        ("POST", "/v1/cdrs", "calls:read"),
+        ("POST", "/v1/cdr", "calls:read"),
+        ("HEAD", "/v1/billing/invoices", "billing:read"),
+        ("GET", "/v1/api-keys", "full"),
+        ("GET", "/v1/billing/invoices?page=2", "billing:read"),
+    ],
+)
+def test_match(wavix: RouteMap, method: str, path: str, label: str) -> None:
+    route = wavix.match(method, path)
+    assert route is not None
+    assert route.label == label
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/numbers/../api-keys",
+        "/v1/numbers/%2e%2e/api-keys",
+        "/v1/numbers/%2E%2E/api-keys",
+        "/v1/numbers/..%2Fapi-keys",
+        "/v1/numbers/..%2fapi-keys",
+        "/v1/numbers/%252e%252e/api-keys",
+        "//v1//api-keys//",
+        "/v1/./api-keys",
+        "/V1/API-KEYS",
+        "/v1/api-keys;jsessionid=1",
+        "/v1\\api-keys",
+        "/../../v1/api-keys",
+    ],
+)
+def test_no_spelling_of_a_path_escapes_its_route(wavix: RouteMap, path: str) -> None:
+    route = wavix.match("GET", path)
+    assert route is not None
+    assert route.label == "full"
+
+
+def test_normalise() -> None:
+    assert normalise("/a//b/./c/../d/?q=1#f") == ["a", "b", "d"]
+    assert normalise("") == []
+
+
+def test_unknown_path_or_method_matches_nothing(wavix: RouteMap) -> None:
+    assert wavix.match("GET", "/v2/anything") is None
+    assert wavix.match("PUT", "/v1/calls/abc/answer") is None
+    assert wavix.match("GET", "/") is None
+
+
+def test_literal_wins_and_param_is_tried_when_literal_branch_fails() -> None:
+    route_map = RouteMap.build(
+        [
+            Route("GET", "/a/b", "numbers", Level.READ),
+            Route("GET", "/a/{x}/c", "calls", Level.READ),
+        ]
+    )
+    assert route_map.match("GET", "/a/b") == route_map.routes[0]
+    assert route_map.match("GET", "/a/b/c") == route_map.routes[1]
+
+
+def test_matching_cost_does_not_grow_with_the_number_of_routes() -> None:
+    def cost(route_map: RouteMap) -> float:
+        start = time.perf_counter()
+        for _ in range(2000):
+            route_map.match("GET", "/v1/r5/items/42")
+        return time.perf_counter() - start
+
+    small = RouteMap.build([Route("GET", f"/v1/r{i}/items/{{id}}", None) for i in range(10)])
+    large = RouteMap.build([Route("GET", f"/v1/r{i}/items/{{id}}", None) for i in range(10_000)])
+    assert min(cost(large) for _ in range(3)) < 3 * min(cost(small) for _ in range(3))
+
+
+def test_duplicate_route_is_refused() -> None:
+    with pytest.raises(ValueError, match="duplicate route GET /a"):
+        RouteMap.build([Route("GET", "/a", None), Route("GET", "/a/", None)])
+
+
+def test_route_with_unknown_group_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown scope group 'orders'"):
+        RouteMap.build([Route("GET", "/a", "orders", Level.READ)])
+
+
+def test_with_routes_keeps_the_map_own_routes_and_settings() -> None:
+    base = RouteMap.build(
+        [Route("GET", "/a", "orders", Level.READ)], ScopeGroups(("orders",)), UnknownRoutes.DENY
+    )
+    merged = base.with_routes([Route("GET", "/a", None), Route("GET", "/b", None)])
+    assert [route.label for route in merged.routes] == ["orders:read", "full"]
+    assert merged.unknown is UnknownRoutes.DENY
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("GET\t/a\tnumbers", "routes.tsv:2: expected method, path, scope and level"),
+        ("FETCH\t/a\tnumbers\tread", "routes.tsv:2: unknown method 'FETCH'"),
+        ("GET\ta\tnumbers\tread", "routes.tsv:2: path must start with '/'"),
+        ("GET\t/a\tnumbers\tadmin", "routes.tsv:2: level must be read or write, not 'admin'"),
+    ],
+)
+def test_broken_route_line_names_file_and_line(line: str, error: str) -> None:
+    with pytest.raises(ValueError, match="^" + error.replace("(", r"\(")):
+        parse_routes(["method\tpath\tscope\tlevel", line], "routes.tsv")

@@ -1,0 +1,74 @@
+from dataclasses import replace
+
+from keyguard.cache import KeyCache
+from keyguard.domain.fields import KeyChanges
+from keyguard.domain.records import KeySettings
+from keyguard.storage import open_store
+
+
+def _world() -> tuple[KeyCache, int, int]:
+    store = open_store("memory://")
+    account, key = store.create_account("a", b"d" * 32, b"s", KeySettings(label="k"))
+    cache = KeyCache(store)
+    cache.refresh()
+    return cache, account.id, key.id
+
+
+def test_refresh_loads_every_live_key_with_its_parsed_rules() -> None:
+    store = open_store("memory://")
+    account, _ = store.create_account("a", b"a" * 32, b"s", KeySettings(label="k"))
+    store.create_key(
+        account.id,
+        b"b" * 32,
+        b"s",
+        KeySettings(label="r", restricted=True, permitted_ips=("10.0.0.0/8",)),
+    )
+    cache = KeyCache(store)
+    assert cache.refresh() == 2
+    restricted = cache.get(b"b" * 32)
+    assert restricted is not None
+    assert restricted.networks is not None
+    assert str(restricted.networks[0]) == "10.0.0.0/8"
+    unrestricted = cache.get(b"a" * 32)
+    assert unrestricted is not None
+    assert unrestricted.networks is None
+    assert len(cache) == 2
+    assert cache.refreshed_at is not None
+
+
+def test_refresh_applies_updates_and_deletions() -> None:
+    cache, account_id, key_id = _world()
+    store = cache._store
+    store.update_key(account_id, key_id, KeyChanges(active=False))
+    assert cache.refresh() == 1
+    cached = cache.get(b"d" * 32)
+    assert cached is not None
+    assert not cached.active
+    store.delete_key(account_id, key_id)
+    cache.refresh()
+    assert cache.get(b"d" * 32) is None
+    assert cache.refresh() == 0
+
+
+def test_older_copy_of_a_key_never_overwrites_a_newer_one() -> None:
+    cache, account_id, key_id = _world()
+    old = cache._store.get_key(account_id, key_id)
+    assert old is not None
+    newer = cache._store.update_key(account_id, key_id, KeyChanges(active=False))
+    assert newer is not None
+    cache.put(newer)
+    cache.put(old)
+    cached = cache.get(b"d" * 32)
+    assert cached is not None
+    assert not cached.active
+
+
+def test_late_copy_does_not_resurrect_a_deleted_key() -> None:
+    cache, account_id, key_id = _world()
+    old = cache._store.get_key(account_id, key_id)
+    tombstone = cache._store.delete_key(account_id, key_id)
+    assert old is not None
+    assert tombstone is not None
+    cache.put(tombstone)
+    cache.put(replace(old))
+    assert cache.get(b"d" * 32) is None

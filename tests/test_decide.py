@@ -1,0 +1,176 @@
+"""The decision function, over a real snapshot of a real store."""
+
+import pytest
+
+from keyguard.cache import KeyCache
+from keyguard.decide import UNAUTHORIZED, Decider, Decision
+from keyguard.domain.keys import generate
+from keyguard.domain.routes import Route, RouteMap, UnknownRoutes
+from keyguard.domain.scopes import ScopeGroups
+from keyguard.runtime import MANAGEMENT_ROUTES, wavix_route_map
+from keyguard.service import KeyService
+from keyguard.storage import Store, open_store
+from keyguard.usage import UsageRecorder
+from keyguard.vault import Vault
+
+IP = "198.51.100.7"
+
+
+class World:
+    """A memory store, its snapshot and a decider over Wavix's routes."""
+
+    def __init__(self, routes: RouteMap | None = None) -> None:
+        self.store: Store = open_store("memory://")
+        vault = Vault(b"k" * 32)
+        self.cache = KeyCache(self.store)
+        self.usage = UsageRecorder(self.store, clock=lambda: 1_700_000_000.0)
+        route_map = routes or wavix_route_map().with_routes(MANAGEMENT_ROUTES)
+        self.decider = Decider(vault, self.cache, route_map, self.usage)
+        self.service = KeyService(
+            self.store, vault, self.cache, self.usage, groups=route_map.groups
+        )
+        self.account, view = self.service.create_account("acme")
+        self.root = view.value
+
+    def key(self, **body: object) -> str:
+        return self.service.create_key(self.account.id, {"label": "k", **body}).value
+
+    def decide(self, token: str | None, method: str = "GET", path: str = "/v1/numbers",
+               ip: str | None = IP) -> Decision:  # fmt: skip
+        return self.decider.decide(token, ip, method, path)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_full_access_key_is_allowed_with_identity(world: World) -> None:
+    decision = world.decide(world.root, "POST", "/v3/messages")
+    assert decision == Decision(True, 200, "OK", world.account.id, 1, "messages:write")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [None, "", "kg_short", generate("kg"), "x" * 10_000, "ключ"],
+    ids=["missing", "empty", "malformed", "unknown_valid_checksum", "huge", "non_ascii"],
+)
+def test_unusable_token_is_401(world: World, token: str | None) -> None:
+    assert world.decide(token) is UNAUTHORIZED
+
+
+def test_inactive_key_is_401_and_reactivated_key_works(world: World) -> None:
+    token = world.key(active=False)
+    assert world.decide(token) is UNAUTHORIZED
+    key_id = world.service.list_keys(world.account.id, "k")[0].key.id
+    world.service.set_active(world.account.id, key_id, True)
+    assert world.decide(token).allowed
+
+
+def test_deleted_key_is_401_at_once(world: World) -> None:
+    token = world.key()
+    key_id = world.service.list_keys(world.account.id, "k")[0].key.id
+    world.service.delete_key(world.account.id, key_id)
+    assert world.decide(token) is UNAUTHORIZED
+
+
+def test_restricted_key_from_permitted_address_then_allowed(world: World) -> None:
+    token = world.key(restricted=True, permitted_ips=["198.51.100.0/24"])
+    assert world.decide(token).allowed
+    assert world.decide(token, ip="::ffff:198.51.100.7").allowed
+
+
+@pytest.mark.parametrize("ip", ["203.0.113.1", None, "garbage", "fe80::1%eth0"])
+def test_restricted_key_from_other_address_then_403(world: World, ip: str | None) -> None:
+    token = world.key(restricted=True, permitted_ips=["198.51.100.0/24"])
+    decision = world.decide(token, ip=ip)
+    assert (decision.allowed, decision.status) == (False, 403)
+    shown = ip if ip == "203.0.113.1" else "(unknown)"
+    assert decision.message == f"IP address {shown} is not permitted for this API key"
+
+
+def test_restricted_key_with_empty_list_is_refused_everywhere(world: World) -> None:
+    token = world.key(restricted=True, permitted_ips=[])
+    assert world.decide(token).status == 403
+
+
+def test_unrestricted_key_ignores_its_list(world: World) -> None:
+    token = world.key(restricted=False, permitted_ips=["10.0.0.1"])
+    assert world.decide(token).allowed
+
+
+@pytest.mark.parametrize(
+    ("grant", "method", "path", "allowed"),
+    [
+        ("read", "GET", "/v3/messages", True),
+        ("read", "HEAD", "/v3/messages", True),
+        ("read", "POST", "/v3/messages", False),
+        ("write", "POST", "/v3/messages", True),
+        ("write", "DELETE", "/v3/messages/sender-ids/5", True),
+        ("none", "GET", "/v3/messages", False),
+    ],
+)
+def test_scoped_key_needs_the_route_level(
+    world: World, grant: str, method: str, path: str, allowed: bool
+) -> None:
+    token = world.key(scopes_enabled=True, messages={"allow": grant})
+    decision = world.decide(token, method, path)
+    assert decision.allowed is allowed
+    if not allowed:
+        level = "write" if method == "POST" or grant == "read" else "read"
+        assert decision.message == f"API key scope messages: {level} access required"
+
+
+def test_cdr_search_needs_only_calls_read(world: World) -> None:
+    token = world.key(scopes_enabled=True, calls={"allow": "read"})
+    assert world.decide(token, "POST", "/v1/cdrs").allowed
+    assert world.decide(token, "POST", "/v1/cdr").allowed
+    assert not world.decide(token, "POST", "/v1/calls").allowed
+
+
+def test_scoped_key_with_every_group_write_may_not_manage_keys(world: World) -> None:
+    token = world.key(scopes_enabled=True, **{g: {"allow": "write"} for g in ScopeGroups()})
+    decision = world.decide(token, "GET", "/v1/api-keys")
+    assert (decision.status, decision.message) == (403, "API key with full access required")
+
+
+def test_unknown_route_allows_full_access_and_refuses_scoped(world: World) -> None:
+    scoped = world.key(scopes_enabled=True, numbers={"allow": "write"})
+    assert world.decide(world.root, "GET", "/v1/not-a-route").allowed
+    assert world.decide(scoped, "GET", "/v1/not-a-route").status == 403
+
+
+def test_unknown_routes_can_be_denied_for_everyone() -> None:
+    strict = World(RouteMap.build([Route("GET", "/a", None)], ScopeGroups(), UnknownRoutes.DENY))
+    assert strict.decide(strict.root, "GET", "/a").allowed
+    assert strict.decide(strict.root, "GET", "/b").status == 403
+
+
+def test_path_tricks_do_not_reach_a_weaker_route(world: World) -> None:
+    token = world.key(scopes_enabled=True, numbers={"allow": "read"})
+    assert world.decide(token, "GET", "/v1/numbers").allowed
+    for path in ("/v1/numbers/../api-keys", "/v1/numbers/%2e%2e/api-keys",
+                 "/v1/numbers/..%2Fapi-keys"):  # fmt: skip
+        assert world.decide(token, "GET", path).status == 403, path
+
+
+def test_allowed_decision_notes_use_and_refusal_does_not(world: World) -> None:
+    token = world.key(scopes_enabled=True)
+    key_id = world.service.list_keys(world.account.id, "k")[0].key.id
+    world.decide(token)
+    assert world.usage.latest(key_id) is None
+    world.decide(token, "GET", "/v1/not-a-route")
+    assert world.usage.latest(key_id) is None
+    world.decide(world.root)
+    assert world.usage.latest(1) is not None
+
+
+def test_change_by_another_process_is_seen_after_refresh(world: World) -> None:
+    other = KeyService(
+        world.store, Vault(b"k" * 32), KeyCache(world.store), world.usage,
+        groups=ScopeGroups(),
+    )  # fmt: skip
+    view = other.create_key(world.account.id, {"label": "elsewhere"})
+    assert world.decide(view.value) is UNAUTHORIZED
+    world.cache.refresh()
+    assert world.decide(view.value).allowed

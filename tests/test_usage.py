@@ -1,0 +1,88 @@
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import pytest
+
+from keyguard.domain.records import KeySettings
+from keyguard.periodic import Periodic
+from keyguard.storage import open_store
+from keyguard.usage import UsageRecorder
+
+NOW = 1_780_000_000.0
+
+
+class FailingStore:
+    """A store whose writes fail, standing in for a database that went away."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def record_usage(self, used: Mapping[int, datetime]) -> None:  # noqa: ARG002
+        self.attempts += 1
+        raise ConnectionError("database is gone")
+
+
+def test_uses_are_coalesced_into_one_write_per_key() -> None:
+    store = open_store("memory://")
+    account, key = store.create_account("a", b"d" * 32, b"s", KeySettings(label="k"))
+    clock = iter([NOW, NOW + 1, NOW + 2])
+    usage = UsageRecorder(store, clock=lambda: next(clock))
+    for _ in range(3):
+        usage.touch(key.id)
+    assert usage.backlog == 1
+    assert usage.flush() == 1
+    stored = store.get_key(account.id, key.id)
+    assert stored is not None
+    assert stored.last_used_at == datetime.fromtimestamp(NOW + 2, UTC)
+    assert usage.flush() == 0
+
+
+def test_unflushed_use_is_visible_in_this_process() -> None:
+    usage = UsageRecorder(open_store("memory://"), clock=lambda: NOW)
+    assert usage.latest(7) is None
+    usage.touch(7)
+    assert usage.latest(7) == datetime.fromtimestamp(NOW, UTC)
+
+
+def test_failed_flush_keeps_the_uses_for_the_next_one() -> None:
+    failing = FailingStore()
+    usage = UsageRecorder(failing, clock=lambda: NOW)  # type: ignore[arg-type]
+    usage.touch(7)
+    with pytest.raises(ConnectionError):
+        usage.flush()
+    assert usage.backlog == 1
+    assert usage.latest(7) == datetime.fromtimestamp(NOW, UTC)
+
+
+def test_periodic_runs_until_stopped_and_once_more_on_stop() -> None:
+    calls: list[int] = []
+    ran = threading.Event()
+
+    def action() -> None:
+        calls.append(1)
+        ran.set()
+
+    task = Periodic("test", action, 0.01, run_on_stop=True)
+    task.start()
+    assert ran.wait(2)
+    task.stop()
+    count = len(calls)
+    assert count >= 2  # at least one tick plus the final run
+    assert len(calls) == count
+
+
+def test_periodic_survives_a_failing_action(caplog: pytest.LogCaptureFixture) -> None:
+    attempts = threading.Semaphore(0)
+
+    def action() -> None:
+        attempts.release()
+        raise ConnectionError("secret-looking detail")
+
+    task = Periodic("flaky", action, 0.01)
+    task.start()
+    assert attempts.acquire(timeout=2)
+    assert attempts.acquire(timeout=2)
+    task.stop()
+    assert "flaky failed, will retry: ConnectionError" in caplog.text
+    assert "secret-looking detail" not in caplog.text
