@@ -91,8 +91,14 @@ def main() -> None:
     type=click.IntRange(1, 64),
     help="Worker processes; each keeps its own key snapshot.",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log every request (path only, never the query string).",
+)
 @_fail_cleanly
-def serve(host: str, port: int, workers: int) -> None:
+def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Migrate the database and serve the HTTP API.
 
     On an empty database, creates the account "default" and prints its first
@@ -111,6 +117,7 @@ def serve(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
+        access_log=access_log,
         log_config=uvicorn_log_config(),
         server_header=False,
     )

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyguard.domain import keys
 from keyguard.domain.network import canonical_entry
+from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
 from keyguard.service import SecretDisplay
 
@@ -37,6 +38,16 @@ class Settings(BaseSettings):
     )
     usage_flush_interval: float = Field(
         default=1.0, gt=0, le=3600, description="Seconds between last_used_at flushes."
+    )
+    routes: Path | None = Field(
+        default=None, description="A route map file; default: Wavix's routes and scopes."
+    )
+    unknown_routes: UnknownRoutes = Field(
+        default=UnknownRoutes.FULL_ACCESS_ONLY,
+        description="Paths that match no route: full-access keys only, or deny for everyone.",
+    )
+    verify_token: SecretStr | None = Field(
+        default=None, description="When set, POST /auth/verify requires it as a bearer token."
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -23,8 +23,8 @@ class Decision:
 
     ``status`` is 200 when allowed, else 401 (no usable key) or 403 (a usable
     key that may not do this). ``scope`` names what the request needed:
-    ``"messages:write"``, ``"full"`` for a route that needs a full-access key,
-    or ``None`` when no route matched.
+    ``"messages:write"``, or ``"full"`` for a route (or an unknown path) that
+    needs a full-access key; it is ``None`` when the key itself was refused.
     """
 
     allowed: bool

@@ -12,7 +12,8 @@ reaches the app with the decision in ``request.state.keyguard``::
 """
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,31 +29,53 @@ def _everything(_path: str) -> bool:
     return True
 
 
-def request_facts(
-    scope: Scope, trusted_proxies: Sequence[Network]
-) -> tuple[str | None, str | None]:
-    """The credential and the client address of an ASGI HTTP request."""
-    authorizations: list[str] = []
-    forwarded: list[str] = []
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            authorizations.append(value.decode("latin-1"))
-        elif name == b"x-forwarded-for":
-            forwarded.append(value.decode("latin-1"))
-    query: bytes = scope.get("query_string", b"")
-    appids = []
-    if b"appid" in query:
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-        appids = [value for name, value in pairs if name == "appid"]
-    client = scope.get("client")
-    peer = client[0] if client else None
-    ip = client_address(peer, ",".join(forwarded) or None, trusted_proxies)
-    return request_credential(authorizations, appids), ip
+@dataclass(slots=True)
+class ProxiedRequest:
+    """What keyguard reads from the headers of a request, in one pass."""
+
+    authorizations: list[str] = field(default_factory=list)
+    forwarded_for: list[str] = field(default_factory=list)
+    real_ip: str | None = None
+    original_method: str | None = None
+    original_uri: str | None = None
+
+    @classmethod
+    def scan(cls, headers: Iterable[tuple[bytes, bytes]]) -> "ProxiedRequest":
+        found = cls()
+        for name, raw in headers:
+            if name == b"authorization":
+                found.authorizations.append(raw.decode("latin-1"))
+            elif name == b"x-forwarded-for":
+                found.forwarded_for.append(raw.decode("latin-1"))
+            elif name == b"x-real-ip":
+                found.real_ip = raw.decode("latin-1")
+            elif name in _METHOD_HEADERS:
+                found.original_method = found.original_method or raw.decode("latin-1")
+            elif name in _URI_HEADERS:
+                found.original_uri = found.original_uri or raw.decode("latin-1")
+        return found
+
+    def credential(self, query: str) -> str | None:
+        """The key: the ``Authorization`` header, or ``appid`` in ``query``."""
+        appids = []
+        if not self.authorizations and "appid" in query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            appids = [value for name, value in pairs if name == "appid"]
+        return request_credential(self.authorizations, appids)
+
+    def client(self, scope: Scope, trusted_proxies: Sequence[Network]) -> str | None:
+        peer = scope.get("client")
+        forwarded = ",".join(self.forwarded_for) or None
+        return client_address(peer[0] if peer else None, forwarded, trusted_proxies, self.real_ip)
+
+
+_METHOD_HEADERS = (b"x-original-method", b"x-forwarded-method")
+_URI_HEADERS = (b"x-original-uri", b"x-forwarded-uri")
 
 
 async def send_decision(send: Send, decision: Decision) -> None:
     """Answer a refused request with its Wavix error body."""
-    body = json.dumps(error_body(decision.status, decision.message)).encode()
+    body = json.dumps(error_body(decision.status, decision.message), separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -83,7 +106,9 @@ class KeyguardMiddleware:
         if scope["type"] != "http" or not self.protect(scope["path"]):
             await self.app(scope, receive, send)
             return
-        token, ip = request_facts(scope, self.trusted_proxies)
+        facts = ProxiedRequest.scan(scope["headers"])
+        token = facts.credential(scope.get("query_string", b"").decode("latin-1"))
+        ip = facts.client(scope, self.trusted_proxies)
         raw_path: Any = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         decision = self.decider.decide(token, ip, scope["method"], path)

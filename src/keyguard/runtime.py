@@ -5,12 +5,15 @@ recorder, the decider and the management service from a :class:`Settings`.
 The CLI and the app factory build one; nothing else constructs these parts.
 """
 
+from importlib.resources import files
+from pathlib import Path
+
 from keyguard.cache import KeyCache
 from keyguard.config import Settings
 from keyguard.decide import Decider
 from keyguard.domain.network import Network, parse_networks
-from keyguard.domain.routes import Route, RouteMap, parse_routes
-from keyguard.domain.scopes import ScopeGroups
+from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
+from keyguard.errors import ConfigurationError
 from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
@@ -29,12 +32,26 @@ MANAGEMENT_ROUTES = (
 )
 
 
-def wavix_route_map() -> RouteMap:
+def wavix_route_map(unknown: UnknownRoutes = UnknownRoutes.FULL_ACCESS_ONLY) -> RouteMap:
     """Wavix's route map: every route of its API with the scope it needs."""
-    from importlib.resources import files
-
     text = files("keyguard.domain").joinpath("wavix_routes.tsv").read_text("utf-8")
-    return RouteMap.build(parse_routes(text.splitlines(), "wavix_routes.tsv"), ScopeGroups())
+    return parse_route_map(text.splitlines(), "wavix_routes.tsv", unknown)
+
+
+def load_route_map(path: Path | None, unknown: UnknownRoutes) -> RouteMap:
+    """The deployment's route map (Wavix's when ``path`` is None), plus keyguard's own routes."""
+    if path is None:
+        route_map = wavix_route_map(unknown)
+    else:
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigurationError(f"Cannot read the route map {path}: {error}") from None
+        try:
+            route_map = parse_route_map(text.splitlines(), str(path), unknown)
+        except ValueError as error:
+            raise ConfigurationError(f"Invalid route map: {error}") from None
+    return route_map.with_routes(MANAGEMENT_ROUTES)
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -52,7 +69,7 @@ class Keyguard:
         self.vault = Vault(server_secret(settings))
         self.cache = KeyCache(self.store)
         self.usage = UsageRecorder(self.store)
-        self.routes = wavix_route_map().with_routes(MANAGEMENT_ROUTES)
+        self.routes = load_route_map(settings.routes, settings.unknown_routes)
         self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
         self.decider = Decider(self.vault, self.cache, self.routes, self.usage)
         self.service = KeyService(

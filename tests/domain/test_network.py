@@ -94,3 +94,23 @@ def test_unparseable_forwarded_hop_is_returned_as_written_to_be_refused() -> Non
 
 def test_missing_peer_is_none() -> None:
     assert client_address(None, "1.2.3.4", TRUSTED) is None
+
+
+def test_real_ip_from_trusted_proxy_is_the_client() -> None:
+    assert client_address("127.0.0.1", None, TRUSTED, real_ip="198.51.100.9") == "198.51.100.9"
+
+
+def test_real_ip_is_the_right_most_hop() -> None:
+    forged = "6.6.6.6"
+    assert client_address("127.0.0.1", forged, TRUSTED, real_ip="198.51.100.9") == "198.51.100.9"
+    assert client_address("127.0.0.1", "198.51.100.1", TRUSTED, real_ip="10.0.0.2") == (
+        "198.51.100.1"
+    )
+
+
+def test_real_ip_from_untrusted_peer_is_ignored() -> None:
+    assert client_address("203.0.113.5", None, TRUSTED, real_ip="198.51.100.9") == "203.0.113.5"
+
+
+def test_trusted_peer_without_proxy_headers_is_the_client() -> None:
+    assert client_address("127.0.0.1", None, TRUSTED) == "127.0.0.1"

@@ -1,9 +1,10 @@
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, normalise, parse_routes
+from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, normalise, parse_route_map
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.runtime import wavix_route_map
 
@@ -122,14 +123,46 @@ def test_with_routes_keeps_the_map_own_routes_and_settings() -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "error"),
+    ("lines", "error"),
     [
-        ("GET\t/a\tnumbers", "routes.tsv:2: expected method, path, scope and level"),
-        ("FETCH\t/a\tnumbers\tread", "routes.tsv:2: unknown method 'FETCH'"),
-        ("GET\ta\tnumbers\tread", "routes.tsv:2: path must start with '/'"),
-        ("GET\t/a\tnumbers\tadmin", "routes.tsv:2: level must be read or write, not 'admin'"),
+        (["GET\t/a\tnumbers"], "routes.tsv:1: expected method, path, scope and level"),
+        (["", "FETCH\t/a\tnumbers\tread"], "routes.tsv:2: unknown method 'FETCH'"),
+        (["GET\ta\tnumbers\tread"], "routes.tsv:1: path must start with '/'"),
+        (["GET\t/a\tnumbers\tadmin"], "routes.tsv:1: level must be read or write, not 'admin'"),
+        (["GET\t/a\torders\tread"], "routes.tsv:1: unknown scope group 'orders'"),
+        (["GET\t/a/{x}\t-\t-", "GET\t/a/{y}/\t-\t-"], "routes.tsv:2: duplicate route GET /a/{y}/"),
+        (["GET\t/a\t-\t-", "groups\tx"], "routes.tsv:2: declare groups before the first route"),
+        (["groups"], "routes.tsv:1: groups needs at least one name"),
+        (["groups\tOrders"], "routes.tsv:1: group name 'Orders' must be a lowercase identifier"),
+        (["groups\ta\ta"], "routes.tsv:1: scope group names must be unique"),
     ],
-)
-def test_broken_route_line_names_file_and_line(line: str, error: str) -> None:
-    with pytest.raises(ValueError, match="^" + error.replace("(", r"\(")):
-        parse_routes(["method\tpath\tscope\tlevel", line], "routes.tsv")
+    ids=["columns", "method", "path", "level", "group", "duplicate", "late_groups",
+         "empty_groups", "group_case", "group_twice"],
+)  # fmt: skip
+def test_broken_route_map_names_file_and_line(lines: list[str], error: str) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(error) + "$"):
+        parse_route_map(lines, "routes.tsv")
+
+
+def test_route_map_file_declares_its_own_groups() -> None:
+    text = """
+        # the shop's API
+        groups\torders\treports
+        method\tpath\tscope\tlevel
+        GET\t/v1/orders/{id}\torders\tread   # a comment
+        POST\t/v1/orders\t\torders\twrite
+        DELETE\t/v1/admin\t-\t-
+    """
+    route_map = parse_route_map(text.splitlines(), "shop.tsv", UnknownRoutes.DENY)
+    assert route_map.groups.names == ("orders", "reports")
+    assert route_map.unknown is UnknownRoutes.DENY
+    labels = [
+        route.label
+        for route in (
+            route_map.match("GET", "/v1/orders/7"),
+            route_map.match("POST", "/v1/orders"),
+            route_map.match("DELETE", "/v1/admin"),
+        )
+        if route is not None
+    ]
+    assert labels == ["orders:read", "orders:write", "full"]

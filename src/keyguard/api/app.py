@@ -8,14 +8,17 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyguard import __version__
+from keyguard.api.auth import FORWARD_PATH, ForwardAuth, is_forward_auth, verify_router
 from keyguard.api.errors import LastResort, install_error_handlers
 from keyguard.api.keys import key_router
 from keyguard.api.schemas import (
     ErrorResponse,
     component_schemas,
     create_request_model,
+    forward_auth_document,
     update_request_model,
 )
 from keyguard.config import Settings, load_settings
@@ -64,17 +67,40 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         await run_in_threadpool(request.app.state.keyguard.store.ping)
         return JSONResponse({"success": True, "keys": len(runtime.cache)})
 
-    _document_bodies(app, runtime)
+    verify_token = runtime.settings.verify_token
+    app.include_router(
+        verify_router(runtime.decider, verify_token.get_secret_value() if verify_token else None)
+    )
+    _document(app, runtime)
     app.add_middleware(
         KeyguardMiddleware,
         decider=runtime.decider,
         trusted_proxies=runtime.trusted_proxies,
         protect=_protected,
     )
-    return LastResort(app)
+    return Dispatcher(ForwardAuth(runtime.decider, runtime.trusted_proxies), LastResort(app))
 
 
-def _document_bodies(app: FastAPI, runtime: Keyguard) -> None:
+class Dispatcher:
+    """Send forward-auth requests straight to :class:`ForwardAuth`, the rest to the app.
+
+    Forward auth is the hot path: it skips the framework's middleware stack and
+    router entirely.
+    """
+
+    def __init__(self, forward: ForwardAuth, app: ASGIApp) -> None:
+        self.forward = forward
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_forward_auth(scope["path"]):
+            await self.forward(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _document(app: FastAPI, runtime: Keyguard) -> None:
+    """Complete the OpenAPI document with what the framework cannot see."""
     groups = runtime.service.groups
     bodies = (create_request_model(groups), update_request_model(groups))
 
@@ -91,6 +117,7 @@ def _document_bodies(app: FastAPI, runtime: Keyguard) -> None:
                 "appid": {"type": "apiKey", "in": "query", "name": "appid"},
             }
             schema["security"] = [{"bearerAuth": []}, {"appid": []}]
+            schema["paths"][FORWARD_PATH] = forward_auth_document()
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -56,14 +56,16 @@ async def _http(_request: Request, error: Exception) -> JSONResponse:
 
 
 async def _validation(_request: Request, error: Exception) -> JSONResponse:
-    """Framework validation covers path and query parameters only (bodies are
-    parsed by keyguard): a bad ``{id}`` is an unknown record, a bad query
-    parameter a 400 that names it."""
+    """Framework validation: a bad ``{id}`` is an unknown record; anything else a
+    400 naming the parameter (``body`` when the body itself is unreadable)."""
     assert isinstance(error, RequestValidationError)
-    location = error.errors()[0].get("loc", ())
+    first = error.errors()[0]
+    location = first.get("loc", ())
     if location and location[0] == "path":
         return wavix_error(404, "Record not found")
-    name = str(location[-1]) if len(location) > 1 else "query"
+    name = location[1] if len(location) > 1 and isinstance(location[1], str) else "body"
+    if first.get("type") == "json_invalid" or location[:1] == ("header",):
+        name = "body" if location[:1] == ("body",) else name
     return wavix_error(400, f"Missing or invalid parameter {name}")
 
 

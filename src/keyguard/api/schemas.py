@@ -122,3 +122,34 @@ def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
+
+
+def forward_auth_document() -> dict[str, Any]:
+    """The OpenAPI path item of ``/auth/forward``, which bypasses the framework."""
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    unauthorized = {"$ref": "#/components/schemas/UnauthorizedResponse"}
+    headers = {
+        name: {"in": "header", "name": name, "required": False, "schema": {"type": "string"}}
+        for name in ("X-Original-Method", "X-Original-URI", "X-Forwarded-Method",
+                     "X-Forwarded-Uri", "X-Real-IP", "X-Forwarded-For")
+    }  # fmt: skip
+    identity = {
+        name: {"schema": {"type": "string"}}
+        for name in ("X-Keyguard-Account-Id", "X-Keyguard-Key-Id", "X-Keyguard-Scope")
+    }
+    operation = {
+        "tags": ["Authorization"],
+        "summary": "Forward auth for nginx auth_request, Traefik ForwardAuth, Envoy ext_authz",
+        "description": "Decides the original request (method and URI from the proxy's "
+        "headers) and answers 200 with the caller's identity, or 401/403 with a Wavix body. "
+        "Any method is accepted.",
+        "parameters": list(headers.values()),
+        "responses": {
+            "200": {"description": "Allowed.", "headers": identity},
+            "401": {"description": "Missing, unknown or inactive key.",
+                    "content": {"application/json": {"schema": unauthorized}}},
+            "403": {"description": "The key may not make this request.",
+                    "content": {"application/json": {"schema": error}}},
+        },
+    }  # fmt: skip
+    return {"get": {**operation, "operationId": "auth_forward"}}

@@ -52,22 +52,31 @@ def is_permitted(address: Address, networks: Sequence[Network]) -> bool:
 
 
 def client_address(
-    peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
+    peer: str | None,
+    forwarded_for: str | None,
+    trusted: Sequence[Network],
+    real_ip: str | None = None,
 ) -> str | None:
     """The address a decision should judge.
 
-    ``X-Forwarded-For`` is read only when the TCP peer is a trusted proxy. Walking
-    it from the right, the first address that is not itself a trusted proxy is the
-    client: everything to its left was written by the client and may be forged.
+    Proxy headers are read only when the TCP peer is a trusted proxy. ``X-Real-IP``
+    is the proxy's own view of its client, so it is the right-most hop, after
+    ``X-Forwarded-For``. Walking the hops from the right, the first address that
+    is not itself a trusted proxy is the client: everything to its left was
+    written by the client and may be forged.
     """
     if peer is None:
         return None
-    if not trusted or not forwarded_for:
+    if not trusted:
         return peer
     address = parse_address(peer)
     if address is None or not is_permitted(address, trusted):
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",")]
+    hops = [hop.strip() for hop in forwarded_for.split(",")] if forwarded_for else []
+    if real_ip:
+        hops.append(real_ip.strip())
+    if not hops:
+        return peer
     for hop in reversed(hops):
         hop_address = parse_address(hop)
         if hop_address is None:

@@ -144,27 +144,68 @@ def _find(node: _Node, segments: Sequence[str], index: int, method: str) -> _Nod
     return None
 
 
-def parse_routes(lines: Iterable[str], source: str) -> list[Route]:
-    """Routes from tab-separated ``method path scope level`` lines.
+def parse_route_map(
+    lines: Iterable[str],
+    source: str,
+    unknown: UnknownRoutes = UnknownRoutes.FULL_ACCESS_ONLY,
+) -> RouteMap:
+    """A route map from its text format (documented in the README)::
 
-    The first line is a header; ``#`` starts a comment; a scope of ``-`` means the
-    route needs a full-access key. Errors name ``source`` and the line.
+        # comment
+        groups  orders  reports          (optional; default: Wavix's 13 groups)
+        method  path  scope  level       (optional header)
+        GET     /v1/orders/{id}  orders  read
+        DELETE  /v1/admin        -       -
+
+    Columns are separated by tabs; further columns are ignored. A scope of ``-``
+    means the route needs a full-access key. Every error names ``source`` and the
+    line, so a broken file stops keyguard with a message that says where.
     """
-    routes = []
+    groups: ScopeGroups | None = None
+    routes: list[Route] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
     for number, raw in enumerate(lines, start=1):
-        line = raw.partition("#")[0].rstrip("\r\n")
-        if number == 1 or not line.strip():
+        where = f"{source}:{number}"
+        columns = [column.strip() for column in raw.partition("#")[0].split("\t")]
+        columns = [column for column in columns if column]
+        if not columns or columns[0].lower() == "method":
             continue
-        columns = [column.strip() for column in line.split("\t")]
-        if len(columns) < 4:
-            raise ValueError(f"{source}:{number}: expected method, path, scope and level")
-        method, path, scope, level = columns[:4]
-        routes.append(_route(method, path, scope, level, f"{source}:{number}"))
-    return routes
+        if columns[0].lower() == "groups":
+            groups = _groups(columns[1:], where, declared_after_routes=bool(routes))
+            continue
+        route = _route(columns, where)
+        if route.scope is not None and route.scope not in (groups or ScopeGroups()):
+            raise ValueError(f"{where}: unknown scope group {route.scope!r}")
+        shape = (route.method, tuple(_shape(route.template)))
+        if shape in seen:
+            raise ValueError(f"{where}: duplicate route {route.method} {route.template}")
+        seen.add(shape)
+        routes.append(route)
+    return RouteMap.build(routes, groups, unknown)
 
 
-def _route(method: str, path: str, scope: str, level: str, where: str) -> Route:
-    method = method.upper()
+def _groups(names: list[str], where: str, *, declared_after_routes: bool) -> ScopeGroups:
+    if declared_after_routes:
+        raise ValueError(f"{where}: declare groups before the first route")
+    if not names:
+        raise ValueError(f"{where}: groups needs at least one name")
+    for name in names:
+        if not name.isidentifier() or not name.islower():
+            raise ValueError(f"{where}: group name {name!r} must be a lowercase identifier")
+    try:
+        return ScopeGroups(tuple(names))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _shape(template: str) -> list[str]:
+    return ["{}" if segment.startswith("{") else segment for segment in normalise(template)]
+
+
+def _route(columns: list[str], where: str) -> Route:
+    if len(columns) < 4:
+        raise ValueError(f"{where}: expected method, path, scope and level")
+    method, path, scope, level = columns[0].upper(), columns[1], columns[2], columns[3]
     if method not in METHODS:
         raise ValueError(f"{where}: unknown method {method!r}")
     if not path.startswith("/"):

@@ -1,0 +1,133 @@
+"""The authorization point for other APIs: forward auth and the verify API.
+
+``/auth/forward`` is a plain ASGI callable, reached before the framework's
+router: it is the hot path, and it pays only for reading headers, one decision
+and one response. It serves nginx ``auth_request`` (``X-Original-Method``,
+``X-Original-URI``), Traefik ForwardAuth (``X-Forwarded-Method``,
+``X-Forwarded-Uri``) and Envoy's HTTP ext_authz (the original method, and the
+original path appended to ``/auth/forward``).
+
+``POST /auth/verify`` answers the same question as JSON, for backends that ask
+keyguard directly.
+"""
+
+import hmac
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
+
+from keyguard.api.errors import wavix_error
+from keyguard.api.schemas import ERROR_RESPONSES
+from keyguard.decide import Decider
+from keyguard.domain.keys import bearer_token
+from keyguard.domain.network import Network
+from keyguard.middleware import ProxiedRequest, send_decision
+
+log = logging.getLogger("keyguard.api")
+
+FORWARD_PATH = "/auth/forward"
+_ERROR_BODY = b'{"success":false,"message":"Internal server error"}'
+_ERROR_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_ERROR_BODY)).encode()),
+]
+
+
+def is_forward_auth(path: str) -> bool:
+    return path == FORWARD_PATH or path.startswith(FORWARD_PATH + "/")
+
+
+class ForwardAuth:
+    """Answer 200 with the caller's identity, or 401/403 with a Wavix body."""
+
+    def __init__(self, decider: Decider, trusted_proxies: tuple[Network, ...]) -> None:
+        self.decider = decider
+        self.trusted_proxies = trusted_proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
+        try:
+            facts = ProxiedRequest.scan(scope["headers"])
+            method = facts.original_method or scope["method"]
+            uri = facts.original_uri
+            if uri is None:  # Envoy: the original path follows /auth/forward
+                query = scope.get("query_string", b"").decode("latin-1")
+                uri = (scope["path"][len(FORWARD_PATH) :] or "/") + (f"?{query}" if query else "")
+            path, _, query = uri.partition("?")
+            decision = self.decider.decide(
+                facts.credential(query), facts.client(scope, self.trusted_proxies), method, path
+            )
+        except Exception as error:  # a bug must still answer, and must not log input
+            log.error("unexpected %s in forward auth", type(error).__name__)
+            await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+            await send({"type": "http.response.body", "body": _ERROR_BODY})
+            return
+        if not decision.allowed:
+            await send_decision(send, decision)
+            return
+        headers = [
+            (b"x-keyguard-account-id", str(decision.account_id).encode()),
+            (b"x-keyguard-key-id", str(decision.key_id).encode()),
+            (b"x-keyguard-scope", str(decision.scope).encode()),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class VerifyRequest(BaseModel):
+    """A request to judge, as the backend that received it saw it."""
+
+    key: str | None = Field(default=None, max_length=1024, description="The presented key.")
+    ip: str | None = Field(default=None, max_length=64, description="The client address.")
+    method: str = Field(min_length=1, max_length=16, examples=["POST"])
+    path: str = Field(min_length=1, max_length=8192, examples=["/v3/messages"])
+
+
+class VerifyResponse(BaseModel):
+    allowed: bool
+    status: Literal[200, 401, 403]
+    message: str
+    account_id: int | None
+    key_id: int | None
+    scope: str | None = Field(description='What the request needed: "messages:write", "full".')
+
+
+def verify_router(decider: Decider, token: str | None) -> APIRouter:
+    """``POST /auth/verify``; when ``token`` is set, callers must present it."""
+    router = APIRouter(tags=["Authorization"])
+
+    @router.post(
+        "/auth/verify",
+        operation_id="auth_verify",
+        summary="Decide whether a key may make a request",
+        response_model=VerifyResponse,
+        responses={
+            400: {"model": ERROR_RESPONSES[403]["model"], "description": "Invalid body."},
+            401: ERROR_RESPONSES[401],
+        },
+    )
+    async def verify(
+        body: VerifyRequest,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> JSONResponse:
+        if token is not None:
+            presented = bearer_token(authorization) or ""
+            if not hmac.compare_digest(presented.encode(), token.encode()):
+                return wavix_error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+        decision = decider.decide(body.key, body.ip, body.method, body.path)
+        return JSONResponse(
+            {
+                "allowed": decision.allowed,
+                "status": decision.status,
+                "message": decision.message,
+                "account_id": decision.account_id,
+                "key_id": decision.key_id,
+                "scope": decision.scope,
+            }
+        )
+
+    return router
