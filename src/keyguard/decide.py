@@ -63,13 +63,15 @@ class Decider:
             address = parse_address(ip) if ip else None
             if address is None or not is_permitted(address, key.networks):
                 shown = str(address) if address is not None else "(unknown)"
-                return self._deny(key, f"IP address {shown} is not permitted for this API key")
+                message = f"IP address {shown} is not permitted for this API key"
+                return Decision(False, 403, message, key.account_id, key.key_id)
         route = self._routes.match(method, path)
+        needed = route.label if route else "full"  # an unknown path needs full access
         refusal = self._refusal(key, route)
         if refusal is not None:
-            return self._deny(key, refusal, route)
+            return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
         self._usage.touch(key.key_id)
-        return Decision(True, 200, "OK", key.account_id, key.key_id, route.label if route else None)
+        return Decision(True, 200, "OK", key.account_id, key.key_id, needed)
 
     def _refusal(self, key: CachedKey, route: Route | None) -> str | None:
         """Why ``key`` may not take ``route``, or ``None`` if it may."""
@@ -84,8 +86,3 @@ class Decider:
         if key.levels.get(route.scope, Level.NONE) < route.level:
             return f"API key scope {route.scope}: {route.level.label} access required"
         return None
-
-    @staticmethod
-    def _deny(key: CachedKey, message: str, route: Route | None = None) -> Decision:
-        scope = route.label if route else None
-        return Decision(False, 403, message, key.account_id, key.key_id, scope)

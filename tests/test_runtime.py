@@ -1,0 +1,94 @@
+"""Composition: settings become a running keyguard, or a sentence that says what to fix."""
+
+from pathlib import Path
+
+import pytest
+
+from keyguard.config import Settings, load_settings
+from keyguard.domain.routes import UnknownRoutes
+from keyguard.errors import ConfigurationError
+from keyguard.runtime import Keyguard
+from tests.conftest import TEST_SECRET
+
+SHOP_ROUTES = (
+    "groups\torders\treports\nGET\t/v1/orders\torders\tread\nPOST\t/v1/orders\torders\twrite\n"
+)
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{tmp_path}/keyguard.db",
+        "secret_key": TEST_SECRET,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_route_map_file_replaces_wavix_routes_and_keeps_management(tmp_path: Path) -> None:
+    routes = tmp_path / "shop.tsv"
+    routes.write_text(SHOP_ROUTES)
+    keyguard = Keyguard(_settings(tmp_path, routes=routes))
+    assert keyguard.routes.groups.names == ("orders", "reports")
+    assert keyguard.service.groups.names == ("orders", "reports")
+    orders = keyguard.routes.match("POST", "/v1/orders")
+    assert orders is not None
+    assert orders.label == "orders:write"
+    management = keyguard.routes.match("PATCH", "/v1/api-keys/5")
+    assert management is not None
+    assert management.needs_full_access
+    assert keyguard.routes.match("GET", "/v1/numbers") is None
+
+
+def test_broken_route_map_stops_the_start_naming_file_and_line(tmp_path: Path) -> None:
+    routes = tmp_path / "shop.tsv"
+    routes.write_text(SHOP_ROUTES + "GET\t/v1/reports\treportz\tread\n")
+    with pytest.raises(ConfigurationError) as caught:
+        Keyguard(_settings(tmp_path, routes=routes))
+    assert caught.value.message == f"Invalid route map: {routes}:4: unknown scope group 'reportz'"
+
+
+def test_missing_route_map_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="Cannot read the route map .*missing.tsv"):
+        Keyguard(_settings(tmp_path, routes=tmp_path / "missing.tsv"))
+
+
+def test_unknown_routes_setting_reaches_the_map(tmp_path: Path) -> None:
+    keyguard = Keyguard(_settings(tmp_path, unknown_routes="deny"))
+    assert keyguard.routes.unknown is UnknownRoutes.DENY
+
+
+def test_settings_come_from_keyguard_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")
+    monkeypatch.setenv("KEYGUARD_SECRET_DISPLAY", "masked")
+    monkeypatch.setenv("KEYGUARD_UNKNOWN_ROUTES", "deny")
+    settings = load_settings()
+    assert settings.trusted_proxies == ["127.0.0.1", "10.0.0.0/8"]
+    assert settings.secret_display.value == "masked"
+    assert settings.unknown_routes is UnknownRoutes.DENY
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("KEYGUARD_TRUSTED_PROXIES", "10.0.0.1/8", "KEYGUARD_TRUSTED_PROXIES"),
+        ("KEYGUARD_SECRET_DISPLAY", "partial", "KEYGUARD_SECRET_DISPLAY"),
+        ("KEYGUARD_UNKNOWN_ROUTES", "allow", "KEYGUARD_UNKNOWN_ROUTES"),
+        ("KEYGUARD_USAGE_FLUSH_INTERVAL", "0", "KEYGUARD_USAGE_FLUSH_INTERVAL"),
+    ],
+)
+def test_bad_setting_fails_loudly_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=f"^Invalid settings: {problem}: "):
+        load_settings()
+
+
+def test_short_secret_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
+        Keyguard(_settings(tmp_path, secret_key="short"))
+
+
+def test_generated_secret_lives_beside_the_database(tmp_path: Path) -> None:
+    Keyguard(_settings(tmp_path, secret_key=None))
+    assert (tmp_path / "keyguard.secret").stat().st_mode & 0o777 == 0o600
