@@ -48,7 +48,7 @@ def test_broken_route_map_stops_the_start_naming_file_and_line(tmp_path: Path) -
 
 
 def test_missing_route_map_is_explained(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="Cannot read the route map .*missing.tsv"):
+    with pytest.raises(ConfigurationError, match=r"Cannot read the route map .*missing\.tsv"):
         Keyguard(_settings(tmp_path, routes=tmp_path / "missing.tsv"))
 
 

@@ -55,9 +55,9 @@ def test_allowed_request_answers_200_with_identity(proxy: TestClient, tenant: Te
     ids=["missing", "empty", "unknown", "wrong_checksum", "huge", "non_ascii"],
 )
 def test_unusable_key_is_401_with_wavix_body(proxy: TestClient, token: str | None) -> None:
-    headers = {"X-Original-URI": b"/v3/messages"}
+    headers = {b"X-Original-URI": b"/v3/messages"}
     if token is not None:
-        headers["Authorization"] = f"Bearer {token}".encode()
+        headers[b"Authorization"] = f"Bearer {token}".encode()
     response = proxy.get("/auth/forward", headers=headers)
     assert response.status_code == 401
     assert response.json() == UNAUTHORIZED
