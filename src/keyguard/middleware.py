@@ -73,8 +73,12 @@ _METHOD_HEADERS = (b"x-original-method", b"x-forwarded-method")
 _URI_HEADERS = (b"x-original-uri", b"x-forwarded-uri")
 
 
-async def send_decision(send: Send, decision: Decision) -> None:
-    """Answer a refused request with its Wavix error body."""
+async def send_decision(send: Send, decision: Decision, *, message_header: bool = False) -> None:
+    """Answer a refused request with its Wavix error body.
+
+    With ``message_header``, the message also travels in ``X-Keyguard-Message``,
+    for proxies such as nginx that answer the client from headers, not the body.
+    """
     body = json.dumps(error_body(decision.status, decision.message), separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -82,6 +86,8 @@ async def send_decision(send: Send, decision: Decision) -> None:
     ]
     if decision.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if message_header:
+        headers.append((b"x-keyguard-message", decision.message.encode("latin-1", "replace")))
     await send({"type": "http.response.start", "status": decision.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

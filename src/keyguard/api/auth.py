@@ -66,7 +66,7 @@ class ForwardAuth:
             await send({"type": "http.response.body", "body": _ERROR_BODY})
             return
         if not decision.allowed:
-            await send_decision(send, decision)
+            await send_decision(send, decision, message_header=True)
             return
         headers = [
             (b"x-keyguard-account-id", str(decision.account_id).encode()),
