@@ -6,10 +6,13 @@ rows.
 """
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
@@ -22,18 +25,50 @@ TEST_SECRET = SecretStr("test-secret-" + "0123456789abcdef" * 3)
 CLIENT_IP = "203.0.113.10"
 
 
+POSTGRES_URL_VARIABLE = "KEYGUARD_TEST_POSTGRES_URL"
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The developer's own KEYGUARD_* variables must not leak into tests."""
     for name in list(os.environ):
-        if name.startswith("KEYGUARD_"):
+        if name.startswith("KEYGUARD_") and name != POSTGRES_URL_VARIABLE:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:  # noqa: ARG001
-    """Each backend the suite runs on; PostgreSQL joins when it is configured."""
-    return f"sqlite:///{tmp_path}/keyguard.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each backend the suite runs on, with a database of the test's own.
+
+    PostgreSQL runs when KEYGUARD_TEST_POSTGRES_URL names a server (``.ci/run``
+    sets it); each test gets a fresh schema there. If the variable is set and the
+    server does not answer, the tests fail: they never skip silently.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/keyguard.db"
+        return
+    server = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not server:
+        pytest.skip(f"PostgreSQL: {POSTGRES_URL_VARIABLE} is not set")
+    with postgres_schema(server) as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema(server: str) -> Iterator[str]:
+    """A throwaway schema on ``server``; the URL's connections use only it."""
+    name = f"kg_test_{uuid.uuid4().hex[:12]}"
+    conninfo = server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+    separator = "&" if "?" in server else "?"
+    yield f"{server}{separator}options=-csearch_path%3D{name}&application_name={name}"
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        )
+        admin.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ refresh reads the store's change feed; and every entry remembers its
 revision, so a late, older copy of a key can never overwrite a newer one.
 """
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.records import StoredKey
 from keyguard.domain.scopes import Level
-from keyguard.storage import Store
+from keyguard.storage import ChangeSignal, Store
+
+log = logging.getLogger("keyguard.cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +84,36 @@ class KeyCache:
         else:
             self._by_digest[key.digest] = CachedKey.of(key)
         return True
+
+
+class ChangeFollower:
+    """Refresh the snapshot as soon as the store signals a change.
+
+    Runs beside the periodic refresh, which remains the guarantee: this only makes
+    propagation faster than the polling interval.
+    """
+
+    def __init__(self, cache: KeyCache, signal: ChangeSignal) -> None:
+        self._cache = cache
+        self._signal = signal
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keyguard-follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._signal.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._signal.wait(timeout=0.1) or self._stop.is_set():
+                continue
+            try:
+                self._cache.refresh()
+            except Exception as error:  # the periodic refresh will catch up
+                log.warning(
+                    "snapshot refresh after a change signal failed: %s", type(error).__name__
+                )

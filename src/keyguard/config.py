@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYGUARD_", frozen=True, extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    database_pool_size: int = Field(
+        default=5, ge=1, le=100, description="Database connections per process (PostgreSQL)."
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Server secret; generated into secret_file when unset."
     )

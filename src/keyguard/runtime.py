@@ -8,7 +8,7 @@ The CLI and the app factory build one; nothing else constructs these parts.
 from importlib.resources import files
 from pathlib import Path
 
-from keyguard.cache import KeyCache
+from keyguard.cache import ChangeFollower, KeyCache
 from keyguard.config import Settings
 from keyguard.decide import Decider
 from keyguard.domain.network import Network, parse_networks
@@ -65,7 +65,11 @@ class Keyguard:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store if store is not None else open_store(settings.database_url)
+        self.store = (
+            store
+            if store is not None
+            else open_store(settings.database_url, settings.database_pool_size)
+        )
         self.vault = Vault(server_secret(settings))
         self.cache = KeyCache(self.store)
         self.usage = UsageRecorder(self.store)
@@ -81,7 +85,7 @@ class Keyguard:
             prefix=settings.key_prefix,
             display=settings.secret_display,
         )
-        self._tasks = [
+        self._tasks: list[Periodic | ChangeFollower] = [
             Periodic("snapshot refresh", self.cache.refresh, settings.refresh_interval),
             Periodic(
                 "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
@@ -91,6 +95,9 @@ class Keyguard:
     def start(self) -> None:
         """Load the snapshot, then keep it and ``last_used_at`` current."""
         self.cache.refresh()
+        signal = self.store.change_signal()
+        if signal is not None:
+            self._tasks.append(ChangeFollower(self.cache, signal))
         for task in self._tasks:
             task.start()
 

@@ -1,7 +1,9 @@
 """Writers that race on one database lose nothing."""
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import KeySettings
@@ -23,14 +25,18 @@ def _race(actions: list[Callable[[], object]]) -> None:
         thread.join()
 
 
-def _two_stores(database_url: str) -> tuple[Store, Store]:
+@pytest.fixture
+def two_stores(database_url: str) -> Iterator[tuple[Store, Store]]:
+    """Two stores on one database, as two processes would have."""
     first, second = open_store(database_url), open_store(database_url)
     first.migrate()
-    return first, second
+    yield first, second
+    first.close()
+    second.close()
 
 
-def test_concurrent_patches_of_one_key_lose_no_field(database_url: str) -> None:
-    first, second = _two_stores(database_url)
+def test_concurrent_patches_of_one_key_lose_no_field(two_stores: tuple[Store, Store]) -> None:
+    first, second = two_stores
     account, key = first.create_account("a", b"d" * 32, b"s", KeySettings(label="k"))
     groups = ["numbers", "trunks", "calls", "messages", "billing", "account"]
     stores = [first, second]
@@ -44,8 +50,8 @@ def test_concurrent_patches_of_one_key_lose_no_field(database_url: str) -> None:
     assert stored.settings.scopes == dict.fromkeys(groups, Level.WRITE)
 
 
-def test_delete_racing_updates_leaves_the_key_deleted(database_url: str) -> None:
-    first, second = _two_stores(database_url)
+def test_delete_racing_updates_leaves_the_key_deleted(two_stores: tuple[Store, Store]) -> None:
+    first, second = two_stores
     account, key = first.create_account("a", b"d" * 32, b"s", KeySettings(label="k"))
     _race([
         lambda: second.update_key(account.id, key.id, KeyChanges(label="renamed")),
@@ -57,8 +63,8 @@ def test_delete_racing_updates_leaves_the_key_deleted(database_url: str) -> None
     assert changes[-1].deleted
 
 
-def test_concurrent_creates_get_distinct_ids_and_revisions(database_url: str) -> None:
-    first, second = _two_stores(database_url)
+def test_concurrent_creates_get_distinct_ids_and_revisions(two_stores: tuple[Store, Store]) -> None:
+    first, second = two_stores
     account, _ = first.create_account("a", b"\x00" * 32, b"s", KeySettings(label="k"))
     made: list[int] = []
 

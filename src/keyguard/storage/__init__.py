@@ -9,9 +9,24 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy.exc import ArgumentError
+
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import Account, KeySettings, StoredKey
 from keyguard.errors import ConfigurationError
+
+
+class ChangeSignal(Protocol):
+    """Wakes a waiting process when another one changed a key."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if a change may have happened.
+
+        After a lost connection it reconnects and answers True, since changes may
+        have been missed meanwhile.
+        """
+
+    def close(self) -> None: ...
 
 
 class Store(Protocol):
@@ -58,22 +73,28 @@ class Store(Protocol):
     def record_usage(self, used: Mapping[int, datetime]) -> None:
         """Move ``last_used_at`` forward, never back, for each key id given."""
 
+    def change_signal(self) -> ChangeSignal | None:
+        """A push channel for changes, if the backend has one; polling covers the rest."""
 
-def open_store(url: str) -> Store:
-    """The backend for a database URL: ``sqlite:///path``, ``memory://``."""
+
+def open_store(url: str, pool_size: int = 5) -> Store:
+    """The backend for a database URL: ``postgresql://…``, ``sqlite:///path``, ``memory://``."""
     scheme = url.partition(":")[0].partition("+")[0]
     if scheme == "memory":
         from keyguard.storage.memory import MemoryStore
 
         return MemoryStore()
-    if scheme == "sqlite":
+    if scheme in ("sqlite", "postgresql", "postgres"):
         from keyguard.storage.sql import SQLStore
 
-        return SQLStore(url)
+        try:
+            return SQLStore(url, pool_size)
+        except ArgumentError as error:
+            raise ConfigurationError(f"Invalid database URL: {error}") from None
     raise ConfigurationError(
-        f"Unsupported database URL scheme {scheme!r}: use sqlite:///path/to/keyguard.db "
-        "or memory://."
+        f"Unsupported database URL scheme {scheme!r}: use postgresql://user@host/db, "
+        "sqlite:///path/to/keyguard.db or memory://."
     )
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["ChangeSignal", "Store", "open_store"]

@@ -31,6 +31,9 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
+    def change_signal(self) -> None:
+        return None
+
     def create_account(
         self, name: str, digest: bytes, sealed_value: bytes, settings: KeySettings
     ) -> tuple[Account, StoredKey]:

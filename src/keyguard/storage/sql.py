@@ -26,31 +26,48 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from keyguard.domain.fields import KeyChanges, apply
 from keyguard.domain.records import Account, KeySettings, StoredKey
 from keyguard.domain.scopes import compact, expand
 from keyguard.errors import StorageUnavailable
+from keyguard.storage import ChangeSignal
 from keyguard.storage.tables import accounts, api_keys, meta
+
+CHANNEL = "keyguard_changes"
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def create_engine_for(url: str) -> Engine:
+def database_url(url: str) -> URL:
+    """The SQLAlchemy URL for a keyguard database URL; ``postgresql://`` uses psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_engine_for(url: str, pool_size: int = 5) -> Engine:
     """An engine with keyguard's settings for the URL's dialect.
 
-    SQLite runs in WAL mode with ``synchronous=FULL`` so that an acknowledged
-    write survives a crash of the process or the machine; write transactions
-    start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the lock
-    instead of failing on a stale snapshot.
+    PostgreSQL gets a bounded pool (``pool_size`` connections per process) that
+    checks connections before use. SQLite runs in WAL mode with
+    ``synchronous=FULL`` so that an acknowledged write survives a crash of the
+    process or the machine; write transactions start with ``BEGIN IMMEDIATE`` so
+    that concurrent writers queue on the lock instead of failing on a stale
+    snapshot.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        # pre-ping: after a database restart, stale pooled connections are
+        # replaced instead of failing the first requests.
+        return create_engine(
+            parsed, hide_parameters=True, pool_pre_ping=True, pool_size=pool_size, max_overflow=0
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
@@ -74,9 +91,10 @@ def create_engine_for(url: str) -> Engine:
 class SQLStore:
     """Accounts and keys in a relational database."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = create_engine_for(url)
+    def __init__(self, url: str, pool_size: int = 5) -> None:
+        self.engine = create_engine_for(url, pool_size)
+        self.dialect = self.engine.dialect.name
+        self.safe_url = self.engine.url.render_as_string(hide_password=True)
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -84,6 +102,9 @@ class SQLStore:
         from keyguard.storage.migrations import upgrade
 
         with self._translate_errors(), self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                # Instances starting together migrate one at a time.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7365221)"))
             upgrade(connection)
 
     def ping(self) -> None:
@@ -97,8 +118,25 @@ class SQLStore:
     def _translate_errors(self) -> Iterator[None]:
         try:
             yield
-        except OperationalError as error:
-            raise StorageUnavailable(f"The database did not answer: {error.orig}") from None
+        except DBAPIError as error:
+            if not isinstance(error, OperationalError | InterfaceError) and not (
+                error.connection_invalidated
+            ):
+                raise
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise StorageUnavailable(
+                f"Cannot reach the database at {self.safe_url} ({reason}). Check that the "
+                "server is running and that KEYGUARD_DATABASE_URL is right."
+            ) from None
+
+    def change_signal(self) -> "ChangeSignal | None":
+        """Push notification of changes: LISTEN/NOTIFY on PostgreSQL, none elsewhere."""
+        if self.dialect != "postgresql":
+            return None
+        from keyguard.storage.notify import PostgresChangeSignal
+
+        conninfo = self.engine.url.set(drivername="postgresql")
+        return PostgresChangeSignal(conninfo.render_as_string(hide_password=False), CHANNEL)
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -114,6 +152,11 @@ class SQLStore:
                 connection.execute(update(meta).values(revision=meta.c.revision + 1))
                 revision = connection.execute(select(meta.c.revision)).scalar_one()
                 yield connection, revision
+                if self.dialect == "postgresql":  # delivered when the transaction commits
+                    connection.execute(
+                        text("SELECT pg_notify(:channel, :revision)"),
+                        {"channel": CHANNEL, "revision": str(revision)},
+                    )
 
     # -- accounts ---------------------------------------------------------------
 
