@@ -9,8 +9,9 @@ revision, so a late, older copy of a key can never overwrite a newer one.
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.records import StoredKey
@@ -47,13 +48,15 @@ class CachedKey:
 class KeyCache:
     """Live keys by digest, plus the revision the snapshot has reached."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, observe_lag: Callable[[float], None] | None = None) -> None:
         self._store = store
+        self._observe_lag = observe_lag
         self._lock = threading.Lock()
         self._by_digest: dict[bytes, CachedKey] = {}
         self._revisions: dict[int, int] = {}  # key id -> revision held, tombstones too
         self.revision = 0
         self.refreshed_at: float | None = None  # time.monotonic() of the last refresh
+        self.store_reachable = False  # did the last refresh reach the store?
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -68,12 +71,27 @@ class KeyCache:
 
     def refresh(self) -> int:
         """Read every change since the last refresh; return how many were applied."""
-        revision, changes = self._store.changes_since(self.revision)
+        try:
+            revision, changes = self._store.changes_since(self.revision)
+        except Exception:
+            self.store_reachable = False
+            raise
         with self._lock:
-            applied = sum(self._apply(key) for key in changes)
+            applied = [key for key in changes if self._apply(key)]
             self.revision = max(self.revision, revision)
             self.refreshed_at = time.monotonic()
-        return applied
+            self.store_reachable = True
+        if self._observe_lag is not None:
+            now = datetime.now(UTC)
+            for key in applied:
+                if key.changed_at is not None:
+                    self._observe_lag((now - key.changed_at).total_seconds())
+        return len(applied)
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the last successful refresh."""
+        return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at
 
     def _apply(self, key: StoredKey) -> bool:
         if self._revisions.get(key.id, -1) >= key.revision:

@@ -14,6 +14,7 @@ from keyguard.decide import Decider
 from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
 from keyguard.errors import ConfigurationError
+from keyguard.metrics import Metrics
 from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
@@ -71,11 +72,18 @@ class Keyguard:
             else open_store(settings.database_url, settings.database_pool_size)
         )
         self.vault = Vault(server_secret(settings))
-        self.cache = KeyCache(self.store)
-        self.usage = UsageRecorder(self.store)
+        self.metrics = Metrics()
+        self.cache = KeyCache(self.store, observe_lag=self.metrics.propagation_seconds.observe)
+        self.usage = UsageRecorder(self.store, granularity=settings.usage_flush_interval)
         self.routes = load_route_map(settings.routes, settings.unknown_routes)
         self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
-        self.decider = Decider(self.vault, self.cache, self.routes, self.usage)
+        self.decider = Decider(
+            self.vault,
+            self.cache,
+            self.routes,
+            self.usage,
+            observe_latency=self.metrics.decision_seconds.observe,
+        )
         self.service = KeyService(
             self.store,
             self.vault,
@@ -85,6 +93,7 @@ class Keyguard:
             prefix=settings.key_prefix,
             display=settings.secret_display,
         )
+        self.metrics.watch(self)
         self._tasks: list[Periodic | ChangeFollower] = [
             Periodic("snapshot refresh", self.cache.refresh, settings.refresh_interval),
             Periodic(

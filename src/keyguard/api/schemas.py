@@ -31,6 +31,13 @@ class ErrorResponse(BaseModel):
     message: str
 
 
+class HealthResponse(BaseModel):
+    success: Literal[True]
+    database: Literal["ok", "unreachable"]
+    keys: int = Field(description="Live keys in this process's snapshot.")
+    snapshot_age_seconds: float = Field(description="Since the snapshot last caught up.")
+
+
 class UnauthorizedResponse(BaseModel):
     success: Literal[False]
     error: Literal[True]

@@ -43,3 +43,4 @@ class StoredKey:
     last_used_at: datetime | None = None
     revision: int = 0
     deleted: bool = False
+    changed_at: datetime | None = None  # when ``revision`` was written, to the microsecond

@@ -18,6 +18,7 @@ from keyguard.domain.scopes import Level, ScopeGroups
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SUSPECT = re.compile(r"[%.;\\A-Z]|//")
 _MAX_DECODE_ROUNDS = 4
+_RECENT_LIMIT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +29,16 @@ class Route:
     template: str
     scope: str | None
     level: Level = Level.NONE
+    label: str = field(init=False, compare=False)  # "messages:write" or "full"
+
+    def __post_init__(self) -> None:
+        # Computed once: decisions read it on every request.
+        label = "full" if self.scope is None else f"{self.scope}:{self.level.label}"
+        object.__setattr__(self, "label", label)
 
     @property
     def needs_full_access(self) -> bool:
         return self.scope is None
-
-    @property
-    def label(self) -> str:
-        return "full" if self.scope is None else f"{self.scope}:{self.level.label}"
 
 
 class UnknownRoutes(Enum):
@@ -89,6 +92,11 @@ class RouteMap:
     routes: tuple[Route, ...]
     unknown: UnknownRoutes = UnknownRoutes.FULL_ACCESS_ONLY
     _root: _Node = field(default_factory=_Node, repr=False, compare=False)
+    # Recent answers by (method, path): most traffic repeats a few thousand paths.
+    # Bounded, and simply cleared when full, so hostile paths cannot grow it.
+    _recent: dict[tuple[str, str], Route | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -124,11 +132,19 @@ class RouteMap:
 
     def match(self, method: str, path: str) -> Route | None:
         """The route for a request, or ``None`` when no route matches."""
-        method = method.upper()
-        if method == "HEAD":
-            method = "GET"
-        node = _find(self._root, normalise(path), 0, method)
-        return node.methods[method] if node is not None else None
+        try:
+            return self._recent[method, path]
+        except KeyError:
+            pass
+        verb = method.upper()
+        if verb == "HEAD":
+            verb = "GET"
+        node = _find(self._root, normalise(path), 0, verb)
+        route = node.methods[verb] if node is not None else None
+        if len(self._recent) >= _RECENT_LIMIT:
+            self._recent.clear()
+        self._recent[method, path] = route
+        return route
 
 
 def _find(node: _Node, segments: Sequence[str], index: int, method: str) -> _Node | None:

@@ -71,6 +71,7 @@ class MemoryStore:
             settings=settings,
             created_at=_now(),
             revision=self._revision,
+            changed_at=datetime.now(UTC),
         )
         self._keys[key.id] = key
         return key
@@ -98,7 +99,12 @@ class MemoryStore:
             if key is None:
                 return None
             self._revision += 1
-            key = replace(key, settings=apply(key.settings, changes), revision=self._revision)
+            key = replace(
+                key,
+                settings=apply(key.settings, changes),
+                revision=self._revision,
+                changed_at=datetime.now(UTC),
+            )
             self._keys[key_id] = key
             return key
 
@@ -108,7 +114,13 @@ class MemoryStore:
             if key is None:
                 return None
             self._revision += 1
-            tombstone = replace(key, deleted=True, sealed_value=b"", revision=self._revision)
+            tombstone = replace(
+                key,
+                deleted=True,
+                sealed_value=b"",
+                revision=self._revision,
+                changed_at=datetime.now(UTC),
+            )
             self._keys[key_id] = tombstone
             return tombstone
 

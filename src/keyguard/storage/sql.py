@@ -200,7 +200,8 @@ class SQLStore:
         sealed_value: bytes,
         settings: KeySettings,
     ) -> StoredKey:
-        created_at = _now()
+        changed_at = datetime.now(UTC)
+        created_at = changed_at.replace(microsecond=0)
         key_id = _new_id(
             connection.execute(
                 insert(api_keys).values(
@@ -209,12 +210,20 @@ class SQLStore:
                     sealed_value=sealed_value,
                     created_at=created_at,
                     revision=revision,
+                    changed_at=changed_at,
                     **_settings_columns(settings),
                 )
             )
         )
         return StoredKey(
-            key_id, account_id, digest, sealed_value, settings, created_at, None, revision
+            key_id,
+            account_id,
+            digest,
+            sealed_value,
+            settings,
+            created_at,
+            revision=revision,
+            changed_at=changed_at,
         )
 
     def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
@@ -249,12 +258,13 @@ class SQLStore:
             if key is None:
                 return None
             settings = apply(key.settings, changes)
+            changed_at = datetime.now(UTC)
             connection.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id)
-                .values(revision=revision, **_settings_columns(settings))
+                .values(revision=revision, changed_at=changed_at, **_settings_columns(settings))
             )
-        return replace(key, settings=settings, revision=revision)
+        return replace(key, settings=settings, revision=revision, changed_at=changed_at)
 
     def delete_key(self, account_id: int, key_id: int) -> StoredKey | None:
         with self._writing() as (connection, revision):
@@ -262,12 +272,20 @@ class SQLStore:
             if key is None:
                 return None
             # The row stays as a tombstone for change feeds; its secret does not.
+            changed_at = datetime.now(UTC)
             connection.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id)
-                .values(deleted_at=_now(), sealed_value=b"", revision=revision)
+                .values(
+                    deleted_at=changed_at.replace(microsecond=0),
+                    sealed_value=b"",
+                    revision=revision,
+                    changed_at=changed_at,
+                )
             )
-        return replace(key, deleted=True, sealed_value=b"", revision=revision)
+        return replace(
+            key, deleted=True, sealed_value=b"", revision=revision, changed_at=changed_at
+        )
 
     def changes_since(self, revision: int) -> tuple[int, list[StoredKey]]:
         query = select(api_keys).where(api_keys.c.revision > revision)
@@ -336,6 +354,7 @@ def _key(row: Row[Any]) -> StoredKey:
         last_used_at=row.last_used_at,
         revision=row.revision,
         deleted=row.deleted_at is not None,
+        changed_at=row.changed_at,
     )
 
 

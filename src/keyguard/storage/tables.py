@@ -81,5 +81,6 @@ api_keys = Table(
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("deleted_at", UTCDateTime, nullable=True),
     Column("revision", BigInteger, nullable=False, index=True),
+    Column("changed_at", UTCDateTime, nullable=True),
     sqlite_autoincrement=True,
 )
