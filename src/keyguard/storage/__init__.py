@@ -89,7 +89,7 @@ def open_store(url: str, pool_size: int = 5) -> Store:
 
         try:
             return SQLStore(url, pool_size)
-        except ArgumentError as error:
+        except (ArgumentError, ValueError) as error:
             raise ConfigurationError(f"Invalid database URL: {error}") from None
     raise ConfigurationError(
         f"Unsupported database URL scheme {scheme!r}: use postgresql://user@host/db, "

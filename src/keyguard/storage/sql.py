@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from keyguard.domain.fields import KeyChanges, apply
 from keyguard.domain.records import Account, KeySettings, StoredKey
 from keyguard.domain.scopes import compact, expand
-from keyguard.errors import StorageUnavailable
+from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import ChangeSignal
 from keyguard.storage.tables import accounts, api_keys, meta
 
@@ -66,10 +66,22 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
         # pre-ping: after a database restart, stale pooled connections are
         # replaced instead of failing the first requests.
         return create_engine(
-            parsed, hide_parameters=True, pool_pre_ping=True, pool_size=pool_size, max_overflow=0
+            parsed,
+            hide_parameters=True,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 5},
         )
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(
+                f"Cannot create the database folder {folder}: {error.strerror}."
+            ) from None
     engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
