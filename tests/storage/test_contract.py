@@ -161,3 +161,17 @@ def test_usage_moves_forward_only_and_does_not_touch_revision(store: Store) -> N
 
 def test_usage_of_unknown_key_is_ignored(store: Store) -> None:
     store.record_usage({999_999: datetime.now(UTC)})
+
+
+def test_usage_of_many_keys_is_written_in_batches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("keyguard.storage.sql.USAGE_BATCH", 2)
+    account_id = _account(store)
+    keys = [store.create_key(account_id, _digest(), b"s", KeySettings(label="k")) for _ in range(5)]
+    when = datetime(2026, 6, 1, 8, 30, 0, tzinfo=UTC)
+    store.record_usage({key.id: when + timedelta(seconds=key.id) for key in keys})
+    for key in keys:
+        stored = store.get_key(account_id, key.id)
+        assert stored is not None
+        assert stored.last_used_at == when + timedelta(seconds=key.id)

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     CursorResult,
     Engine,
     Row,
     bindparam,
+    column,
     create_engine,
     event,
     insert,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     select,
     text,
     update,
+    values,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -34,9 +37,11 @@ from keyguard.domain.records import Account, KeySettings, StoredKey
 from keyguard.domain.scopes import compact, expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import ChangeSignal
-from keyguard.storage.tables import accounts, api_keys, meta
+from keyguard.storage.tables import UTCDateTime, accounts, api_keys, meta
 
 CHANNEL = "keyguard_changes"
+USAGE_BATCH = 1000
+_SQLITE_UNAVAILABLE = ("unable to open", "locked", "disk i/o", "readonly", "no such table")
 
 
 def _now() -> datetime:
@@ -131,15 +136,25 @@ class SQLStore:
         try:
             yield
         except DBAPIError as error:
-            if not isinstance(error, OperationalError | InterfaceError) and not (
-                error.connection_invalidated
-            ):
+            if not self._is_unavailable(error):
                 raise
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             raise StorageUnavailable(
                 f"Cannot reach the database at {self.safe_url} ({reason}). Check that the "
                 "server is running and that KEYGUARD_DATABASE_URL is right."
             ) from None
+
+    def _is_unavailable(self, error: DBAPIError) -> bool:
+        """Is this the database being out of reach, rather than a bug?"""
+        if error.connection_invalidated or isinstance(error, InterfaceError):
+            return True
+        if not isinstance(error, OperationalError):
+            return False
+        if self.dialect != "sqlite":
+            return True
+        # SQLite reports SQL mistakes as OperationalError too.
+        message = str(error.orig).lower()
+        return any(sign in message for sign in _SQLITE_UNAVAILABLE)
 
     def change_signal(self) -> "ChangeSignal | None":
         """Push notification of changes: LISTEN/NOTIFY on PostgreSQL, none elsewhere."""
@@ -311,29 +326,50 @@ class SQLStore:
             return newest, [_key(row) for row in rows]
 
     def record_usage(self, used: Mapping[int, datetime]) -> None:
-        if not used:
-            return
-        statement = (
-            update(api_keys)
-            .where(
-                api_keys.c.id == _bind("key_id"),
-                or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < _bind("used")),
-            )
-            .values(last_used_at=_bind("used"))
-        )
-        parameters = [{"key_id": key_id, "used": when} for key_id, when in used.items()]
+        """One ``UPDATE … FROM (VALUES …)`` per 1,000 keys, in one transaction
+        (SQLite, which lacks that form, gets one executemany).
+
+        The condition keeps ``last_used_at`` from moving back when processes
+        flush out of order, and skips the row write when another process
+        already stored the same time.
+        """
+        items = list(used.items())
         with self._translate_errors(), self.engine.begin() as connection:
-            connection.execute(statement, parameters)
+            if self.dialect == "sqlite":  # no column aliases on VALUES: one statement per row
+                connection.execute(
+                    update(api_keys)
+                    .where(
+                        api_keys.c.id == bindparam("key_id"),
+                        or_(
+                            api_keys.c.last_used_at.is_(None),
+                            api_keys.c.last_used_at < bindparam("used", type_=UTCDateTime),
+                        ),
+                    )
+                    .values(last_used_at=bindparam("used", type_=UTCDateTime)),
+                    [{"key_id": key_id, "used": when} for key_id, when in items],
+                )
+                return
+            for start in range(0, len(items), USAGE_BATCH):
+                batch = values(
+                    column("key_id", BigInteger), column("used", UTCDateTime), name="batch"
+                ).data(items[start : start + USAGE_BATCH])
+                connection.execute(
+                    update(api_keys)
+                    .where(
+                        api_keys.c.id == batch.c.key_id,
+                        or_(
+                            api_keys.c.last_used_at.is_(None),
+                            api_keys.c.last_used_at < batch.c.used,
+                        ),
+                    )
+                    .values(last_used_at=batch.c.used)
+                )
 
 
 def _new_id(result: CursorResult[Any]) -> int:
     primary_key = result.inserted_primary_key
     assert primary_key is not None
     return int(primary_key[0])
-
-
-def _bind(name: str) -> Any:
-    return bindparam(name, type_=api_keys.c.last_used_at.type if name == "used" else None)
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
