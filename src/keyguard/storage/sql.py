@@ -6,7 +6,8 @@ writers, so a cache that reads changes by revision never misses one.
 """
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,7 +88,11 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
             raise ConfigurationError(
                 f"Cannot create the database folder {folder}: {error.strerror}."
             ) from None
-    engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
+    # A connection per request thread (the server runs up to 40): cheap for SQLite,
+    # and opening one costs more than a query.
+    engine = create_engine(
+        parsed, hide_parameters=True, pool_size=40, max_overflow=0, connect_args={"timeout": 30}
+    )
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -111,6 +116,11 @@ class SQLStore:
     def __init__(self, url: str, pool_size: int = 5) -> None:
         self.engine = create_engine_for(url, pool_size)
         self.dialect = self.engine.dialect.name
+        # SQLite admits one writer at a time and makes the others sleep and retry;
+        # queueing this process's writers here instead keeps the slowest write short.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if self.dialect == "sqlite" else nullcontext()
+        )
         self.safe_url = self.engine.url.render_as_string(hide_password=True)
 
     # -- plumbing ---------------------------------------------------------------
@@ -173,7 +183,7 @@ class SQLStore:
     @contextmanager
     def _writing(self) -> Iterator[tuple[Connection, int]]:
         """A write transaction and the revision its changes carry."""
-        with self._translate_errors(), self.engine.connect() as connection:
+        with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
             connection = connection.execution_options(keyguard_write=True)
             with connection.begin():
                 connection.execute(update(meta).values(revision=meta.c.revision + 1))

@@ -1,0 +1,204 @@
+"""Closed-loop HTTP load against one URL: wrk when it is there, else httpx in-process.
+
+Both generators keep a fixed number of connections busy for a fixed time and
+report a :class:`LoadResult`. wrk is preferred: it is written in C and costs the
+server little CPU; the httpx loop shares this machine's cores with the server,
+so it lowers absolute figures (ratios between targets stay comparable).
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from benchmarks.stats import percentile
+
+CONNECTIONS = 16
+REQUEST_TIMEOUT = 5.0
+WRK_SCRIPT = Path(__file__).with_name("wrk_report.lua")
+WRK_MARKER = "BENCH_RESULT "
+INSTALL_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What one load run measured; ``failures`` counts errors, timeouts and 4xx/5xx."""
+
+    requests: int
+    seconds: float
+    failures: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+class LoadGenerator(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def run(self, url: str, headers: Mapping[str, str], seconds: float) -> LoadResult:
+        """Load ``url`` for about ``seconds`` seconds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Wrk:
+    """wrk with one thread; a Lua script sets the headers and reports JSON."""
+
+    executable: str
+    connections: int = CONNECTIONS
+
+    @property
+    def name(self) -> str:
+        return f"wrk, {self.connections} connections"
+
+    def run(self, url: str, headers: Mapping[str, str], seconds: float) -> LoadResult:
+        duration = max(1, round(seconds))
+        command = [
+            self.executable,
+            "--threads=1",
+            f"--connections={self.connections}",
+            f"--duration={duration}s",
+            f"--timeout={REQUEST_TIMEOUT:.0f}s",
+            f"--script={WRK_SCRIPT}",
+            url,
+        ]
+        lines = "\n".join(f"{name}: {value}" for name, value in headers.items())
+        completed = subprocess.run(
+            command,
+            env={**os.environ, "BENCH_HEADERS": lines},
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            check=True,
+        )
+        return parse_wrk_report(completed.stdout)
+
+
+def parse_wrk_report(output: str) -> LoadResult:
+    for line in output.splitlines():
+        if line.startswith(WRK_MARKER):
+            report = json.loads(line.removeprefix(WRK_MARKER))
+            failures = report["socket_errors"] + report["status_errors"] + report["timeouts"]
+            return LoadResult(
+                requests=int(report["requests"]),
+                seconds=report["duration_us"] / 1e6,
+                failures=int(failures),
+                p50_ms=report["p50_us"] / 1000,
+                p99_ms=report["p99_us"] / 1000,
+            )
+    raise RuntimeError(f"wrk printed no {WRK_MARKER.strip()} line:\n{output}")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpxLoad:
+    """Concurrent httpx requests on this process's event loop."""
+
+    connections: int = CONNECTIONS
+
+    @property
+    def name(self) -> str:
+        return f"httpx in-process, {self.connections} connections"
+
+    def run(self, url: str, headers: Mapping[str, str], seconds: float) -> LoadResult:
+        return asyncio.run(self._run(url, headers, seconds))
+
+    async def _run(self, url: str, headers: Mapping[str, str], seconds: float) -> LoadResult:
+        latencies: list[float] = []
+        failures = 0
+        limits = httpx.Limits(max_connections=self.connections)
+        async with httpx.AsyncClient(
+            headers=dict(headers), limits=limits, timeout=REQUEST_TIMEOUT
+        ) as client:
+            started = time.perf_counter()
+            deadline = started + seconds
+
+            async def connection() -> None:
+                nonlocal failures
+                while (begun := time.perf_counter()) < deadline:
+                    try:
+                        failed = (await client.get(url)).status_code >= 400
+                    except httpx.HTTPError:
+                        failed = True
+                    latencies.append(time.perf_counter() - begun)
+                    failures += failed
+
+            await asyncio.gather(*(connection() for _ in range(self.connections)))
+            elapsed = time.perf_counter() - started
+        return LoadResult(
+            requests=len(latencies),
+            seconds=elapsed,
+            failures=failures,
+            p50_ms=percentile(latencies, 50) * 1000,
+            p99_ms=percentile(latencies, 99) * 1000,
+        )
+
+
+def choose_generator(preference: str, *, install: bool) -> tuple[LoadGenerator, list[str]]:
+    """The generator to use (``auto``, ``wrk`` or ``httpx``) and notes for the report."""
+    if preference == "httpx":
+        return HttpxLoad(), ["httpx load generator chosen on the command line."]
+    wrk, notes = find_wrk(install=install)
+    if wrk is not None:
+        return Wrk(wrk), notes
+    if preference == "wrk":
+        raise RuntimeError("wrk was asked for but is not available: " + " ".join(notes))
+    fallback = (
+        "Falling back to the in-process httpx load generator: it competes with the server "
+        "for CPU, so absolute requests/s are lower than with wrk; ratios stay comparable."
+    )
+    return HttpxLoad(), [*notes, fallback]
+
+
+def find_wrk(*, install: bool) -> tuple[str | None, list[str]]:
+    """wrk from PATH, or installed with apt-get when allowed and running as root."""
+    found = shutil.which("wrk")
+    if found is not None:
+        return found, []
+    if not install:
+        return None, ["wrk is not on PATH (installing it was turned off)."]
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, ["wrk is not on PATH; as root, `apt-get install -y wrk` adds it."]
+    problem = apt_install("wrk")
+    found = shutil.which("wrk")
+    if problem is not None or found is None:
+        return None, [f"wrk is not on PATH and installing it failed: {problem}"]
+    return found, ["wrk was not on PATH; installed it with apt-get."]
+
+
+def apt_install(package: str) -> str | None:
+    """Install a Debian package: ``None`` on success, else apt-get's last complaint."""
+    problem = _apt("install", "-y", "-qq", package)
+    if problem is not None:
+        # A fresh machine may have no package lists yet.
+        problem = _apt("update", "-qq") or _apt("install", "-y", "-qq", package)
+    return problem
+
+
+def _apt(*arguments: str) -> str | None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        completed = subprocess.run(
+            ["apt-get", *arguments],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return f"apt-get {arguments[0]} timed out"
+    if completed.returncode == 0:
+        return None
+    lines = completed.stderr.strip().splitlines()
+    return lines[-1] if lines else f"apt-get {arguments[0]} exited with {completed.returncode}"

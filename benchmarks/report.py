@@ -1,0 +1,56 @@
+"""The printed report and the raw figures written as JSON."""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass(slots=True)
+class Section:
+    """One benchmark's part of the report: tables for people, figures for JSON."""
+
+    name: str
+    title: str
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    """A compact table: the first column names the row, the others are right-aligned."""
+    grid = Table(title=title, title_justify="left", title_style="bold", padding=(0, 1))
+    for index, column in enumerate(columns):
+        grid.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        grid.add_row(*row)
+    return grid
+
+
+def show(console: Console, section: Section) -> None:
+    console.rule(f"[bold]{section.title}")
+    for grid in section.tables:
+        console.print(grid)
+    for note in section.notes:
+        console.print(f"[dim]- {note}[/dim]", highlight=False)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def millis(value: float) -> str:
+    return f"{value:,.1f}" if value >= 100 else f"{value:.2f}"
+
+
+def times(value: float) -> str:
+    return f"{value:.2f}x"
