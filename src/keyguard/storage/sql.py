@@ -5,8 +5,8 @@ transaction that also bumps ``keyguard_meta.revision``; that row lock orders
 writers, so a cache that reads changes by revision never misses one.
 """
 
-from collections.abc import Iterator, Mapping
 import threading
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
