@@ -20,6 +20,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._accounts: dict[int, Account] = {}
         self._keys: dict[int, StoredKey] = {}
+        self._digests: set[bytes] = set()
         self._revision = 0
 
     def migrate(self) -> None:
@@ -60,8 +61,9 @@ class MemoryStore:
     def _insert(
         self, account_id: int, digest: bytes, sealed_value: bytes, settings: KeySettings
     ) -> StoredKey:
-        if any(key.digest == digest for key in self._keys.values()):
+        if digest in self._digests:
             raise ValueError("duplicate key digest")
+        self._digests.add(digest)
         self._revision += 1
         key = StoredKey(
             id=len(self._keys) + 1,
