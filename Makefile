@@ -20,8 +20,12 @@ typecheck: $(VENV)/.dev-installed
 unit: $(VENV)/.dev-installed
 	$(BIN)/pytest
 
-bench: $(VENV)/.dev-installed
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(VENV)/.installed $(VENV)/.dev-installed $@
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

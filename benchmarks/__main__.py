@@ -19,13 +19,17 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import management
+from benchmarks import decide, drf, forward, management, propagation
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
 from benchmarks.report import Section, show, write_json
 
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "management": management.run,
+    "decide": decide.run,
+    "forward": forward.run,
+    "drf": drf.run,
+    "propagation": propagation.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

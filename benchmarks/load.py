@@ -13,13 +13,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
-from benchmarks.stats import percentile
+from benchmarks.stats import median, percentile
 
 CONNECTIONS = 16
 REQUEST_TIMEOUT = 5.0
@@ -41,6 +41,9 @@ class LoadResult:
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds
+
+    def figures(self) -> dict[str, Any]:
+        return {**asdict(self), "requests_per_second": self.requests_per_second}
 
 
 class LoadGenerator(Protocol):
@@ -143,6 +146,58 @@ class HttpxLoad:
             p50_ms=percentile(latencies, 50) * 1000,
             p99_ms=percentile(latencies, 99) * 1000,
         )
+
+
+Target = tuple[str, Mapping[str, str]]  # a URL and the headers to send it
+
+
+def pooled_rate(results: list[LoadResult]) -> float:
+    """Requests per second over several rounds together."""
+    return sum(r.requests for r in results) / sum(r.seconds for r in results)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Alternating rounds of two targets under the same load."""
+
+    baseline: list[LoadResult]
+    subject: list[LoadResult]
+
+    def ratios(self) -> dict[str, float]:
+        """Subject ÷ baseline, each the median of the rounds' own ratios."""
+        pairs = list(zip(self.subject, self.baseline, strict=True))
+        return {
+            "requests_per_second": median(
+                [s.requests_per_second / b.requests_per_second for s, b in pairs]
+            ),
+            "p50": median([s.p50_ms / b.p50_ms for s, b in pairs]),
+            "p99": median([s.p99_ms / b.p99_ms for s, b in pairs]),
+        }
+
+    def added_microseconds(self) -> float:
+        """Extra server time per subject request, if one saturated worker sets both rates."""
+        return (1 / pooled_rate(self.subject) - 1 / pooled_rate(self.baseline)) * 1e6
+
+
+def compare(
+    generator: LoadGenerator,
+    baseline: Target,
+    subject: Target,
+    seconds: float,
+    rounds: int,
+    warmup: float = 1.0,
+) -> Comparison:
+    """Warm both targets up, then load them in turn, ``rounds`` rounds each."""
+    targets = (baseline, subject)
+    for url, headers in targets:
+        generator.run(url, headers, warmup)
+    results: tuple[list[LoadResult], list[LoadResult]] = ([], [])
+    for round_ in range(rounds):
+        # ABBA order, so a drift in the machine's speed weighs on both alike.
+        order = (0, 1) if round_ % 2 == 0 else (1, 0)
+        for index in order:
+            results[index].append(generator.run(*targets[index], seconds))
+    return Comparison(*results)
 
 
 def choose_generator(preference: str, *, install: bool) -> tuple[LoadGenerator, list[str]]:

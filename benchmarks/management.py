@@ -15,15 +15,14 @@ Three phases against one ``keyguard serve`` on a fresh SQLite database:
 import asyncio
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import httpx
 
 from benchmarks.context import Context
-from benchmarks.load import LoadGenerator, LoadResult
-from benchmarks.report import Section, millis, rate, table, times
+from benchmarks.load import Comparison, LoadGenerator, Target, compare, pooled_rate
+from benchmarks.report import Section, comparison_table, millis, rate, table
 from benchmarks.server import Server, running_keyguard
-from benchmarks.stats import Latency, median
+from benchmarks.stats import Latency
 
 CREATE_CLIENTS = 4
 CREATE_BUDGET = 90.0  # seconds; a slower create phase stops early and says so
@@ -57,11 +56,12 @@ class CreateResult:
         return self.created / self.seconds
 
 
-def create_keys(server: Server, count: int) -> CreateResult:
-    return asyncio.run(_create_keys(server, count))
+def create_keys(server: Server, count: int, budget: float = CREATE_BUDGET) -> CreateResult:
+    """Create ``count`` keys, stopping early after ``budget`` seconds."""
+    return asyncio.run(_create_keys(server, count, budget))
 
 
-async def _create_keys(server: Server, count: int) -> CreateResult:
+async def _create_keys(server: Server, count: int, budget: float) -> CreateResult:
     pending = iter(range(count))
     latencies: list[float] = []
     needles = 0
@@ -70,7 +70,7 @@ async def _create_keys(server: Server, count: int) -> CreateResult:
         base_url=server.base_url, headers=server.tenant.headers, timeout=30.0
     ) as client:
         started = time.perf_counter()
-        deadline = started + CREATE_BUDGET
+        deadline = started + budget
 
         async def create() -> None:
             nonlocal needles
@@ -117,47 +117,11 @@ def list_latency(server: Server, query: str, expected: int) -> ListResult:
     return ListResult(query or "(no filter)", expected, returned, Latency.of(durations))
 
 
-@dataclass(frozen=True, slots=True)
-class AuthCost:
-    """Alternating rounds of /healthz and of an authenticated key read."""
-
-    healthz: list[LoadResult]
-    key: list[LoadResult]
-
-    @staticmethod
-    def pooled_rate(results: list[LoadResult]) -> float:
-        return sum(r.requests for r in results) / sum(r.seconds for r in results)
-
-    def ratios(self) -> dict[str, float]:
-        """Key read ÷ /healthz, each the median of the rounds' own ratios."""
-        pairs = list(zip(self.key, self.healthz, strict=True))
-        return {
-            "requests_per_second": median(
-                [k.requests_per_second / h.requests_per_second for k, h in pairs]
-            ),
-            "p50": median([k.p50_ms / h.p50_ms for k, h in pairs]),
-            "p99": median([k.p99_ms / h.p99_ms for k, h in pairs]),
-        }
-
-    def added_microseconds(self) -> float:
-        """Extra server time per request, if one saturated worker sets both rates."""
-        return (1 / self.pooled_rate(self.key) - 1 / self.pooled_rate(self.healthz)) * 1e6
-
-
-def auth_cost(server: Server, generator: LoadGenerator, seconds: float) -> AuthCost:
-    targets: dict[str, tuple[str, dict[str, str]]] = {
-        "healthz": (server.url("/healthz"), {}),
-        "key": (server.url(f"/v1/api-keys/{server.tenant.key_id}"), server.tenant.headers),
-    }
-    for url, headers in targets.values():
-        generator.run(url, headers, WARMUP_SECONDS)
-    results: dict[str, list[LoadResult]] = {name: [] for name in targets}
-    for round_ in range(AUTH_ROUNDS):
-        # ABBA order, so a drift in the machine's speed weighs on both alike.
-        names = list(targets) if round_ % 2 == 0 else list(reversed(targets))
-        for name in names:
-            results[name].append(generator.run(*targets[name], seconds))
-    return AuthCost(results["healthz"], results["key"])
+def auth_cost(server: Server, generator: LoadGenerator, seconds: float) -> Comparison:
+    """/healthz (the baseline) against an authenticated key read."""
+    healthz: Target = (server.url("/healthz"), {})
+    key: Target = (server.url(f"/v1/api-keys/{server.tenant.key_id}"), server.tenant.headers)
+    return compare(generator, healthz, key, seconds, AUTH_ROUNDS, WARMUP_SECONDS)
 
 
 def run(context: Context) -> Section:
@@ -232,33 +196,13 @@ def _describe_lists(section: Section, lists: list[ListResult]) -> None:
     section.figures["list"] = [asdict(result) for result in lists]
 
 
-def _describe_auth(section: Section, cost: AuthCost, context: Context) -> None:
+def _describe_auth(section: Section, cost: Comparison, context: Context) -> None:
     ratios = cost.ratios()
-
-    def row(name: str, results: list[LoadResult]) -> list[str]:
-        return [
-            name,
-            rate(AuthCost.pooled_rate(results)),
-            millis(median([r.p50_ms for r in results])),
-            millis(median([r.p99_ms for r in results])),
-            str(sum(r.failures for r in results)),
-        ]
-
     section.tables.append(
-        table(
+        comparison_table(
             "3. GET /v1/api-keys/{id} against /healthz, same server, same load",
-            ["target", "req/s", "p50 ms", "p99 ms", "failures"],
-            [
-                row("GET /healthz (no key)", cost.healthz),
-                row("GET /v1/api-keys/{id} (Bearer)", cost.key),
-                [
-                    "ratio: key read / healthz",
-                    times(ratios["requests_per_second"]),
-                    times(ratios["p50"]),
-                    times(ratios["p99"]),
-                    "",
-                ],
-            ],
+            ("GET /healthz (no key)", "GET /v1/api-keys/{id} (Bearer)", "key read / healthz"),
+            cost,
         )
     )
     section.notes.append(
@@ -271,20 +215,16 @@ def _describe_auth(section: Section, cost: AuthCost, context: Context) -> None:
         "the key route reads the key from the database in the thread pool, decrypts and "
         "renders it."
     )
-    failures = sum(r.failures for r in [*cost.healthz, *cost.key])
+    failures = sum(r.failures for r in [*cost.baseline, *cost.subject])
     if failures:
         section.notes.append(f"{failures:,} requests failed under load; see the table.")
     section.figures["auth"] = {
         "rounds_seconds": context.seconds,
         "load_generator": context.generator.name,
-        "healthz": [_load_figures(r) for r in cost.healthz],
-        "key": [_load_figures(r) for r in cost.key],
-        "healthz_requests_per_second": AuthCost.pooled_rate(cost.healthz),
-        "key_requests_per_second": AuthCost.pooled_rate(cost.key),
+        "healthz": [r.figures() for r in cost.baseline],
+        "key": [r.figures() for r in cost.subject],
+        "healthz_requests_per_second": pooled_rate(cost.baseline),
+        "key_requests_per_second": pooled_rate(cost.subject),
         "ratio_key_over_healthz": ratios,
         "added_microseconds_per_request": cost.added_microseconds(),
     }
-
-
-def _load_figures(result: LoadResult) -> dict[str, Any]:
-    return {**asdict(result), "requests_per_second": result.requests_per_second}

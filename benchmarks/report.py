@@ -9,6 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.load import Comparison, LoadResult, pooled_rate
+from benchmarks.stats import median
+
 
 @dataclass(slots=True)
 class Section:
@@ -29,6 +32,37 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> 
     for row in rows:
         grid.add_row(*row)
     return grid
+
+
+def comparison_table(title: str, names: tuple[str, str, str], comparison: Comparison) -> Table:
+    """Baseline, subject and their ratio; ``names`` names the three rows."""
+    ratios = comparison.ratios()
+
+    def row(name: str, results: list[LoadResult]) -> list[str]:
+        return [
+            name,
+            rate(pooled_rate(results)),
+            millis(median([r.p50_ms for r in results])),
+            millis(median([r.p99_ms for r in results])),
+            str(sum(r.failures for r in results)),
+        ]
+
+    baseline, subject, ratio = names
+    return table(
+        title,
+        ["target", "req/s", "p50 ms", "p99 ms", "failures"],
+        [
+            row(baseline, comparison.baseline),
+            row(subject, comparison.subject),
+            [
+                f"ratio: {ratio}",
+                times(ratios["requests_per_second"]),
+                times(ratios["p50"]),
+                times(ratios["p99"]),
+                "",
+            ],
+        ],
+    )
 
 
 def show(console: Console, section: Section) -> None:

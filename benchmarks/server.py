@@ -1,9 +1,11 @@
-"""A real ``keyguard serve`` process on a fresh SQLite database.
+"""Real ``keyguard serve`` processes on a fresh database (SQLite unless a URL is given).
 
 :func:`running_keyguard` creates a temporary folder, an account with its
 full-access key (through the CLI, as an operator would), and a server on a free
 127.0.0.1 port; on the way out it stops the server's whole process group, even
-when the benchmark failed, and removes the folder.
+when the benchmark failed, and removes the folder. Its two halves serve more
+than one instance on one database: :func:`deployed` prepares the database,
+:func:`serving` starts each instance on it.
 """
 
 import json
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import httpx
 
 HOST = "127.0.0.1"
+BENCHMARKS_ROOT = Path(__file__).resolve().parent.parent  # where `benchmarks` imports from
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -51,6 +54,8 @@ class Server:
     base_url: str
     tenant: Tenant
     workers: int
+    pid: int  # the `keyguard serve` process; with one worker, the worker itself
+    start_seconds: float  # from process start until /healthz answered as asked
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -69,11 +74,24 @@ def free_port() -> int:
         return port
 
 
-def environment(folder: Path) -> dict[str, str]:
-    """This process's environment, minus any KEYGUARD_* of the developer's own."""
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A migrated database with one account, the environment that reaches it, a log folder."""
+
+    env: dict[str, str]
+    tenant: Tenant
+    folder: Path
+
+
+def environment(
+    folder: Path, database_url: str | None = None, settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment, minus any KEYGUARD_* of the developer's own,
+    plus ``settings`` (KEYGUARD_* variables the benchmark chooses)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")}
-    env["KEYGUARD_DATABASE_URL"] = f"sqlite:///{folder / 'keyguard.db'}"
+    env["KEYGUARD_DATABASE_URL"] = database_url or f"sqlite:///{folder / 'keyguard.db'}"
     env["KEYGUARD_SECRET_KEY"] = secrets.token_urlsafe(48)
+    env.update(settings or {})
     return env
 
 
@@ -89,41 +107,127 @@ def create_tenant(env: dict[str, str], name: str) -> Tenant:
 
 
 @contextmanager
-def running_keyguard(workers: int = 1) -> Iterator[Server]:
+def running_keyguard(
+    workers: int = 1, database_url: str | None = None, settings: Mapping[str, str] | None = None
+) -> Iterator[Server]:
     """A keyguard server with one account, stopped and removed afterwards."""
+    with (
+        deployed(database_url, settings) as deployment,
+        serving(deployment, workers) as server,
+    ):
+        yield server
+
+
+@contextmanager
+def deployed(
+    database_url: str | None = None, settings: Mapping[str, str] | None = None
+) -> Iterator[Deployment]:
+    """A temporary folder and a migrated database (SQLite in the folder by default)."""
     with tempfile.TemporaryDirectory(prefix="keyguard-bench-") as folder:
-        env = environment(Path(folder))
-        tenant = create_tenant(env, "bench")
-        port = free_port()
-        log_path = Path(folder) / "server.log"
-        command = [*keyguard_command(), "serve", "--host", HOST, "--port", str(port)]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [*command, "--workers", str(workers)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so stop() reaches workers
-            )
-        try:
-            server = Server(f"http://{HOST}:{port}", tenant, workers)
-            wait_until_healthy(process, server, log_path)
-            yield server
-        finally:
-            stop(process)
+        env = environment(Path(folder), database_url, settings)
+        yield Deployment(env, create_tenant(env, "bench"), Path(folder))
 
 
-def wait_until_healthy(process: subprocess.Popen[bytes], server: Server, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+@contextmanager
+def serving(
+    deployment: Deployment,
+    workers: int = 1,
+    *,
+    keys: int | None = None,
+    timeout: float = START_TIMEOUT,
+) -> Iterator[Server]:
+    """One ``keyguard serve`` on the deployment's database, stopped on the way out.
+
+    It is ready when ``/healthz`` answers 200, and, if ``keys`` is given, when
+    its snapshot holds at least that many keys.
+    """
+    port = free_port()
+    log_path = deployment.folder / f"server-{port}.log"
+    command = [*keyguard_command(), "serve", "--host", HOST, "--port", str(port)]
+    started = time.perf_counter()
+    process = spawn([*command, "--workers", str(workers)], deployment.env, log_path)
+    try:
+        base_url = f"http://{HOST}:{port}"
+        wait_until_healthy(process, base_url, log_path, keys, timeout)
+        elapsed = time.perf_counter() - started
+        yield Server(base_url, deployment.tenant, workers, process.pid, elapsed)
+    finally:
+        stop(process)
+
+
+def spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server with its output in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches workers
+        )
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], base_url: str, log: Path, keys: int | None, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerError(f"keyguard serve exited with {process.returncode}:\n{tail(log)}")
         with suppress(httpx.HTTPError):
-            if httpx.get(server.url("/healthz"), timeout=1.0).status_code == 200:
+            response = httpx.get(base_url + "/healthz", timeout=1.0)
+            if response.status_code == 200 and (keys is None or response.json()["keys"] >= keys):
                 return
-        time.sleep(0.1)
-    raise ServerError(f"keyguard serve was not healthy after {START_TIMEOUT:.0f} s:\n{tail(log)}")
+        time.sleep(0.05)
+    waited = "healthy" if keys is None else f"healthy with {keys:,} keys"
+    raise ServerError(f"keyguard serve was not {waited} after {timeout:.0f} s:\n{tail(log)}")
+
+
+def uvicorn_command(app: str, port: int, workers: int, *, factory: bool = False) -> list[str]:
+    """uvicorn serving ``app`` as ``keyguard serve`` runs keyguard (see ``keyguard.cli``):
+    the same workers, no access log, no ``Server`` header."""
+    command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(BENCHMARKS_ROOT)]
+    command += ["--host", HOST, "--port", str(port), "--workers", str(workers)]
+    command += ["--no-access-log", "--no-server-header"]  # loop and http: "auto", as keyguard's
+    return [*command, "--factory"] if factory else command
+
+
+@contextmanager
+def running_asgi(
+    app: str,
+    workers: int = 1,
+    *,
+    factory: bool = False,
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/",
+) -> Iterator[str]:
+    """Another ASGI app (``module:attribute``) under the server program keyguard uses.
+
+    Yields its base URL once ``ready_path`` answers with any status below 500.
+    """
+    with tempfile.TemporaryDirectory(prefix="keyguard-bench-asgi-") as folder:
+        port = free_port()
+        log_path = Path(folder) / "server.log"
+        command = uvicorn_command(app, port, workers, factory=factory)
+        process = spawn(command, os.environ if env is None else env, log_path)
+        try:
+            base_url = f"http://{HOST}:{port}"
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise ServerError(f"{app} exited with {process.returncode}:\n{tail(log_path)}")
+                with suppress(httpx.HTTPError):
+                    if httpx.get(base_url + ready_path, timeout=1.0).status_code < 500:
+                        break
+                time.sleep(0.05)
+            else:
+                raise ServerError(
+                    f"{app} did not answer in {START_TIMEOUT:.0f} s:\n{tail(log_path)}"
+                )
+            yield base_url
+        finally:
+            stop(process)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -140,3 +244,35 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The processes that serve requests: uvicorn's spawned workers, or the server itself."""
+    workers = [pid for pid in _children(server.pid) if b"spawn_main" in _cmdline(pid)]
+    return workers or [server.pid]
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    rss, peak = (int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM"))
+    return rss, peak
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -86,14 +86,3 @@ def test_periodic_survives_a_failing_action(caplog: pytest.LogCaptureFixture) ->
     task.stop()
     assert "flaky failed, will retry: ConnectionError" in caplog.text
     assert "secret-looking detail" not in caplog.text
-
-
-def test_uses_are_rounded_to_the_flush_interval_so_processes_agree() -> None:
-    store = open_store("memory://")
-    _account, key = store.create_account("a", b"d" * 32, b"s", KeySettings(label="k"))
-    first = UsageRecorder(store, clock=lambda: 1_000_000_007.9, granularity=5)
-    second = UsageRecorder(store, clock=lambda: 1_000_000_009.2, granularity=5)
-    first.touch(key.id)
-    second.touch(key.id)
-    assert first.latest(key.id) == second.latest(key.id)
-    assert first.latest(key.id) == datetime.fromtimestamp(1_000_000_005, UTC)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from keyguard.domain.network import Network, parse_networks
-from keyguard.domain.records import StoredKey
+from keyguard.domain.records import Account, AccountStatus, StoredKey
 from keyguard.domain.scopes import Level
 from keyguard.storage import ChangeSignal, Store
 
@@ -54,6 +54,9 @@ class KeyCache:
         self._lock = threading.Lock()
         self._by_digest: dict[bytes, CachedKey] = {}
         self._revisions: dict[int, int] = {}  # key id -> revision held, tombstones too
+        self._account_revisions: dict[int, int] = {}
+        # Accounts whose keys must fail: suspended or deleted. Decisions check it.
+        self.blocked_accounts: set[int] = set()
         self.revision = 0
         self.refreshed_at: float | None = None  # time.monotonic() of the last refresh
         self.store_reachable = False  # did the last refresh reach the store?
@@ -69,16 +72,23 @@ class KeyCache:
         with self._lock:
             self._apply(key)
 
+    def put_account(self, account: Account) -> None:
+        """Take in an account status written by this process."""
+        with self._lock:
+            self._apply_account(account)
+
     def refresh(self) -> int:
         """Read every change since the last refresh; return how many were applied."""
         try:
-            revision, changes = self._store.changes_since(self.revision)
+            changes = self._store.changes_since(self.revision)
         except Exception:
             self.store_reachable = False
             raise
         with self._lock:
-            applied = [key for key in changes if self._apply(key)]
-            self.revision = max(self.revision, revision)
+            for account in changes.accounts:
+                self._apply_account(account)
+            applied = [key for key in changes.keys if self._apply(key)]
+            self.revision = max(self.revision, changes.revision)
             self.refreshed_at = time.monotonic()
             self.store_reachable = True
         if self._observe_lag is not None:
@@ -92,6 +102,15 @@ class KeyCache:
     def age(self) -> float | None:
         """Seconds since the last successful refresh."""
         return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at
+
+    def _apply_account(self, account: Account) -> None:
+        if self._account_revisions.get(account.id, -1) >= account.revision:
+            return
+        self._account_revisions[account.id] = account.revision
+        if account.status is AccountStatus.ACTIVE:
+            self.blocked_accounts.discard(account.id)
+        else:
+            self.blocked_accounts.add(account.id)
 
     def _apply(self, key: StoredKey) -> bool:
         if self._revisions.get(key.id, -1) >= key.revision:

@@ -126,6 +126,8 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
 def _announce_first_key(runtime: Keyguard, host: str, port: int) -> None:
     _account, view = runtime.service.create_account("default")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"  # an IPv6 address in a URL
     console.print("[bold]Created account 'default'. Its full-access key, shown only now:[/bold]")
     console.print(view.value, markup=False, highlight=False)
     console.print("Try it:")

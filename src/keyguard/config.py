@@ -52,11 +52,30 @@ class Settings(BaseSettings):
     verify_token: SecretStr | None = Field(
         default=None, description="When set, POST /auth/verify requires it as a bearer token."
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Enables the operator API under /admin/v1/ for callers presenting it.",
+    )
+    auth_failures_per_minute: int = Field(
+        default=30, ge=0, description="Failed authentications per client IP; 0 = no limit."
+    )
+    management_writes_per_minute: int = Field(
+        default=120, ge=0, description="Key changes per account through the API; 0 = no limit."
+    )
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated addresses or CIDR ranges of proxies whose "
         "X-Forwarded-For / X-Real-IP headers are believed.",
     )
+
+    @field_validator("admin_token", "verify_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
 
     @field_validator("key_prefix")
     @classmethod

@@ -15,6 +15,7 @@ from keyguard.domain.keys import is_well_formed
 from keyguard.domain.network import is_permitted, parse_address
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import Level
+from keyguard.limits import WindowLimiter
 from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault
 
@@ -22,10 +23,12 @@ from keyguard.vault import Vault
 class Decision(NamedTuple):
     """The answer for one request.
 
-    ``status`` is 200 when allowed, else 401 (no usable key) or 403 (a usable
-    key that may not do this). ``scope`` names what the request needed:
-    ``"messages:write"``, or ``"full"`` for a route (or an unknown path) that
-    needs a full-access key; it is ``None`` when the key itself was refused.
+    ``status`` is 200 when allowed, else 401 (no usable key), 403 (a usable key
+    that may not do this), or 429 (the client address failed to authenticate
+    too often and must wait ``retry_after`` seconds). ``scope`` names what the
+    request needed: ``"messages:write"``, or ``"full"`` for a route (or an
+    unknown path) that needs a full-access key; ``None`` when the key itself was
+    refused.
     """
 
     allowed: bool
@@ -34,10 +37,12 @@ class Decision(NamedTuple):
     account_id: int | None = None
     key_id: int | None = None
     scope: str | None = None
+    retry_after: int | None = None  # for 429: seconds until the client may try again
 
 
 UNAUTHORIZED = Decision(False, 401, "Unauthorized")
 SAMPLE_EVERY = 64
+_TOO_MANY = "Too many failed authentications from this address; retry in {} seconds"
 
 
 class Decider:
@@ -50,15 +55,17 @@ class Decider:
         routes: RouteMap,
         usage: UsageRecorder,
         observe_latency: Callable[[float], None] | None = None,
+        failures: WindowLimiter | None = None,
     ) -> None:
         self._vault = vault
         self._cache = cache
         self._routes = routes
         self._usage = usage
         self._observe_latency = observe_latency
+        self._failures = failures
         # Plain counters cost ~50 ns; metrics read them when scraped. Latency is
         # sampled, one decision in SAMPLE_EVERY, to keep the clock off the hot path.
-        self.outcomes = {200: 0, 401: 0, 403: 0}
+        self.outcomes = {200: 0, 401: 0, 403: 0, 429: 0}
         self._calls = 0
 
     @property
@@ -78,11 +85,16 @@ class Decider:
         return decision
 
     def _decide(self, token: str | None, ip: str | None, method: str, path: str) -> Decision:
+        failures = self._failures
+        if failures is not None and failures.blocked:
+            wait = failures.retry_after(ip)
+            if wait is not None:  # refused before any hashing: a flood costs almost nothing
+                return Decision(False, 429, _TOO_MANY.format(wait), retry_after=wait)
         if token is None or not is_well_formed(token):
-            return UNAUTHORIZED
+            return self._unauthorized(ip)
         key = self._cache.get(self._vault.digest(token))
-        if key is None or not key.active:
-            return UNAUTHORIZED
+        if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
+            return self._unauthorized(ip)
         if key.networks is not None:
             address = parse_address(ip) if ip else None
             if address is None or not is_permitted(address, key.networks):
@@ -96,6 +108,13 @@ class Decider:
             return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
         self._usage.touch(key.key_id)
         return Decision(True, 200, "OK", key.account_id, key.key_id, needed)
+
+    def _unauthorized(self, ip: str | None) -> Decision:
+        if self._failures is not None:
+            wait = self._failures.hit(ip)
+            if wait is not None:
+                return Decision(False, 429, _TOO_MANY.format(wait), retry_after=wait)
+        return UNAUTHORIZED
 
     def _refusal(self, key: CachedKey, route: Route | None) -> str | None:
         """Why ``key`` may not take ``route``, or ``None`` if it may."""

@@ -6,7 +6,9 @@ infrastructure that is broken::
 
     KeyguardError
     ├── InvalidInput        a request body or parameter is refused (400 or 422)
+    ├── Unauthorized        the caller is not who the route requires (401)
     ├── NotFound            no such record for this account (404)
+    ├── RateLimited         too many requests; retry after some seconds (429)
     ├── ConfigurationError  settings or files that keyguard cannot start with
     └── StorageUnavailable  the database cannot be reached (503)
 
@@ -39,11 +41,26 @@ class InvalidInput(KeyguardError):  # noqa: N818 - reads as a fact, like httpx's
         return cls(f"Missing or invalid parameter {name}", 400)
 
 
+class Unauthorized(KeyguardError):  # noqa: N818
+    """The caller did not present the credential the route requires."""
+
+    def __init__(self) -> None:
+        super().__init__("Unauthorized")
+
+
 class NotFound(KeyguardError):  # noqa: N818
     """The record does not exist, or belongs to another account."""
 
     def __init__(self, message: str = "Record not found") -> None:
         super().__init__(message)
+
+
+class RateLimited(KeyguardError):  # noqa: N818
+    """A limit was reached; nothing was changed."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigurationError(KeyguardError):

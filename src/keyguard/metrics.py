@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from keyguard.runtime import Keyguard
 
-OUTCOMES = {200: "allowed", 401: "unauthorized", 403: "forbidden"}
+OUTCOMES = {200: "allowed", 401: "unauthorized", 403: "forbidden", 429: "throttled"}
 
 
 class Metrics:

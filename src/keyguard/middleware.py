@@ -86,6 +86,8 @@ async def send_decision(send: Send, decision: Decision, *, message_header: bool 
     ]
     if decision.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if decision.retry_after is not None:
+        headers.append((b"retry-after", str(decision.retry_after).encode()))
     if message_header:
         headers.append((b"x-keyguard-message", decision.message.encode("latin-1", "replace")))
     await send({"type": "http.response.start", "status": decision.status, "headers": headers})
@@ -121,5 +123,7 @@ class KeyguardMiddleware:
         if not decision.allowed:
             await send_decision(send, decision)
             return
-        scope.setdefault("state", {})["keyguard"] = decision
+        state = scope.setdefault("state", {})
+        state["keyguard"] = decision
+        state["keyguard_client"] = ip
         await self.app(scope, receive, send)

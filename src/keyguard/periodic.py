@@ -11,7 +11,8 @@ class Periodic:
     """Call ``action`` every ``interval`` seconds until stopped.
 
     A failing action is logged by exception type only (its message may quote a
-    database URL or a parameter) and retried at the next tick. With
+    database URL or a parameter), once per run of failures, and retried at the
+    next tick; recovery is logged too. With
     ``run_on_stop``, :meth:`stop` calls the action once more, so a graceful
     shutdown leaves nothing behind.
     """
@@ -24,6 +25,7 @@ class Periodic:
         self._interval = interval
         self._run_on_stop = run_on_stop
         self._stop = threading.Event()
+        self._failing = False
         self._thread = threading.Thread(target=self._loop, name=f"keyguard-{name}", daemon=True)
 
     def start(self) -> None:
@@ -44,4 +46,10 @@ class Periodic:
         try:
             self._action()
         except Exception as error:
-            log.warning("%s failed, will retry: %s", self.name, type(error).__name__)
+            if not self._failing:
+                log.warning("%s failed, will retry: %s", self.name, type(error).__name__)
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("%s works again", self.name)
+            self._failing = False

@@ -14,6 +14,7 @@ from keyguard.decide import Decider
 from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
 from keyguard.errors import ConfigurationError
+from keyguard.limits import WindowLimiter
 from keyguard.metrics import Metrics
 from keyguard.periodic import Periodic
 from keyguard.service import KeyService
@@ -30,6 +31,7 @@ MANAGEMENT_ROUTES = (
     Route("DELETE", "/v1/api-keys/{id}", None),
     Route("PATCH", "/v1/api-keys/{id}/activate", None),
     Route("PATCH", "/v1/api-keys/{id}/deactivate", None),
+    Route("GET", "/v1/audit-log", None),
 )
 
 
@@ -55,6 +57,10 @@ def load_route_map(path: Path | None, unknown: UnknownRoutes) -> RouteMap:
     return route_map.with_routes(MANAGEMENT_ROUTES)
 
 
+def _limiter(per_minute: int) -> WindowLimiter | None:
+    return WindowLimiter(per_minute, 60.0) if per_minute > 0 else None
+
+
 def server_secret(settings: Settings) -> bytes:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
@@ -74,7 +80,7 @@ class Keyguard:
         self.vault = Vault(server_secret(settings))
         self.metrics = Metrics()
         self.cache = KeyCache(self.store, observe_lag=self.metrics.propagation_seconds.observe)
-        self.usage = UsageRecorder(self.store, granularity=settings.usage_flush_interval)
+        self.usage = UsageRecorder(self.store)
         self.routes = load_route_map(settings.routes, settings.unknown_routes)
         self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
         self.decider = Decider(
@@ -83,7 +89,9 @@ class Keyguard:
             self.routes,
             self.usage,
             observe_latency=self.metrics.decision_seconds.observe,
+            failures=_limiter(settings.auth_failures_per_minute),
         )
+        self.management_writes = _limiter(settings.management_writes_per_minute)
         self.service = KeyService(
             self.store,
             self.vault,

@@ -11,11 +11,25 @@ from enum import Enum
 
 from keyguard.cache import KeyCache
 from keyguard.domain import keys
-from keyguard.domain.fields import KeyChanges, parse_create, parse_update, settings_for_new_key
-from keyguard.domain.records import Account, KeySettings, StoredKey
+from keyguard.domain.fields import (
+    MAX_LABEL_LENGTH,
+    KeyChanges,
+    parse_create,
+    parse_update,
+    settings_for_new_key,
+)
+from keyguard.domain.records import (
+    CLI,
+    Account,
+    AccountStatus,
+    Actor,
+    AuditRecord,
+    KeySettings,
+    StoredKey,
+)
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import InvalidInput, NotFound
-from keyguard.storage import Store
+from keyguard.storage import AuditQuery, Store
 from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault
 
@@ -62,13 +76,19 @@ class KeyService:
 
     # -- accounts -----------------------------------------------------------------
 
-    def create_account(self, name: str) -> tuple[Account, KeyView]:
+    def create_account(self, name: object, actor: Actor = CLI) -> tuple[Account, KeyView]:
         """A new account with its first, full-access key; the secret shown once."""
-        if not name.strip() or len(name) > MAX_ACCOUNT_NAME_LENGTH or not name.isprintable():
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or len(name) > MAX_ACCOUNT_NAME_LENGTH
+            or not name.isprintable()
+        ):
             raise InvalidInput.parameter("name")
         token, digest, sealed = self._new_secret()
+        label = f"{name} full access"[:MAX_LABEL_LENGTH]
         account, key = self.store.create_account(
-            name, digest, sealed, KeySettings(label=f"{name} full access")
+            name, digest, sealed, KeySettings(label=label), actor
         )
         self._cache.put(key)
         return account, KeyView(key, token, None)
@@ -82,6 +102,19 @@ class KeyService:
             raise NotFound()
         return account
 
+    def set_account_status(
+        self, account_id: int, status: AccountStatus, actor: Actor = CLI
+    ) -> Account:
+        """Suspend (every key fails with 401), resume, or delete an account."""
+        account = self.store.set_account_status(account_id, status, actor)
+        if account is None:
+            raise NotFound()
+        self._cache.put_account(account)
+        return account
+
+    def audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
+        return self.store.list_audit(query)
+
     # -- keys -------------------------------------------------------------------
 
     def list_keys(self, account_id: int, label: str | None = None) -> list[KeyView]:
@@ -90,30 +123,34 @@ class KeyService:
     def get_key(self, account_id: int, key_id: int) -> KeyView:
         return self._view(self._existing(account_id, key_id))
 
-    def create_key(self, account_id: int, body: object) -> KeyView:
+    def create_key(self, account_id: int, body: object, actor: Actor = CLI) -> KeyView:
         settings = settings_for_new_key(parse_create(body, self.groups))
         self.get_account(account_id)
         token, digest, sealed = self._new_secret()
-        key = self.store.create_key(account_id, digest, sealed, settings)
+        key = self.store.create_key(account_id, digest, sealed, settings, actor)
         self._cache.put(key)
         return KeyView(key, token, None)
 
-    def update_key(self, account_id: int, key_id: int, body: object) -> KeyView:
-        return self._view(self._update(account_id, key_id, parse_update(body, self.groups)))
+    def update_key(self, account_id: int, key_id: int, body: object, actor: Actor = CLI) -> KeyView:
+        changes = parse_update(body, self.groups)
+        return self._view(self._update(account_id, key_id, changes, actor, "key.update"))
 
-    def set_active(self, account_id: int, key_id: int, active: bool) -> None:
-        self._update(account_id, key_id, KeyChanges(active=active))
+    def set_active(self, account_id: int, key_id: int, active: bool, actor: Actor = CLI) -> None:
+        action = "key.activate" if active else "key.deactivate"
+        self._update(account_id, key_id, KeyChanges(active=active), actor, action)
 
-    def delete_key(self, account_id: int, key_id: int) -> None:
-        tombstone = self.store.delete_key(account_id, key_id)
+    def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> None:
+        tombstone = self.store.delete_key(account_id, key_id, actor)
         if tombstone is None:
             raise NotFound()
         self._cache.put(tombstone)
 
     # -- internals --------------------------------------------------------------
 
-    def _update(self, account_id: int, key_id: int, changes: KeyChanges) -> StoredKey:
-        key = self.store.update_key(account_id, key_id, changes)
+    def _update(
+        self, account_id: int, key_id: int, changes: KeyChanges, actor: Actor, action: str
+    ) -> StoredKey:
+        key = self.store.update_key(account_id, key_id, changes, actor, action)
         if key is None:
             raise NotFound()
         self._cache.put(key)

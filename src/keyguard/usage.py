@@ -18,22 +18,15 @@ from keyguard.storage import Store
 class UsageRecorder:
     """Notes key use in memory and flushes it to the store."""
 
-    def __init__(
-        self, store: Store, clock: Callable[[], float] = time.time, granularity: float = 1.0
-    ) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
-        # Times are rounded down to whole flush intervals, so every process that saw
-        # a key in one interval writes the same value and only the first write
-        # changes the row: one write per key per interval across all processes.
-        self._step = max(1, int(granularity))
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}
         self._flushing: dict[int, int] = {}
 
     def touch(self, key_id: int) -> None:
         now = int(self._clock())
-        now -= now % self._step
         # Most uses repeat a time already noted; those skip the lock. If a flush
         # takes the dict just after this read, it writes that same time anyway.
         if self._pending.get(key_id) != now:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from keyguard.domain.records import Account, AuditRecord
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.service import KeyView
 
@@ -39,3 +40,37 @@ def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
         body[group] = {"allow": settings.scopes.get(group, Level.NONE).label}
     body["created_at"] = _timestamp(key.created_at)
     return body
+
+
+def account_object(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "status": account.status.value,
+        "created_at": _timestamp(account.created_at),
+    }
+
+
+def audit_object(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "occurred_at": _timestamp(record.occurred_at),
+        "action": record.action,
+        "key_id": record.key_id,
+        "actor": {"type": record.actor.kind, "key_id": record.actor.key_id, "ip": record.actor.ip},
+        "before": record.before,
+        "after": record.after,
+    }
+
+
+def page(items: list[dict[str, Any]], number: int, per_page: int, total: int) -> dict[str, Any]:
+    """A Wavix-style paginated list."""
+    return {
+        "items": items,
+        "pagination": {
+            "current_page": number,
+            "per_page": per_page,
+            "total": total,
+            "total_pages": -(-total // per_page),
+        },
+    }

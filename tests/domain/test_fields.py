@@ -82,8 +82,6 @@ def test_legacy_name_is_named_in_its_type_error() -> None:
          (422, 'API key scope two_fa: must have only "allow" key')),
         ({"label": "x", "billing": {"allow": "admin"}},
          (422, "API key scope billing: allow must be one of: none, read, write")),
-        ({"label": "x", "calls": {}},
-         (422, "API key scope calls: allow must be one of: none, read, write")),
         ({"label": "x", "calls": {"allow": ["read"]}},
          (422, "API key scope calls: allow must be one of: none, read, write")),
     ],
@@ -150,3 +148,9 @@ def test_apply_changes_only_given_fields_and_drops_none_levels() -> None:
         scopes_enabled=True,
         scopes={"calls": Level.WRITE, "billing": Level.READ},
     )
+
+
+@pytest.mark.parametrize("scope", [{}, {"allow": None}], ids=["empty", "null_allow"])
+def test_scope_object_without_allow_means_none(scope: dict[str, object]) -> None:
+    changes = parse_update({"calls": scope}, GROUPS)
+    assert changes.scopes == {"calls": Level.NONE}

@@ -59,7 +59,7 @@ def test_delete_racing_updates_leaves_the_key_deleted(two_stores: tuple[Store, S
         lambda: second.update_key(account.id, key.id, KeyChanges(active=False)),
     ])  # fmt: skip
     assert first.get_key(account.id, key.id) is None
-    _revision, changes = first.changes_since(key.revision)
+    changes = first.changes_since(key.revision).keys
     assert changes[-1].deleted
 
 
@@ -75,5 +75,5 @@ def test_concurrent_creates_get_distinct_ids_and_revisions(two_stores: tuple[Sto
 
     _race([create((first, second)[i % 2], bytes([i + 1]) * 32) for i in range(8)])
     assert len(set(made)) == 8
-    _revision, changes = first.changes_since(0)
+    changes = first.changes_since(0).keys
     assert len({change.revision for change in changes}) == 9

@@ -8,9 +8,15 @@ from itertools import count
 import pytest
 
 from keyguard.domain.fields import KeyChanges
-from keyguard.domain.records import KeySettings
+from keyguard.domain.records import (
+    Account,
+    AccountStatus,
+    Actor,
+    Changes,
+    KeySettings,
+)
 from keyguard.domain.scopes import Level
-from keyguard.storage import Store, open_store
+from keyguard.storage import AuditQuery, Store, open_store
 
 _digests = count(1)
 
@@ -123,27 +129,28 @@ def test_deleted_key_is_gone_and_leaves_a_tombstone_without_secret(store: Store)
     assert key.id not in [listed.id for listed in store.list_keys(account_id)]
     assert store.delete_key(account_id, key.id) is None
     assert store.update_key(account_id, key.id, KeyChanges(active=False)) is None
-    _revision, changes = store.changes_since(key.revision)
+    changes = store.changes_since(key.revision).keys
     assert [(change.id, change.deleted) for change in changes] == [(key.id, True)]
 
 
 def test_change_feed_returns_everything_after_a_revision(store: Store) -> None:
     account_id = _account(store)
-    start, _ = store.changes_since(0)
+    start = store.changes_since(0).revision
     created = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
     updated = store.update_key(account_id, created.id, KeyChanges(active=False))
     assert updated is not None
-    revision, changes = store.changes_since(start)
-    assert revision == updated.revision
-    assert changes == [updated]
-    assert store.changes_since(revision) == (revision, [])
+    changes = store.changes_since(start)
+    assert changes.revision == updated.revision
+    assert changes.keys == [updated]
+    assert changes.accounts == []
+    assert store.changes_since(changes.revision) == Changes(changes.revision, [], [])
 
 
 def test_initial_feed_skips_deleted_keys(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
     store.delete_key(account_id, key.id)
-    _revision, changes = store.changes_since(0)
+    changes = store.changes_since(0).keys
     assert key.id not in [change.id for change in changes]
 
 
@@ -175,3 +182,83 @@ def test_usage_of_many_keys_is_written_in_batches(
         stored = store.get_key(account_id, key.id)
         assert stored is not None
         assert stored.last_used_at == when + timedelta(seconds=key.id)
+
+
+def test_suspended_account_appears_in_the_feed_and_resumes(store: Store) -> None:
+    account_id = _account(store)
+    start = store.changes_since(0).revision
+    suspended = store.set_account_status(account_id, AccountStatus.SUSPENDED)
+    assert suspended is not None
+    assert suspended.status is AccountStatus.SUSPENDED
+    changes = store.changes_since(start)
+    assert [(a.id, a.status) for a in changes.accounts] == [(account_id, AccountStatus.SUSPENDED)]
+    assert [(a.id, a.status) for a in store.changes_since(0).accounts] == [
+        (account_id, AccountStatus.SUSPENDED)
+    ]
+    store.set_account_status(account_id, AccountStatus.ACTIVE)
+    assert store.changes_since(0).accounts == []
+    assert store.get_account(account_id) == Account(
+        account_id,
+        "acme",
+        suspended.created_at,
+        AccountStatus.ACTIVE,
+        store.changes_since(0).revision,
+    )
+
+
+def test_deleted_account_is_gone_with_its_keys(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"secret", KeySettings(label="k"))
+    start = store.changes_since(0).revision
+    assert store.set_account_status(account_id, AccountStatus.DELETED) is not None
+    assert store.get_account(account_id) is None
+    assert account_id not in [account.id for account in store.list_accounts()]
+    assert store.list_keys(account_id) == []
+    changes = store.changes_since(start)
+    assert {change.id for change in changes.keys if change.deleted} == {key.id, key.id - 1}
+    assert store.set_account_status(account_id, AccountStatus.ACTIVE) is None
+
+
+def test_every_change_is_audited_with_actor_and_without_secrets(store: Store) -> None:
+    operator = Actor("operator", ip="192.0.2.1")
+    account, first = store.create_account(
+        "acme", _digest(), b"sealed-secret", KeySettings(label="first"), operator
+    )
+    by_key = Actor("key", first.id, "198.51.100.7")
+    key = store.create_key(account.id, _digest(), b"s", KeySettings(label="k"), by_key)
+    store.update_key(account.id, key.id, KeyChanges(active=False), by_key, "key.deactivate")
+    store.delete_key(account.id, key.id, by_key)
+    records, total = store.list_audit(AuditQuery(account.id))
+    assert total == 5
+    assert [r.action for r in records] == [
+        "key.delete", "key.deactivate", "key.create", "key.create", "account.create",
+    ]  # fmt: skip
+    deactivated = records[1]
+    assert deactivated.actor == by_key
+    assert deactivated.key_id == key.id
+    assert deactivated.before is not None
+    assert deactivated.after is not None
+    assert (deactivated.before["active"], deactivated.after["active"]) == (True, False)
+    assert records[-1].actor == operator
+    for record in records:
+        for document in (record.before, record.after):
+            assert "value" not in (document or {})
+            assert "secret" not in str(document)
+
+
+def test_audit_filters_and_pages(store: Store) -> None:
+    account_id = _account(store)
+    other = _account(store, "other")
+    keys = [store.create_key(account_id, _digest(), b"s", KeySettings(label="k")) for _ in range(4)]
+    store.update_key(account_id, keys[0].id, KeyChanges(label="renamed"))
+    assert store.list_audit(AuditQuery(other))[1] == 2  # its own creation only
+    by_key, total = store.list_audit(AuditQuery(account_id, key_id=keys[0].id))
+    assert (total, [r.action for r in by_key]) == (2, ["key.update", "key.create"])
+    created, total = store.list_audit(
+        AuditQuery(account_id, action="key.create", offset=1, limit=2)
+    )
+    assert total == 5
+    assert [r.key_id for r in created] == [keys[2].id, keys[1].id]
+    future = datetime.now(UTC) + timedelta(days=1)
+    assert store.list_audit(AuditQuery(account_id, since=future)) == ([], 0)
+    assert store.list_audit(AuditQuery(account_id, until=future))[1] == 7

@@ -12,6 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyguard import __version__
+from keyguard.api.admin import admin_router
+from keyguard.api.audit import audit_router
 from keyguard.api.auth import FORWARD_PATH, ForwardAuth, is_forward_auth, verify_router
 from keyguard.api.errors import LastResort, install_error_handlers, wavix_error
 from keyguard.api.keys import key_router
@@ -58,6 +60,9 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     app.state.keyguard = runtime
     install_error_handlers(app)
     app.include_router(key_router(runtime.service))
+    app.include_router(audit_router())
+    if runtime.settings.admin_token is not None:
+        app.include_router(admin_router(runtime.service.groups))
 
     @app.get(
         "/healthz",
@@ -141,7 +146,23 @@ def _document(app: FastAPI, runtime: Keyguard) -> None:
             }
             schema["security"] = [{"bearerAuth": []}, {"appid": []}]
             schema["paths"][FORWARD_PATH] = forward_auth_document()
+            _drop_framework_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_framework_validation_errors(schema: dict[str, Any]) -> None:
+    """keyguard never sends the framework's ``{"detail": …}`` 422: a bad path
+    parameter is a 404 and a bad query parameter a 400, both with Wavix bodies."""
+    framework = "#/components/schemas/HTTPValidationError"
+    for item in schema["paths"].values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            unprocessable = responses.get("422", {})
+            content = unprocessable.get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == framework:
+                del responses["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)

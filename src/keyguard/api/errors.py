@@ -13,9 +13,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyguard.errors import InvalidInput, NotFound, StorageUnavailable
+from keyguard.errors import (
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    StorageUnavailable,
+    Unauthorized,
+)
 from keyguard.wire import error_body
 
 log = logging.getLogger("keyguard.api")
@@ -24,6 +31,7 @@ HTTP_MESSAGES = {
     404: "Route not found",
     405: "Method not allowed",
     413: "Request body too large",
+    431: "Request headers too large",
     500: "Internal server error",
     503: "Service temporarily unavailable",
 }
@@ -45,14 +53,36 @@ async def _not_found(_request: Request, error: Exception) -> JSONResponse:
     return wavix_error(404, error.message)
 
 
+async def _unauthorized(_request: Request, _error: Exception) -> JSONResponse:
+    return wavix_error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+
+
+async def _rate_limited(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RateLimited)
+    return wavix_error(429, error.message, {"Retry-After": str(error.retry_after)})
+
+
 async def _unavailable(_request: Request, _error: Exception) -> JSONResponse:
     return wavix_error(503, HTTP_MESSAGES[503], {"Retry-After": "1"})
 
 
-async def _http(_request: Request, error: Exception) -> JSONResponse:
+async def _http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     message = HTTP_MESSAGES.get(error.status_code, "Request failed")
-    return wavix_error(error.status_code, message, error.headers)
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        # Each method of a path is its own route; Allow must name them all.
+        headers["Allow"] = ", ".join(_methods_for(request))
+    return wavix_error(error.status_code, message, headers)
+
+
+def _methods_for(request: Request) -> list[str]:
+    """The methods of every documented route whose template matches the path."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(request.url.path):
+            methods.update(method.upper() for method in item)
+    return sorted(methods)
 
 
 async def _validation(_request: Request, error: Exception) -> JSONResponse:
@@ -77,6 +107,8 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(RateLimited, _rate_limited)
+    app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(StorageUnavailable, _unavailable)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)

@@ -22,14 +22,17 @@ from keyguard.api.schemas import (
 )
 from keyguard.decide import Decision
 from keyguard.domain.fields import MAX_LABEL_LENGTH
-from keyguard.errors import InvalidInput
+from keyguard.domain.records import Actor
+from keyguard.errors import InvalidInput, RateLimited
+from keyguard.limits import WindowLimiter
 from keyguard.service import KeyService
 from keyguard.wire import key_object
 
-MAX_BODY_BYTES = 64 * 1024
 MAX_KEY_ID = 2**63 - 1
 
-KeyId = Annotated[int, Path(ge=1, le=MAX_KEY_ID, description="The unique ID of the API key.")]
+KeyId = Annotated[
+    int, Path(alias="id", ge=1, le=MAX_KEY_ID, description="The unique ID of the API key.")
+]
 
 
 def _caller(request: Request) -> int:
@@ -38,20 +41,37 @@ def _caller(request: Request) -> int:
     return decision.account_id
 
 
+def _actor(request: Request) -> Actor:
+    decision: Decision = request.state.keyguard
+    return Actor("key", decision.key_id, request.state.keyguard_client)
+
+
 def _service(request: Request) -> KeyService:
     service: KeyService = request.app.state.keyguard.service
     return service
 
 
+def _writing(request: Request) -> tuple[KeyService, int, Actor]:
+    """The service, account and actor of a write, within the account's write limit."""
+    account_id = _caller(request)
+    limiter: WindowLimiter | None = request.app.state.keyguard.management_writes
+    if limiter is not None:
+        wait = limiter.hit(account_id)
+        if wait is not None:
+            raise RateLimited(f"Too many changes to API keys; retry in {wait} seconds", wait)
+    return _service(request), account_id, _actor(request)
+
+
 async def read_json(request: Request, *, required: bool) -> object:
     """The request body as JSON; an absent body is ``{}`` unless ``required``."""
+    limit: int = request.app.state.keyguard.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise InvalidInput("Request body too large", 413)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > limit:
             raise InvalidInput("Request body too large", 413)
     if not body.strip():
         if required:
@@ -71,7 +91,7 @@ def key_router(service: KeyService) -> APIRouter:
     update_body = update_request_model(groups)
     invalid: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorResponse, "description": "Missing or invalid parameter."},
-        413: {"model": ErrorResponse, "description": "The body is larger than 64 KiB."},
+        413: {"model": ErrorResponse, "description": "The body is too large (64 KiB)."},
         422: {"model": ErrorResponse, "description": "A field value is not acceptable."},
     }
     missing: dict[int | str, dict[str, Any]] = {
@@ -106,12 +126,13 @@ def key_router(service: KeyService) -> APIRouter:
         openapi_extra=request_body(create_body, required=True),
     )
     async def create_key(request: Request) -> JSONResponse:
+        service, account_id, actor = _writing(request)
         body = await read_json(request, required=True)
-        view = await run_in_threadpool(_service(request).create_key, _caller(request), body)
+        view = await run_in_threadpool(service.create_key, account_id, body, actor)
         return JSONResponse(render(view))
 
     @router.get(
-        "/{key_id}",
+        "/{id}",
         operation_id="api_keys_get",
         summary="Get an API key",
         responses={200: {"model": api_key}, **missing},
@@ -121,26 +142,27 @@ def key_router(service: KeyService) -> APIRouter:
         return JSONResponse(render(view))
 
     @router.patch(
-        "/{key_id}",
+        "/{id}",
         operation_id="api_keys_update",
         summary="Update an API key",
         responses={200: {"model": api_key}, **invalid, **missing},
         openapi_extra=request_body(update_body, required=False),
     )
     async def update_key(request: Request, key_id: KeyId) -> JSONResponse:
+        service, account_id, actor = _writing(request)
         body = await read_json(request, required=False)
-        service = _service(request)
-        view = await run_in_threadpool(service.update_key, _caller(request), key_id, body)
+        view = await run_in_threadpool(service.update_key, account_id, key_id, body, actor)
         return JSONResponse(render(view))
 
     @router.delete(
-        "/{key_id}",
+        "/{id}",
         operation_id="api_keys_delete",
         summary="Delete an API key",
         responses={200: {"model": SuccessResponse}, **missing},
     )
     async def delete_key(request: Request, key_id: KeyId) -> JSONResponse:
-        await run_in_threadpool(_service(request).delete_key, _caller(request), key_id)
+        service, account_id, actor = _writing(request)
+        await run_in_threadpool(service.delete_key, account_id, key_id, actor)
         return JSONResponse({"success": True})
 
     for action, active in (("activate", True), ("deactivate", False)):
@@ -153,12 +175,12 @@ def _add_toggle(
     router: APIRouter, action: str, active: bool, missing: dict[int | str, dict[str, Any]]
 ) -> None:
     async def toggle(request: Request, key_id: KeyId) -> JSONResponse:
-        service = _service(request)
-        await run_in_threadpool(service.set_active, _caller(request), key_id, active)
+        service, account_id, actor = _writing(request)
+        await run_in_threadpool(service.set_active, account_id, key_id, active, actor)
         return JSONResponse({"success": True})
 
     router.add_api_route(
-        f"/{{key_id}}/{action}",
+        f"/{{id}}/{action}",
         toggle,
         methods=["PATCH"],
         operation_id=f"api_keys_{action}",

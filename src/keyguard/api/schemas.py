@@ -108,6 +108,13 @@ def update_request_model(groups: ScopeGroups) -> type[BaseModel]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": UnauthorizedResponse, "description": "Missing, unknown or inactive key."},
     403: {"model": ErrorResponse, "description": "The key may not make this request."},
+    429: {
+        "model": ErrorResponse,
+        "description": "Too many failed authentications from this address, or too many "
+        "changes by this account.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+    },
+    431: {"model": ErrorResponse, "description": "The request headers are too large."},
     500: {"model": ErrorResponse, "description": "Unexpected error."},
     503: {"model": ErrorResponse, "description": "The database is unreachable."},
 }
@@ -160,3 +167,50 @@ def forward_auth_document() -> dict[str, Any]:
         },
     }  # fmt: skip
     return {"get": {**operation, "operationId": "auth_forward"}}
+
+
+class Pagination(BaseModel):
+    current_page: int
+    per_page: int
+    total: int
+    total_pages: int
+
+
+class AuditActor(BaseModel):
+    type: Literal["key", "operator", "cli"]
+    key_id: int | None = Field(description="The key that made the change, for type key.")
+    ip: str | None
+
+
+class AuditEntry(BaseModel):
+    id: int
+    occurred_at: datetime
+    action: Literal[
+        "account.create", "account.suspend", "account.resume", "account.delete",
+        "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
+    ]  # fmt: skip
+    key_id: int | None
+    actor: AuditActor
+    before: dict[str, Any] | None = Field(description="Settings before; never a secret.")
+    after: dict[str, Any] | None = Field(description="Settings after; never a secret.")
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    pagination: Pagination
+
+
+class AccountObject(BaseModel):
+    id: int
+    name: str
+    status: Literal["active", "suspended"]
+    created_at: datetime
+
+
+class AccountsPage(BaseModel):
+    items: list[AccountObject]
+    pagination: Pagination
+
+
+class AccountCreateRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=255)

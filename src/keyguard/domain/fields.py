@@ -119,7 +119,9 @@ def _level(group: str, value: object) -> Level:
         raise InvalidInput(f"API key scope {group}: must be a hash", 422)
     if set(value) - {"allow"}:
         raise InvalidInput(f'API key scope {group}: must have only "allow" key', 422)
-    allow = value.get("allow")
+    allow = value.get("allow", "none")  # documented default: {} and {"allow": null} are none
+    if allow is None:
+        allow = "none"
     if allow not in LEVEL_NAMES:
         choices = ", ".join(LEVEL_NAMES)
         raise InvalidInput(f"API key scope {group}: allow must be one of: {choices}", 422)

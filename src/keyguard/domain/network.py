@@ -18,7 +18,7 @@ def canonical_entry(text: str) -> str | None:
     A range with host bits set (``10.0.0.1/8``) is refused rather than silently
     widened: the user meant something, and guessing what is unsafe.
     """
-    if not text or text != text.strip():
+    if not text or text != text.strip() or "%" in text:  # no zone ids: not routable
         return None
     try:
         if "/" in text:

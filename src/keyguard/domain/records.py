@@ -3,8 +3,16 @@
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
+from typing import Any
 
 from keyguard.domain.scopes import Level
+
+
+class AccountStatus(Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"  # every key fails with 401 until resumed
+    DELETED = "deleted"  # for good; its keys are deleted with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +20,32 @@ class Account:
     id: int
     name: str
     created_at: datetime
+    status: AccountStatus = AccountStatus.ACTIVE
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a change: an API key, the operator, or the command line."""
+
+    kind: str  # "key", "operator" or "cli"
+    key_id: int | None = None
+    ip: str | None = None
+
+
+CLI = Actor("cli")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    account_id: int
+    occurred_at: datetime
+    action: str
+    key_id: int | None
+    actor: Actor
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +78,24 @@ class StoredKey:
     revision: int = 0
     deleted: bool = False
     changed_at: datetime | None = None  # when ``revision`` was written, to the microsecond
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a change feed returns: everything after a revision, up to ``revision``."""
+
+    revision: int
+    keys: list[StoredKey]
+    accounts: list[Account]
+
+
+def audit_view(settings: KeySettings) -> dict[str, Any]:
+    """A key's settings as the audit trail records them: everything but the secret."""
+    return {
+        "label": settings.label,
+        "active": settings.active,
+        "restricted": settings.restricted,
+        "permitted_ips": list(settings.permitted_ips),
+        "scopes_enabled": settings.scopes_enabled,
+        "scopes": {group: level.label for group, level in settings.scopes.items()},
+    }

@@ -6,13 +6,23 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.exc import ArgumentError
 
 from keyguard.domain.fields import KeyChanges
-from keyguard.domain.records import Account, KeySettings, StoredKey
+from keyguard.domain.records import (
+    CLI,
+    Account,
+    AccountStatus,
+    Actor,
+    AuditRecord,
+    Changes,
+    KeySettings,
+    StoredKey,
+)
 from keyguard.errors import ConfigurationError
 
 
@@ -29,8 +39,22 @@ class ChangeSignal(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which audit records of one account to read, newest first."""
+
+    account_id: int
+    key_id: int | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    offset: int = 0
+    limit: int = 25
+
+
 class Store(Protocol):
-    """Durable accounts and keys. Every method is one transaction."""
+    """Durable accounts, keys and their audit trail. Every method is one transaction,
+    and every change writes its audit record in that same transaction."""
 
     def migrate(self) -> None:
         """Bring the schema up to date."""
@@ -41,16 +65,33 @@ class Store(Protocol):
     def close(self) -> None: ...
 
     def create_account(
-        self, name: str, digest: bytes, sealed_value: bytes, settings: KeySettings
+        self,
+        name: str,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor = CLI,
     ) -> tuple[Account, StoredKey]:
         """A new account together with its first key."""
 
-    def list_accounts(self) -> list[Account]: ...
+    def list_accounts(self) -> list[Account]:
+        """Every account that is not deleted, by id."""
 
-    def get_account(self, account_id: int) -> Account | None: ...
+    def get_account(self, account_id: int) -> Account | None:
+        """The account, or ``None`` if there is none or it was deleted."""
+
+    def set_account_status(
+        self, account_id: int, status: AccountStatus, actor: Actor = CLI
+    ) -> Account | None:
+        """Suspend, resume or delete an account; deleting deletes its keys too."""
 
     def create_key(
-        self, account_id: int, digest: bytes, sealed_value: bytes, settings: KeySettings
+        self,
+        account_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor = CLI,
     ) -> StoredKey: ...
 
     def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
@@ -58,16 +99,27 @@ class Store(Protocol):
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None: ...
 
-    def update_key(self, account_id: int, key_id: int, changes: KeyChanges) -> StoredKey | None:
+    def update_key(
+        self,
+        account_id: int,
+        key_id: int,
+        changes: KeyChanges,
+        actor: Actor = CLI,
+        action: str = "key.update",
+    ) -> StoredKey | None:
         """Apply ``changes`` atomically; ``None`` if the account has no such key."""
 
-    def delete_key(self, account_id: int, key_id: int) -> StoredKey | None:
+    def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         """Revoke a key for good; its tombstone, or ``None`` if there was no such key."""
 
-    def changes_since(self, revision: int) -> tuple[int, list[StoredKey]]:
-        """The newest revision and every key changed after ``revision``.
+    def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
+        """One page of an account's audit trail, and how many records match in all."""
 
-        Deleted keys are included (``deleted=True``) except when ``revision`` is 0.
+    def changes_since(self, revision: int) -> Changes:
+        """Every key and account changed after ``revision``, up to the newest revision.
+
+        From revision 0 (a first load): live keys, and accounts that are not active.
+        Later: deleted keys too (``deleted=True``), so that snapshots drop them.
         """
 
     def record_usage(self, used: Mapping[int, datetime]) -> None:
@@ -97,4 +149,4 @@ def open_store(url: str, pool_size: int = 5) -> Store:
     )
 
 
-__all__ = ["ChangeSignal", "Store", "open_store"]
+__all__ = ["AuditQuery", "ChangeSignal", "Store", "open_store"]

@@ -4,9 +4,27 @@ import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from keyguard.domain.fields import KeyChanges, apply
-from keyguard.domain.records import Account, KeySettings, StoredKey
+from keyguard.domain.records import (
+    CLI,
+    Account,
+    AccountStatus,
+    Actor,
+    AuditRecord,
+    Changes,
+    KeySettings,
+    StoredKey,
+    audit_view,
+)
+from keyguard.storage import AuditQuery
+
+_ACCOUNT_ACTIONS = {
+    AccountStatus.ACTIVE: "account.resume",
+    AccountStatus.SUSPENDED: "account.suspend",
+    AccountStatus.DELETED: "account.delete",
+}
 
 
 def _now() -> datetime:
@@ -17,10 +35,11 @@ class MemoryStore:
     """Everything in dicts behind one lock; lost when the process ends."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._accounts: dict[int, Account] = {}
         self._keys: dict[int, StoredKey] = {}
         self._digests: set[bytes] = set()
+        self._audit: list[AuditRecord] = []
         self._revision = 0
 
     def migrate(self) -> None:
@@ -35,48 +54,84 @@ class MemoryStore:
     def change_signal(self) -> None:
         return None
 
+    # -- accounts -----------------------------------------------------------------
+
     def create_account(
-        self, name: str, digest: bytes, sealed_value: bytes, settings: KeySettings
+        self,
+        name: str,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor = CLI,
     ) -> tuple[Account, StoredKey]:
         with self._lock:
-            account = Account(len(self._accounts) + 1, name, _now())
+            self._revision += 1
+            account = Account(len(self._accounts) + 1, name, _now(), revision=self._revision)
             self._accounts[account.id] = account
-            return account, self._insert(account.id, digest, sealed_value, settings)
+            self._record(account.id, "account.create", actor, after={"name": name})
+            return account, self._insert(account.id, digest, sealed_value, settings, actor)
 
     def list_accounts(self) -> list[Account]:
         with self._lock:
-            return list(self._accounts.values())
+            return [a for a in self._accounts.values() if a.status is not AccountStatus.DELETED]
 
     def get_account(self, account_id: int) -> Account | None:
-        return self._accounts.get(account_id)
+        account = self._accounts.get(account_id)
+        if account is None or account.status is AccountStatus.DELETED:
+            return None
+        return account
+
+    def set_account_status(
+        self, account_id: int, status: AccountStatus, actor: Actor = CLI
+    ) -> Account | None:
+        with self._lock:
+            account = self.get_account(account_id)
+            if account is None:
+                return None
+            self._revision += 1
+            changed = replace(account, status=status, revision=self._revision)
+            self._accounts[account_id] = changed
+            self._record(
+                account_id,
+                _ACCOUNT_ACTIONS[status],
+                actor,
+                before={"status": account.status.value},
+                after={"status": status.value},
+            )
+            if status is AccountStatus.DELETED:
+                for key in list(self._keys.values()):
+                    if key.account_id == account_id and not key.deleted:
+                        self._keys[key.id] = self._tombstone(key)
+            return changed
+
+    def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
+        with self._lock:
+            found = [
+                record
+                for record in reversed(self._audit)
+                if record.account_id == query.account_id
+                and (query.key_id is None or record.key_id == query.key_id)
+                and (query.action is None or record.action == query.action)
+                and (query.since is None or record.occurred_at >= query.since)
+                and (query.until is None or record.occurred_at < query.until)
+            ]
+            return found[query.offset : query.offset + query.limit], len(found)
+
+    # -- keys -------------------------------------------------------------------
 
     def create_key(
-        self, account_id: int, digest: bytes, sealed_value: bytes, settings: KeySettings
+        self,
+        account_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor = CLI,
     ) -> StoredKey:
         with self._lock:
             if account_id not in self._accounts:
                 raise ValueError(f"no account {account_id}")
-            return self._insert(account_id, digest, sealed_value, settings)
-
-    def _insert(
-        self, account_id: int, digest: bytes, sealed_value: bytes, settings: KeySettings
-    ) -> StoredKey:
-        if digest in self._digests:
-            raise ValueError("duplicate key digest")
-        self._digests.add(digest)
-        self._revision += 1
-        key = StoredKey(
-            id=len(self._keys) + 1,
-            account_id=account_id,
-            digest=digest,
-            sealed_value=sealed_value,
-            settings=settings,
-            created_at=_now(),
-            revision=self._revision,
-            changed_at=datetime.now(UTC),
-        )
-        self._keys[key.id] = key
-        return key
+            self._revision += 1
+            return self._insert(account_id, digest, sealed_value, settings, actor)
 
     def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
         needle = label.casefold() if label else ""
@@ -95,45 +150,56 @@ class MemoryStore:
             return None
         return key
 
-    def update_key(self, account_id: int, key_id: int, changes: KeyChanges) -> StoredKey | None:
+    def update_key(
+        self,
+        account_id: int,
+        key_id: int,
+        changes: KeyChanges,
+        actor: Actor = CLI,
+        action: str = "key.update",
+    ) -> StoredKey | None:
         with self._lock:
             key = self.get_key(account_id, key_id)
             if key is None:
                 return None
             self._revision += 1
-            key = replace(
+            updated = replace(
                 key,
                 settings=apply(key.settings, changes),
                 revision=self._revision,
                 changed_at=datetime.now(UTC),
             )
-            self._keys[key_id] = key
-            return key
+            self._keys[key_id] = updated
+            before, after = audit_view(key.settings), audit_view(updated.settings)
+            self._record(account_id, action, actor, key_id, before=before, after=after)
+            return updated
 
-    def delete_key(self, account_id: int, key_id: int) -> StoredKey | None:
+    def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         with self._lock:
             key = self.get_key(account_id, key_id)
             if key is None:
                 return None
             self._revision += 1
-            tombstone = replace(
-                key,
-                deleted=True,
-                sealed_value=b"",
-                revision=self._revision,
-                changed_at=datetime.now(UTC),
-            )
+            tombstone = self._tombstone(key)
             self._keys[key_id] = tombstone
+            self._record(account_id, "key.delete", actor, key_id, before=audit_view(key.settings))
             return tombstone
 
-    def changes_since(self, revision: int) -> tuple[int, list[StoredKey]]:
+    def changes_since(self, revision: int) -> Changes:
         with self._lock:
-            changed = [
+            keys = [
                 key
                 for key in self._keys.values()
                 if key.revision > revision and not (revision == 0 and key.deleted)
             ]
-            return self._revision, sorted(changed, key=lambda key: key.revision)
+            accounts = [
+                account
+                for account in self._accounts.values()
+                if account.revision > revision
+                and not (revision == 0 and account.status is AccountStatus.ACTIVE)
+            ]
+            keys.sort(key=lambda key: key.revision)
+            return Changes(self._revision, keys, accounts)
 
     def record_usage(self, used: Mapping[int, datetime]) -> None:
         with self._lock:
@@ -141,3 +207,55 @@ class MemoryStore:
                 key = self._keys.get(key_id)
                 if key is not None and (key.last_used_at is None or key.last_used_at < when):
                     self._keys[key_id] = replace(key, last_used_at=when)
+
+    # -- internals --------------------------------------------------------------
+
+    def _insert(
+        self,
+        account_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor,
+    ) -> StoredKey:
+        if digest in self._digests:
+            raise ValueError("duplicate key digest")
+        self._digests.add(digest)
+        key = StoredKey(
+            id=len(self._keys) + 1,
+            account_id=account_id,
+            digest=digest,
+            sealed_value=sealed_value,
+            settings=settings,
+            created_at=_now(),
+            revision=self._revision,
+            changed_at=datetime.now(UTC),
+        )
+        self._keys[key.id] = key
+        self._record(account_id, "key.create", actor, key.id, after=audit_view(settings))
+        return key
+
+    def _tombstone(self, key: StoredKey) -> StoredKey:
+        return replace(
+            key,
+            deleted=True,
+            sealed_value=b"",
+            revision=self._revision,
+            changed_at=datetime.now(UTC),
+        )
+
+    def _record(
+        self,
+        account_id: int,
+        action: str,
+        actor: Actor,
+        key_id: int | None = None,
+        *,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._audit.append(
+            AuditRecord(
+                len(self._audit) + 1, account_id, _now(), action, key_id, actor, before, after
+            )
+        )

@@ -31,9 +31,10 @@ class PostgresChangeSignal:
                 return True
             return False
         except psycopg.Error as error:
-            log.warning("change notifications lost, reconnecting: %s", type(error).__name__)
+            if self._connection is not None:  # log once per outage, not per retry
+                log.warning("change notifications lost, reconnecting: %s", type(error).__name__)
             self.close()
-            time.sleep(min(timeout, _RETRY_SECONDS))
+            time.sleep(_RETRY_SECONDS)
             return True  # changes may have been missed: refresh
 
     def _connect(self) -> "psycopg.Connection[tuple[object, ...]]":

@@ -23,6 +23,7 @@ from sqlalchemy import (
     column,
     create_engine,
     event,
+    func,
     insert,
     or_,
     select,
@@ -32,13 +33,24 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.fields import KeyChanges, apply
-from keyguard.domain.records import Account, KeySettings, StoredKey
+from keyguard.domain.records import (
+    CLI,
+    Account,
+    AccountStatus,
+    Actor,
+    AuditRecord,
+    Changes,
+    KeySettings,
+    StoredKey,
+    audit_view,
+)
 from keyguard.domain.scopes import compact, expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
-from keyguard.storage import ChangeSignal
-from keyguard.storage.tables import UTCDateTime, accounts, api_keys, meta
+from keyguard.storage import AuditQuery, ChangeSignal
+from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
@@ -97,6 +109,7 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # keyguard issues BEGIN itself
+        dbapi_connection.create_function("keyguard_casefold", 1, _casefold, deterministic=True)
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
@@ -108,6 +121,10 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
+
+
+def _casefold(text: str | None) -> str | None:
+    return None if text is None else text.casefold()
 
 
 class SQLStore:
@@ -198,34 +215,119 @@ class SQLStore:
     # -- accounts ---------------------------------------------------------------
 
     def create_account(
-        self, name: str, digest: bytes, sealed_value: bytes, settings: KeySettings
+        self,
+        name: str,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor = CLI,
     ) -> tuple[Account, StoredKey]:
         created_at = _now()
         with self._writing() as (connection, revision):
             account_id = _new_id(
-                connection.execute(insert(accounts).values(name=name, created_at=created_at))
+                connection.execute(
+                    insert(accounts).values(name=name, created_at=created_at, revision=revision)
+                )
             )
-            key = self._insert_key(connection, revision, account_id, digest, sealed_value, settings)
-        return Account(account_id, name, created_at), key
+            account = Account(account_id, name, created_at, revision=revision)
+            _audit(connection, account_id, "account.create", actor, after={"name": name})
+            key = self._insert_key(
+                connection, revision, account_id, digest, sealed_value, settings, actor
+            )
+        return account, key
 
     def list_accounts(self) -> list[Account]:
+        query = select(accounts).where(accounts.c.status != AccountStatus.DELETED.value)
         with self._reading() as connection:
-            rows = connection.execute(select(accounts).order_by(accounts.c.id))
-            return [Account(row.id, row.name, row.created_at) for row in rows]
+            return [_account(row) for row in connection.execute(query.order_by(accounts.c.id))]
 
     def get_account(self, account_id: int) -> Account | None:
         with self._reading() as connection:
-            row = connection.execute(select(accounts).where(accounts.c.id == account_id)).first()
-        return None if row is None else Account(row.id, row.name, row.created_at)
+            return self._get_account(connection, account_id)
+
+    def _get_account(self, connection: Connection, account_id: int) -> Account | None:
+        row = connection.execute(
+            select(accounts).where(
+                accounts.c.id == account_id, accounts.c.status != AccountStatus.DELETED.value
+            )
+        ).first()
+        return None if row is None else _account(row)
+
+    def set_account_status(
+        self, account_id: int, status: AccountStatus, actor: Actor = CLI
+    ) -> Account | None:
+        with self._writing() as (connection, revision):
+            account = self._get_account(connection, account_id)
+            if account is None:
+                return None
+            connection.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(status=status.value, revision=revision)
+            )
+            action = {
+                AccountStatus.ACTIVE: "account.resume",
+                AccountStatus.SUSPENDED: "account.suspend",
+                AccountStatus.DELETED: "account.delete",
+            }[status]
+            _audit(
+                connection,
+                account_id,
+                action,
+                actor,
+                before={"status": account.status.value},
+                after={"status": status.value},
+            )
+            if status is AccountStatus.DELETED:
+                now = datetime.now(UTC)
+                connection.execute(
+                    update(api_keys)
+                    .where(api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None))
+                    .values(
+                        deleted_at=now.replace(microsecond=0),
+                        sealed_value=b"",
+                        revision=revision,
+                        changed_at=now,
+                    )
+                )
+        return replace(account, status=status, revision=revision)
+
+    def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
+        conditions = [audit_log.c.account_id == query.account_id]
+        if query.key_id is not None:
+            conditions.append(audit_log.c.key_id == query.key_id)
+        if query.action is not None:
+            conditions.append(audit_log.c.action == query.action)
+        if query.since is not None:
+            conditions.append(audit_log.c.occurred_at >= query.since)
+        if query.until is not None:
+            conditions.append(audit_log.c.occurred_at < query.until)
+        with self._reading() as connection:
+            total = connection.execute(
+                select(func.count()).select_from(audit_log).where(*conditions)
+            ).scalar_one()
+            rows = connection.execute(
+                select(audit_log)
+                .where(*conditions)
+                .order_by(audit_log.c.id.desc())
+                .offset(query.offset)
+                .limit(query.limit)
+            )
+            return [_audit_record(row) for row in rows], total
 
     # -- keys -------------------------------------------------------------------
 
     def create_key(
-        self, account_id: int, digest: bytes, sealed_value: bytes, settings: KeySettings
+        self,
+        account_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        settings: KeySettings,
+        actor: Actor = CLI,
     ) -> StoredKey:
         with self._writing() as (connection, revision):
             return self._insert_key(
-                connection, revision, account_id, digest, sealed_value, settings
+                connection, revision, account_id, digest, sealed_value, settings, actor
             )
 
     def _insert_key(
@@ -236,6 +338,7 @@ class SQLStore:
         digest: bytes,
         sealed_value: bytes,
         settings: KeySettings,
+        actor: Actor,
     ) -> StoredKey:
         changed_at = datetime.now(UTC)
         created_at = changed_at.replace(microsecond=0)
@@ -252,6 +355,7 @@ class SQLStore:
                 )
             )
         )
+        _audit(connection, account_id, "key.create", actor, key_id, after=audit_view(settings))
         return StoredKey(
             key_id,
             account_id,
@@ -268,10 +372,18 @@ class SQLStore:
             api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)
         )
         if label:
-            pattern = label.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(api_keys.c.label.ilike(f"%{pattern}%", escape="\\"))
+            query = query.where(self._label_contains(label))
         with self._reading() as connection:
             return [_key(row) for row in connection.execute(query.order_by(api_keys.c.id))]
+
+    def _label_contains(self, needle: str) -> ColumnElement[bool]:
+        """Case-insensitive substring, for every alphabet: SQLite's own case folding
+        knows only ASCII, so there keyguard registers Python's ``str.casefold``."""
+        if self.dialect == "sqlite":
+            folded = func.keyguard_casefold(api_keys.c.label)
+            return func.instr(folded, needle.casefold()) > 0
+        pattern = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return api_keys.c.label.ilike(f"%{pattern}%", escape="\\")
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None:
         with self._reading() as connection:
@@ -287,7 +399,14 @@ class SQLStore:
         ).first()
         return None if row is None else _key(row)
 
-    def update_key(self, account_id: int, key_id: int, changes: KeyChanges) -> StoredKey | None:
+    def update_key(
+        self,
+        account_id: int,
+        key_id: int,
+        changes: KeyChanges,
+        actor: Actor = CLI,
+        action: str = "key.update",
+    ) -> StoredKey | None:
         with self._writing() as (connection, revision):
             # The meta row lock taken by _writing serialises writers, so this
             # read-modify-write cannot lose a concurrent update's fields.
@@ -301,9 +420,11 @@ class SQLStore:
                 .where(api_keys.c.id == key_id)
                 .values(revision=revision, changed_at=changed_at, **_settings_columns(settings))
             )
+            before, after = audit_view(key.settings), audit_view(settings)
+            _audit(connection, account_id, action, actor, key_id, before=before, after=after)
         return replace(key, settings=settings, revision=revision, changed_at=changed_at)
 
-    def delete_key(self, account_id: int, key_id: int) -> StoredKey | None:
+    def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         with self._writing() as (connection, revision):
             key = self._get_key(connection, account_id, key_id)
             if key is None:
@@ -320,20 +441,27 @@ class SQLStore:
                     changed_at=changed_at,
                 )
             )
+            _audit(
+                connection, account_id, "key.delete", actor, key_id, before=audit_view(key.settings)
+            )
         return replace(
             key, deleted=True, sealed_value=b"", revision=revision, changed_at=changed_at
         )
 
-    def changes_since(self, revision: int) -> tuple[int, list[StoredKey]]:
-        query = select(api_keys).where(api_keys.c.revision > revision)
+    def changes_since(self, revision: int) -> Changes:
+        keys = select(api_keys).where(api_keys.c.revision > revision)
+        changed = select(accounts).where(accounts.c.revision > revision)
         if revision == 0:
-            query = query.where(api_keys.c.deleted_at.is_(None))
+            keys = keys.where(api_keys.c.deleted_at.is_(None))
+            changed = changed.where(accounts.c.status != AccountStatus.ACTIVE.value)
         with self._reading() as connection, connection.begin():
             newest = connection.execute(select(meta.c.revision)).scalar_one()
-            rows = connection.execute(
-                query.where(api_keys.c.revision <= newest).order_by(api_keys.c.revision)
+            key_rows = connection.execute(
+                keys.where(api_keys.c.revision <= newest).order_by(api_keys.c.revision)
             )
-            return newest, [_key(row) for row in rows]
+            found = [_key(row) for row in key_rows]
+            account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
+            return Changes(newest, found, [_account(row) for row in account_rows])
 
     def record_usage(self, used: Mapping[int, datetime]) -> None:
         """One ``UPDATE … FROM (VALUES …)`` per 1,000 keys, in one transaction
@@ -374,6 +502,48 @@ class SQLStore:
                     )
                     .values(last_used_at=batch.c.used)
                 )
+
+
+def _audit(
+    connection: Connection,
+    account_id: int,
+    action: str,
+    actor: Actor,
+    key_id: int | None = None,
+    *,
+    before: Mapping[str, Any] | None = None,
+    after: Mapping[str, Any] | None = None,
+) -> None:
+    connection.execute(
+        insert(audit_log).values(
+            account_id=account_id,
+            occurred_at=datetime.now(UTC).replace(microsecond=0),
+            action=action,
+            key_id=key_id,
+            actor=actor.kind,
+            actor_key_id=actor.key_id,
+            ip=actor.ip,
+            before=before,
+            after=after,
+        )
+    )
+
+
+def _account(row: Row[Any]) -> Account:
+    return Account(row.id, row.name, row.created_at, AccountStatus(row.status), row.revision)
+
+
+def _audit_record(row: Row[Any]) -> AuditRecord:
+    return AuditRecord(
+        id=row.id,
+        account_id=row.account_id,
+        occurred_at=row.occurred_at,
+        action=row.action,
+        key_id=row.key_id,
+        actor=Actor(row.actor, row.actor_key_id, row.ip),
+        before=row.before,
+        after=row.after,
+    )
 
 
 def _new_id(result: CursorResult[Any]) -> int:

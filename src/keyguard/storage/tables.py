@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -61,6 +62,8 @@ accounts = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("name", String(255), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("revision", BigInteger, nullable=False, server_default="0", index=True),
     sqlite_autoincrement=True,
 )
 
@@ -82,5 +85,24 @@ api_keys = Table(
     Column("deleted_at", UTCDateTime, nullable=True),
     Column("revision", BigInteger, nullable=False, index=True),
     Column("changed_at", UTCDateTime, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# Every change to a key or an account, written in the transaction that made it.
+# ``before`` and ``after`` hold settings, never a secret.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("key_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("actor", String(16), nullable=False),
+    Column("actor_key_id", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("before", JSON, nullable=True),
+    Column("after", JSON, nullable=True),
+    Index("ix_audit_log_account_id_id", "account_id", "id"),
     sqlite_autoincrement=True,
 )

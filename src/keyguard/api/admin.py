@@ -1,0 +1,160 @@
+"""``/admin/v1/``: the operator API of the platform that runs keyguard.
+
+Enabled only when ``KEYGUARD_ADMIN_TOKEN`` is set; callers present it as a bearer
+token, compared in constant time. It manages accounts and reads any account's
+keys, never their secrets.
+"""
+
+import hmac
+from dataclasses import replace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from keyguard.api.keys import read_json
+from keyguard.api.schemas import (
+    ERROR_RESPONSES,
+    AccountCreateRequest,
+    AccountObject,
+    AccountsPage,
+    ErrorResponse,
+    SuccessResponse,
+    key_model,
+    request_body,
+)
+from keyguard.domain import keys
+from keyguard.domain.records import AccountStatus, Actor
+from keyguard.domain.scopes import ScopeGroups
+from keyguard.errors import Unauthorized
+from keyguard.middleware import ProxiedRequest
+from keyguard.runtime import Keyguard
+from keyguard.service import KeyService
+from keyguard.wire import account_object, key_object, page
+
+AccountId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The account's id.")]
+
+
+def _runtime(request: Request) -> Keyguard:
+    runtime: Keyguard = request.app.state.keyguard
+    return runtime
+
+
+def _operator(request: Request) -> Actor:
+    """The operator behind a request, or a 401 for anyone else."""
+    runtime = _runtime(request)
+    expected = runtime.settings.admin_token
+    presented = keys.bearer_token(request.headers.get("authorization")) or ""
+    if expected is None or not hmac.compare_digest(
+        presented.encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized()
+    facts = ProxiedRequest.scan(request.scope["headers"])
+    return Actor("operator", None, facts.client(request.scope, runtime.trusted_proxies))
+
+
+Operator = Annotated[Actor, Depends(_operator)]
+
+
+def admin_router(groups: ScopeGroups) -> APIRouter:
+    router = APIRouter(prefix="/admin/v1", tags=["Operator"], responses=ERROR_RESPONSES)
+    missing: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorResponse, "description": "No such account."}
+    }
+
+    def service(request: Request) -> KeyService:
+        return _runtime(request).service
+
+    @router.post(
+        "/accounts",
+        operation_id="admin_accounts_create",
+        summary="Create an account with its first full-access key (shown once)",
+        responses={400: {"model": ErrorResponse, "description": "Invalid name."}},
+        openapi_extra=request_body(AccountCreateRequest, required=True),
+    )
+    async def create_account(request: Request, operator: Operator) -> JSONResponse:
+        body = await read_json(request, required=True)
+        name = body.get("name") if isinstance(body, dict) else None
+        account, view = await run_in_threadpool(service(request).create_account, name, operator)
+        return JSONResponse(
+            {"account": account_object(account), "api_key": key_object(view, groups)}
+        )
+
+    @router.get(
+        "/accounts",
+        operation_id="admin_accounts_list",
+        summary="List accounts",
+        responses={200: {"model": AccountsPage}},
+    )
+    async def list_accounts(
+        request: Request,
+        _operator: Operator,
+        page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+        per_page: Annotated[int, Query(ge=1, le=100)] = 25,
+    ) -> JSONResponse:
+        found = await run_in_threadpool(service(request).list_accounts)
+        start = (page_number - 1) * per_page
+        items = [account_object(account) for account in found[start : start + per_page]]
+        return JSONResponse(page(items, page_number, per_page, len(found)))
+
+    @router.get(
+        "/accounts/{account_id}",
+        operation_id="admin_accounts_get",
+        summary="Get an account",
+        responses={200: {"model": AccountObject}, **missing},
+    )
+    async def get_account(request: Request, _operator: Operator, account_id: AccountId) -> Any:
+        account = await run_in_threadpool(service(request).get_account, account_id)
+        return JSONResponse(account_object(account))
+
+    for action, status in (("suspend", AccountStatus.SUSPENDED), ("resume", AccountStatus.ACTIVE)):
+        _add_status_route(router, action, status, missing)
+
+    @router.delete(
+        "/accounts/{account_id}",
+        operation_id="admin_accounts_delete",
+        summary="Delete an account and all its keys",
+        responses={200: {"model": SuccessResponse}, **missing},
+    )
+    async def delete_account(
+        request: Request, operator: Operator, account_id: AccountId
+    ) -> JSONResponse:
+        await run_in_threadpool(
+            service(request).set_account_status, account_id, AccountStatus.DELETED, operator
+        )
+        return JSONResponse({"success": True})
+
+    @router.get(
+        "/accounts/{account_id}/keys",
+        operation_id="admin_accounts_keys_list",
+        summary="List an account's keys, secrets masked",
+        responses={200: {"model": list[key_model(groups)]}, **missing},  # type: ignore[misc]
+    )
+    async def list_keys(request: Request, _operator: Operator, account_id: AccountId) -> Any:
+        keyguard = service(request)
+        await run_in_threadpool(keyguard.get_account, account_id)
+        views = await run_in_threadpool(keyguard.list_keys, account_id)
+        masked = [replace(view, value=keys.mask(view.value)) for view in views]
+        return JSONResponse([key_object(view, groups) for view in masked])
+
+    return router
+
+
+def _add_status_route(
+    router: APIRouter, action: str, status: AccountStatus, missing: dict[int | str, Any]
+) -> None:
+    async def change(request: Request, operator: Operator, account_id: AccountId) -> JSONResponse:
+        keyguard = _runtime(request).service
+        account = await run_in_threadpool(keyguard.set_account_status, account_id, status, operator)
+        return JSONResponse(account_object(account))
+
+    router.add_api_route(
+        f"/accounts/{{account_id}}/{action}",
+        change,
+        methods=["POST"],
+        operation_id=f"admin_accounts_{action}",
+        summary=f"{action.capitalize()} an account"
+        + (": every key fails with 401 within a second" if action == "suspend" else ""),
+        responses={200: {"model": AccountObject}, **missing},
+    )

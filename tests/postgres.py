@@ -1,0 +1,248 @@
+"""A throwaway PostgreSQL cluster, for tests that stop the database under keyguard.
+
+:class:`PostgresCluster` runs ``initdb`` into a new temporary folder and
+``postgres`` on a free 127.0.0.1 port with trust authentication. It can be
+stopped in immediate mode (what ``pg_ctl stop -m immediate`` does: no
+checkpoint, crash recovery on the next start), killed, and started again on
+the same data and port. Every wait has a deadline. As a context manager it ends
+the server and removes the folder, pass or fail::
+
+    with PostgresCluster.initdb() as cluster:
+        cluster.start()
+        url = cluster.url
+        cluster.stop()
+        cluster.start()
+
+``initdb`` and ``postgres`` refuse to run as root, so under root both run as
+the ``postgres`` system user, in a folder handed to that user.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from contextlib import suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psycopg
+
+from tests.server import HOST, free_port
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+SYSTEM_USER = "postgres"  # who runs the server when the tests run as root
+
+
+class ClusterError(RuntimeError):
+    """The throwaway cluster could not be created, started or stopped."""
+
+
+def server_binaries() -> Path:
+    """The folder holding ``initdb`` and ``postgres``: the newest installed version."""
+    # Debian keeps them out of PATH, in one folder per major version.
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: [int(part) for part in re.findall(r"\d+", path.parts[-3])],
+    )
+    found = candidates[-1] if candidates else shutil.which("initdb")
+    if found is not None:
+        return Path(found).parent
+    raise ClusterError(
+        "PostgreSQL's server programs (initdb, postgres) are not installed; these tests start"
+        " their own cluster. Install them, e.g. `apt-get install postgresql`."
+    )
+
+
+class PostgresCluster:
+    """One ``postgres`` server over its own data folder; create it with :meth:`initdb`."""
+
+    def __init__(self, folder: Path, port: int, binaries: Path) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = port
+        self.runs = 0
+        self._binaries = binaries
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def initdb(cls) -> Self:
+        """A new cluster in a new temporary folder, not yet started."""
+        binaries = server_binaries()
+        cluster = cls(Path(tempfile.mkdtemp(prefix="keyguard-postgres-")), free_port(), binaries)
+        try:
+            cluster._initdb()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def _initdb(self) -> None:
+        if self._user is not None:
+            shutil.chown(self.folder, self._user, self._user)
+        done = subprocess.run(
+            [
+                str(self._binaries / "initdb"),
+                *("-D", str(self.data), "-U", "postgres", "--auth=trust"),
+                *("--encoding=UTF8", "--locale=C", "--no-sync"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+            user=self._user,
+            group=self._user,
+            extra_groups=self._groups,
+        )
+        if done.returncode != 0:
+            raise ClusterError(f"initdb exited {done.returncode}:\n{done.stdout}{done.stderr}")
+
+    @property
+    def url(self) -> str:
+        """The ``postgres`` database, as the superuser ``postgres``."""
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log(self) -> str:
+        """What the current (or last) run wrote to stderr."""
+        path = self.folder / f"postgres-{self.runs}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
+        """Start on the cluster's data and port; return once it accepts queries."""
+        if self.running:
+            raise ClusterError("The cluster is already running.")
+        self.runs += 1
+        command = [
+            str(self._binaries / "postgres"),
+            *("-D", str(self.data), "-p", str(self.port)),
+            *("-c", f"listen_addresses={HOST}", "-c", f"unix_socket_directories={self.folder}"),
+        ]
+        with (self.folder / f"postgres-{self.runs}.log").open("wb") as log:
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.folder,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                user=self._user,
+                group=self._user,
+                extra_groups=self._groups,
+            )
+        self._wait_until_ready(timeout)
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                self._fail("exited before it accepted connections")
+            with (
+                suppress(psycopg.OperationalError),
+                psycopg.connect(self.url, connect_timeout=1) as connection,
+            ):
+                connection.execute("SELECT 1")
+                return
+            time.sleep(0.05)
+        self._fail(f"did not accept connections within {timeout:g} s")
+
+    def _fail(self, what: str) -> None:
+        self.kill()
+        raise ClusterError(f"postgres on port {self.port} {what}.\n--- log ---\n{self.log}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Immediate shutdown (SIGQUIT): every backend ends at once, nothing is checkpointed.
+
+        Returns when the postmaster has exited, which it does only after its
+        backends have, so the port and the data are free for :meth:`start`.
+        """
+        process = self._require_process()
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGQUIT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ClusterError(f"postgres ignored SIGQUIT for {timeout:g} s.") from None
+
+    def kill(self) -> None:
+        """SIGKILL to the postmaster and each of its backends, as an OOM kill would."""
+        process = self._require_process()
+        # Backends lead their own sessions, so a process group does not reach them;
+        # a stopped postmaster forks no new one while they are listed.
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signal.SIGSTOP)
+        backends = children(process.pid)
+        for pid in [process.pid, *backends]:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(STOP_TIMEOUT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(alive(pid) for pid in backends):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"postgres backends {backends} outlived SIGKILL.")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """End the server if it runs, and remove the folder."""
+        try:
+            if self.running:
+                with suppress(ClusterError):  # stop() has killed it already
+                    self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def _user(self) -> str | None:
+        """Who runs initdb and postgres: the postgres user under root, else ourselves."""
+        return SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def _groups(self) -> list[str] | None:
+        return [] if self._user else None  # and none of root's groups
+
+    def _require_process(self) -> "subprocess.Popen[bytes]":
+        if self._process is None:
+            raise ClusterError("The cluster was never started.")
+        return self._process
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has already let go of everything)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

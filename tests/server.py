@@ -1,0 +1,238 @@
+"""Real ``keyguard serve`` processes for tests that need a server over TCP.
+
+A :class:`KeyguardServer` owns one database folder and one environment; it can
+be started, stopped gracefully (SIGTERM) or killed (SIGKILL), and started again
+on the same database. Each process runs in its own session, so stopping it also
+reaches the worker processes that ``--workers`` forks. :class:`Servers` hands
+out servers and ends every one of them when the test ends, pass or fail::
+
+    @pytest.fixture
+    def servers(tmp_path: Path) -> Iterator[Servers]:
+        with Servers(tmp_path) as started:
+            yield started
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+HOST = "127.0.0.1"
+SECRET = "server-test-secret-" + "0123456789abcdef" * 3
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+class ServerError(RuntimeError):
+    """A keyguard process did not start, answer or stop as expected."""
+
+
+def keyguard_command() -> list[str]:
+    """The ``keyguard`` console script installed beside this interpreter."""
+    script = Path(sys.executable).with_name("keyguard")
+    if not script.exists():
+        raise ServerError(f"No keyguard console script at {script}; install the package first.")
+    return [str(script)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class KeyguardServer:
+    """``keyguard serve`` on 127.0.0.1 over the SQLite database in ``folder``.
+
+    With ``secret_key=None`` the server generates its secret file beside the
+    database. ``settings`` adds ``KEYGUARD_*`` variables, e.g.
+    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}``.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        workers: int = 1,
+        secret_key: str | None = SECRET,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
+        self.database = folder / "keyguard.db"
+        self.env = {
+            name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")
+        }
+        self.env["KEYGUARD_DATABASE_URL"] = f"sqlite:///{self.database}"
+        if secret_key is not None:
+            self.env["KEYGUARD_SECRET_KEY"] = secret_key
+        self.env.update(settings or {})
+        self.port = 0
+        self.runs = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def stdout(self) -> str:
+        """Everything the current (or last) run printed to stdout."""
+        return self._log("stdout")
+
+    @property
+    def stderr(self) -> str:
+        return self._log("stderr")
+
+    def _log(self, stream: str) -> str:
+        path = self.folder / f"serve-{self.runs}.{stream}"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
+        """Start a new run on a fresh port; return once ``/healthz`` answers 200
+        and every worker has started."""
+        if self.running:
+            raise ServerError("The server is already running.")
+        self.runs += 1
+        self.port = free_port()
+        command = [
+            *keyguard_command(),
+            *("serve", "--host", HOST, "--port", str(self.port), "--workers", str(self.workers)),
+        ]
+        with (
+            (self.folder / f"serve-{self.runs}.stdout").open("wb") as stdout,
+            (self.folder / f"serve-{self.runs}.stderr").open("wb") as stderr,
+        ):
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.folder,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        self._wait_until_healthy(timeout)
+        return self
+
+    def _wait_until_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.base_url, timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if not self.running:
+                    self._fail("exited before it answered /healthz")
+                with suppress(httpx.TransportError):
+                    if client.get("/healthz").status_code == 200 and self._all_workers_up():
+                        return
+                time.sleep(0.02)
+        self._fail(f"did not answer /healthz with 200 within {timeout:g} s")
+
+    def _all_workers_up(self) -> bool:
+        # /healthz answers as soon as one worker is up; the others say so in the log.
+        return self.stderr.count("Application startup complete.") >= self.workers
+
+    def _fail(self, what: str) -> None:
+        self.kill()
+        raise ServerError(f"keyguard serve {what}.\n--- stderr ---\n{self.stderr}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, as a process supervisor stops it; the exit status."""
+        process = self._require_process()
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            status = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ServerError(f"keyguard serve ignored SIGTERM for {timeout:g} s.") from None
+        self._kill_group()  # workers must not outlive their supervisor
+        return status
+
+    def kill(self) -> int:
+        """SIGKILL to the server and its workers at once, as a crash or OOM kill would."""
+        process = self._require_process()
+        self._kill_group()
+        return process.wait(STOP_TIMEOUT)
+
+    def _kill_group(self) -> None:
+        process = self._require_process()
+        # The process leads its own session, so its pid is the group id.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def _require_process(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise ServerError("The server was never started.")
+        return self._process
+
+    def cli(self, *args: str) -> str:
+        """Run a ``keyguard`` command with this server's environment; its stdout."""
+        done = subprocess.run(
+            [*keyguard_command(), *args],
+            cwd=self.folder,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServerError(f"keyguard {' '.join(args)} exited {done.returncode}: {done.stderr}")
+        return done.stdout
+
+    def create_account(self, name: str) -> dict[str, Any]:
+        """``keyguard accounts create NAME --json``: the account and its first key."""
+        created: dict[str, Any] = json.loads(self.cli("accounts", "create", name, "--json"))
+        return created
+
+
+class Servers:
+    """Hands out :class:`KeyguardServer` instances and ends them all on exit."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._servers: list[KeyguardServer] = []
+
+    def __call__(
+        self,
+        name: str = "server",
+        *,
+        workers: int = 1,
+        secret_key: str | None = SECRET,
+        settings: Mapping[str, str] | None = None,
+    ) -> KeyguardServer:
+        """A server over a new database in ``root/name``, not yet started."""
+        server = KeyguardServer(
+            self._root / name, workers=workers, secret_key=secret_key, settings=settings
+        )
+        self._servers.append(server)
+        return server
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for server in self._servers:
+            if server.runs:
+                server.kill()

@@ -1,0 +1,140 @@
+"""What survives when the server dies: a crash, or a supervisor's stop."""
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import pytest
+
+from tests.server import KeyguardServer, Servers
+
+pytestmark = pytest.mark.slow
+
+WRITERS = 4
+ACKNOWLEDGED_BEFORE_KILL = 40
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    with Servers(tmp_path) as started:
+        yield started
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def first_key(server: KeyguardServer) -> str:
+    token: str = server.create_account("acme")["api_key"]["value"]
+    return token
+
+
+def create_key(server: KeyguardServer, token: str, label: str) -> dict[str, Any]:
+    answer = httpx.post(
+        f"{server.base_url}/v1/api-keys", headers=bearer(token), json={"label": label}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    key: dict[str, Any] = answer.json()
+    return key
+
+
+def list_keys(server: KeyguardServer, token: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(token), timeout=10)
+    assert answer.status_code == 200, answer.text
+    keys: list[dict[str, Any]] = answer.json()
+    return keys
+
+
+class CreateBurst:
+    """Threads that create keys as fast as the server answers, until it stops answering."""
+
+    def __init__(self, server: KeyguardServer, token: str) -> None:
+        self._url = f"{server.base_url}/v1/api-keys"
+        self._headers = bearer(token)
+        self._lock = threading.Lock()
+        self.acknowledged: dict[int, dict[str, Any]] = {}
+        self.reached = threading.Event()
+        self._stop = threading.Event()
+        self.failures: list[Exception] = []
+        self.refusals: list[httpx.Response] = []
+        self._threads = [
+            threading.Thread(target=self._create, args=(writer,)) for writer in range(WRITERS)
+        ]
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _create(self, writer: int) -> None:
+        with httpx.Client(headers=self._headers, timeout=10) as client:
+            number = 0
+            while not self._stop.is_set():
+                number += 1
+                try:
+                    answer = client.post(self._url, json={"label": f"burst {writer}-{number}"})
+                except httpx.TransportError as error:
+                    with self._lock:
+                        self.failures.append(error)
+                    return
+                if answer.status_code != 200:
+                    with self._lock:
+                        self.refusals.append(answer)
+                    return
+                key = answer.json()
+                with self._lock:
+                    self.acknowledged[key["id"]] = key
+                    if len(self.acknowledged) >= ACKNOWLEDGED_BEFORE_KILL:
+                        self.reached.set()
+
+
+def test_every_acknowledged_create_survives_sigkill(servers: Servers) -> None:
+    server = servers("crash")
+    admin = first_key(server)
+    server.start()
+
+    with CreateBurst(server, admin) as burst:
+        assert burst.reached.wait(timeout=20), "the burst of creates did not get going"
+        server.kill()
+    server.start()
+    listed = {key["id"]: key for key in list_keys(server, admin)}
+
+    assert not burst.refusals, [answer.text for answer in burst.refusals]
+    assert burst.failures, "the kill did not land in the middle of the burst"
+    assert burst.acknowledged.keys() <= listed.keys()
+    for key_id, acknowledged in burst.acknowledged.items():
+        assert listed[key_id]["label"] == acknowledged["label"]
+        answer = httpx.get(
+            f"{server.base_url}/v1/api-keys/{key_id}",
+            headers=bearer(acknowledged["value"]),
+            timeout=10,
+        )
+        assert answer.status_code == 200, f"key {key_id}: {answer.status_code} {answer.text}"
+
+
+def test_sigterm_flushes_last_used_at(servers: Servers) -> None:
+    # Usage is otherwise flushed hourly, so only the shutdown flush can write it.
+    server = servers("graceful", settings={"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"})
+    admin = first_key(server)
+    server.start()
+    used, unused = create_key(server, admin, "used"), create_key(server, admin, "unused")
+
+    answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(used["value"]), timeout=10)
+    server.stop()
+    after = datetime.now(UTC)
+    server.start()
+    listed = {key["id"]: key for key in list_keys(server, admin)}
+
+    assert answer.status_code == 200
+    assert listed[unused["id"]]["last_used_at"] is None
+    last_used = listed[used["id"]]["last_used_at"]
+    assert last_used is not None, "the use before SIGTERM was not flushed"
+    assert datetime.fromisoformat(last_used) <= after

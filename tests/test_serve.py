@@ -1,0 +1,158 @@
+"""``keyguard serve`` as an operator meets it: first start, restarts, workers."""
+
+import re
+import shlex
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server import KeyguardServer, Servers
+
+pytestmark = pytest.mark.slow
+
+# <prefix>_<32 base62 characters><6 base62 characters of checksum>
+TOKEN = re.compile(r"\b[a-z0-9]{1,16}_[0-9A-Za-z]{38}\b")
+IN_A_ROW = 20
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    with Servers(tmp_path) as started:
+        yield started
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def printed_key(stdout: str) -> str:
+    """The line that is nothing but a key."""
+    [key] = [line.strip() for line in stdout.splitlines() if TOKEN.fullmatch(line.strip())]
+    return key
+
+
+def curl_request(stdout: str) -> httpx.Request:
+    """The request that the printed ``curl`` line would send."""
+    [line] = [line for line in stdout.splitlines() if line.startswith("curl ")]
+    words = shlex.split(line)[1:]
+    headers: dict[str, str] = {}
+    urls: list[str] = []
+    while words:
+        word = words.pop(0)
+        if word in ("-H", "--header"):
+            name, _, value = words.pop(0).partition(":")
+            headers[name.strip()] = value.strip()
+        else:
+            assert not word.startswith("-"), f"unexpected curl option {word} in {line!r}"
+            urls.append(word)
+    [url] = urls
+    return httpx.Request("GET", url, headers=headers)
+
+
+def test_first_serve_on_an_empty_database_prints_a_key_and_a_curl_line_that_works(
+    servers: Servers,
+) -> None:
+    server = servers("fresh", secret_key=None).start()
+
+    key = printed_key(server.stdout)
+    with httpx.Client(timeout=10) as client:
+        answer = client.send(curl_request(server.stdout))
+
+    assert answer.status_code == 200, answer.text
+    [listed] = answer.json()
+    assert listed["value"] == key
+    assert listed["active"] is True
+    assert listed["scopes_enabled"] is False
+    assert key not in server.stderr
+
+
+def test_second_serve_on_the_same_database_prints_no_key(servers: Servers) -> None:
+    server = servers("restarted", secret_key=None).start()
+    key = printed_key(server.stdout)
+    server.stop()
+
+    server.start()
+    answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(key), timeout=10)
+
+    assert TOKEN.search(server.stdout) is None, server.stdout
+    assert "curl" not in server.stdout
+    assert TOKEN.search(server.stderr) is None, server.stderr
+    assert answer.status_code == 200, "the first key stopped working after a restart"
+
+
+def test_generated_secret_file_is_beside_the_database_and_private(servers: Servers) -> None:
+    server = servers("zero-config", secret_key=None).start()
+
+    secret_file = server.database.with_name("keyguard.secret")
+
+    assert secret_file.is_file()
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    assert len(secret) >= 32
+    assert secret not in server.stdout
+    assert secret not in server.stderr
+
+
+def answered_alike_by_every_worker(
+    server: KeyguardServer, token: str, path: str, status: int
+) -> None:
+    """Send requests until ``IN_A_ROW`` in a row answer ``status``; fail after one second.
+
+    Each request goes on a new connection, which the kernel may hand to any worker.
+    """
+    deadline = time.monotonic() + 1.0
+    streak = 0
+    answers: list[int] = []
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=server.base_url, limits=fresh, timeout=5) as client:
+        while streak < IN_A_ROW:
+            assert time.monotonic() < deadline, f"not settled on {status} after 1 s: {answers}"
+            answers.append(client.get(path, headers=bearer(token)).status_code)
+            streak = streak + 1 if answers[-1] == status else 0
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeyguardServer, str]]:
+    """A server with two workers, and the full-access key of its one account."""
+    with Servers(tmp_path_factory.mktemp("workers")) as servers:
+        server = servers(workers=2)
+        admin: str = server.create_account("acme")["api_key"]["value"]
+        yield server.start(), admin
+
+
+def create_key(server: KeyguardServer, admin: str) -> dict[str, Any]:
+    answer = httpx.post(
+        f"{server.base_url}/v1/api-keys", headers=bearer(admin), json={"label": "new"}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    key: dict[str, Any] = answer.json()
+    return key
+
+
+def test_with_two_workers_a_new_key_works_on_every_worker_within_one_second(
+    two_workers: tuple[KeyguardServer, str],
+) -> None:
+    server, admin = two_workers
+
+    key = create_key(server, admin)
+
+    answered_alike_by_every_worker(server, key["value"], f"/v1/api-keys/{key['id']}", 200)
+
+
+def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_second(
+    two_workers: tuple[KeyguardServer, str],
+) -> None:
+    server, admin = two_workers
+    key = create_key(server, admin)
+    path = f"/v1/api-keys/{key['id']}"
+    answered_alike_by_every_worker(server, key["value"], path, 200)
+
+    deleted = httpx.delete(f"{server.base_url}{path}", headers=bearer(admin), timeout=10)
+
+    assert deleted.status_code == 200, deleted.text
+    answered_alike_by_every_worker(server, key["value"], path, 401)
