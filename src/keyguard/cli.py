@@ -7,9 +7,9 @@ request bodies the HTTP API receives, so both validate alike. Tables for people,
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -18,11 +18,12 @@ from rich.table import Table
 
 from keyguard.config import load_settings
 from keyguard.domain import keys
-from keyguard.domain.records import Account
+from keyguard.domain.records import AccountStatus
 from keyguard.errors import KeyguardError
 from keyguard.runtime import Keyguard
 from keyguard.service import KeyView
-from keyguard.wire import key_object
+from keyguard.storage import AuditQuery
+from keyguard.wire import account_object, audit_object, key_object
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,14 +62,6 @@ def _echo_json(data: object) -> None:
 
 def _when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _account_object(account: Account) -> dict[str, Any]:
-    return {
-        "id": account.id,
-        "name": account.name,
-        "created_at": account.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,7 +159,7 @@ def accounts_create(name: str, as_json: bool) -> None:
         account, view = runtime.service.create_account(name)
         if as_json:
             groups = runtime.service.groups
-            _echo_json({"account": _account_object(account), "api_key": key_object(view, groups)})
+            _echo_json({"account": account_object(account), "api_key": key_object(view, groups)})
             return
     console.print(f"Created account {account.id} ({account.name}). Its key, shown only now:")
     console.print(view.value, markup=False, highlight=False)
@@ -180,7 +173,7 @@ def accounts_list(as_json: bool) -> None:
     with _keyguard() as runtime:
         found = runtime.service.list_accounts()
     if as_json:
-        _echo_json([_account_object(account) for account in found])
+        _echo_json([account_object(account) for account in found])
         return
     table = Table("id", "name", "created")
     for account in found:
@@ -344,3 +337,87 @@ def keys_delete(key_id: int, account_id: int) -> None:
     with _keyguard() as runtime:
         runtime.service.delete_key(account_id, key_id)
     click.echo(f"Deleted key {key_id}.")
+
+
+# -- audit -----------------------------------------------------------------------
+
+
+@main.command()
+@_account_option
+@click.option("--key", "key_id", type=int, help="Only changes to this key.")
+@click.option("--action", help="Only this action, e.g. key.delete or account.suspend.")
+@click.option("--since", type=click.DateTime(), help="From this UTC time on.")
+@click.option("--until", type=click.DateTime(), help="Before this UTC time.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@_json_option
+@_fail_cleanly
+def audit(
+    account_id: int,
+    key_id: int | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show an account's audit trail, newest first."""
+    query = AuditQuery(
+        account_id=account_id,
+        key_id=key_id,
+        action=action,
+        since=since.replace(tzinfo=UTC) if since else None,
+        until=until.replace(tzinfo=UTC) if until else None,
+        limit=limit,
+    )
+    with _keyguard() as runtime:
+        runtime.service.get_account(account_id)
+        records, total = runtime.service.audit(query)
+    if as_json:
+        _echo_json([audit_object(record) for record in records])
+        return
+    table = Table("when", "action", "key", "by", "from", "changed", title=f"{total} records")
+    for record in records:
+        actor = record.actor.kind + (f" {record.actor.key_id}" if record.actor.key_id else "")
+        table.add_row(
+            _when(record.occurred_at),
+            record.action,
+            str(record.key_id or "-"),
+            actor,
+            record.actor.ip or "-",
+            _difference(record.before, record.after),
+        )
+    console.print(table)
+
+
+def _difference(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> str:
+    """The fields that changed, as ``name: old -> new``."""
+    before, after = before or {}, after or {}
+    changed = [
+        f"{name}: {before.get(name, '-')} -> {after.get(name, '-')}"
+        for name in {**before, **after}
+        if before.get(name) != after.get(name)
+    ]
+    return "; ".join(changed) or "-"
+
+
+# -- account status ----------------------------------------------------------------
+
+
+@accounts.command("suspend")
+@click.argument("account_id", type=int)
+@_fail_cleanly
+def accounts_suspend(account_id: int) -> None:
+    """Suspend an account: every one of its keys fails with 401 within a second."""
+    with _keyguard() as runtime:
+        runtime.service.set_account_status(account_id, AccountStatus.SUSPENDED)
+    click.echo(f"Suspended account {account_id}.")
+
+
+@accounts.command("resume")
+@click.argument("account_id", type=int)
+@_fail_cleanly
+def accounts_resume(account_id: int) -> None:
+    """Resume a suspended account: its keys work again."""
+    with _keyguard() as runtime:
+        runtime.service.set_account_status(account_id, AccountStatus.ACTIVE)
+    click.echo(f"Resumed account {account_id}.")

@@ -73,6 +73,11 @@ _METHOD_HEADERS = (b"x-original-method", b"x-forwarded-method")
 _URI_HEADERS = (b"x-original-uri", b"x-forwarded-uri")
 
 
+async def send_error(send: Send, status: int, message: str) -> None:
+    """Answer with a Wavix error body, outside any framework."""
+    await send_decision(send, Decision(False, status, message))
+
+
 async def send_decision(send: Send, decision: Decision, *, message_header: bool = False) -> None:
     """Answer a refused request with its Wavix error body.
 

@@ -15,7 +15,12 @@ from keyguard import __version__
 from keyguard.api.admin import admin_router
 from keyguard.api.audit import audit_router
 from keyguard.api.auth import FORWARD_PATH, ForwardAuth, is_forward_auth, verify_router
-from keyguard.api.errors import LastResort, install_error_handlers, wavix_error
+from keyguard.api.errors import (
+    HTTP_MESSAGES,
+    LastResort,
+    install_error_handlers,
+    wavix_error,
+)
 from keyguard.api.keys import key_router
 from keyguard.api.schemas import (
     ErrorResponse,
@@ -26,7 +31,7 @@ from keyguard.api.schemas import (
     update_request_model,
 )
 from keyguard.config import Settings, load_settings
-from keyguard.middleware import KeyguardMiddleware
+from keyguard.middleware import KeyguardMiddleware, send_error
 from keyguard.runtime import Keyguard
 
 
@@ -106,22 +111,30 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         trusted_proxies=runtime.trusted_proxies,
         protect=_protected,
     )
-    return Dispatcher(ForwardAuth(runtime.decider, runtime.trusted_proxies), LastResort(app))
+    forward = ForwardAuth(runtime.decider, runtime.trusted_proxies)
+    return Dispatcher(forward, LastResort(app), runtime.settings.max_header_bytes)
 
 
 class Dispatcher:
     """Send forward-auth requests straight to :class:`ForwardAuth`, the rest to the app.
 
     Forward auth is the hot path: it skips the framework's middleware stack and
-    router entirely.
+    router entirely. Oversized headers are refused here, before anything reads them.
     """
 
-    def __init__(self, forward: ForwardAuth, app: ASGIApp) -> None:
+    def __init__(self, forward: ForwardAuth, app: ASGIApp, max_header_bytes: int) -> None:
         self.forward = forward
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_forward_auth(scope["path"]):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif sum(len(name) + len(value) for name, value in scope["headers"]) > (
+            self.max_header_bytes
+        ):
+            await send_error(send, 431, HTTP_MESSAGES[431])
+        elif is_forward_auth(scope["path"]):
             await self.forward(scope, receive, send)
         else:
             await self.app(scope, receive, send)
