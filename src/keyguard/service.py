@@ -14,6 +14,7 @@ from keyguard.domain import keys
 from keyguard.domain.fields import (
     MAX_LABEL_LENGTH,
     KeyChanges,
+    is_clean_text,
     parse_create,
     parse_update,
     settings_for_new_key,
@@ -78,13 +79,12 @@ class KeyService:
 
     def create_account(self, name: object, actor: Actor = CLI) -> tuple[Account, KeyView]:
         """A new account with its first, full-access key; the secret shown once."""
-        if (
-            not isinstance(name, str)
-            or not name.strip()
-            or len(name) > MAX_ACCOUNT_NAME_LENGTH
-            or not name.isprintable()
-        ):
+        if not isinstance(name, str) or not is_clean_text(name):
             raise InvalidInput.parameter("name")
+        if len(name) > MAX_ACCOUNT_NAME_LENGTH:
+            raise InvalidInput(
+                f"Name is too long (maximum is {MAX_ACCOUNT_NAME_LENGTH} characters)", 422
+            )
         token, digest, sealed = self._new_secret()
         label = f"{name} full access"[:MAX_LABEL_LENGTH]
         account, key = self.store.create_account(

@@ -85,7 +85,10 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts",
         operation_id="admin_accounts_list",
         summary="List accounts",
-        responses={200: {"model": AccountsPage}},
+        responses={
+            200: {"model": AccountsPage},
+            400: {"model": ErrorResponse, "description": "Invalid page or per_page."},
+        },
     )
     async def list_accounts(
         request: Request,

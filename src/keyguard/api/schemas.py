@@ -10,14 +10,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from keyguard.domain.fields import FLAG_ALIASES, MAX_LABEL_LENGTH, MAX_PERMITTED_IPS
+from keyguard.domain.fields import (
+    CLEAN_TEXT_PATTERN,
+    FLAG_ALIASES,
+    MAX_LABEL_LENGTH,
+    MAX_PERMITTED_IPS,
+)
 from keyguard.domain.scopes import ScopeGroups
 
 LevelName = Literal["none", "read", "write"]
 
 
 class ScopePermission(BaseModel):
-    allow: LevelName = "none"
+    allow: LevelName
+
+
+class ScopeGrant(BaseModel):
+    """A scope group in a request; ``{}`` or ``{"allow": null}`` mean ``none``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: LevelName | None = "none"
 
 
 class SuccessResponse(BaseModel):
@@ -86,17 +99,32 @@ def _request_fields(groups: ScopeGroups) -> dict[str, Any]:
             bool | None,
             Field(default=None, description=f"Older name of `{current}`; `{current}` wins."),
         )
-    fields.update(dict.fromkeys(groups.names, (ScopePermission | None, None)))
+    fields.update(dict.fromkeys(groups.names, (ScopeGrant | None, None)))
     return fields
 
 
 def create_request_model(groups: ScopeGroups) -> type[BaseModel]:
-    label = (str, Field(min_length=1, max_length=MAX_LABEL_LENGTH))
+    label = (
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_LABEL_LENGTH,
+            json_schema_extra={"pattern": CLEAN_TEXT_PATTERN},
+        ),
+    )
     return create_model("ApiKeyCreateRequest", label=label, **_request_fields(groups))
 
 
 def update_request_model(groups: ScopeGroups) -> type[BaseModel]:
-    label: Any = (str | None, Field(default=None, min_length=1, max_length=MAX_LABEL_LENGTH))
+    label: Any = (
+        str | None,
+        Field(
+            default=None,
+            min_length=1,
+            max_length=MAX_LABEL_LENGTH,
+            json_schema_extra={"pattern": CLEAN_TEXT_PATTERN},
+        ),
+    )
     return create_model(
         "ApiKeyUpdateRequest",
         __config__=ConfigDict(extra="forbid"),
@@ -213,4 +241,6 @@ class AccountsPage(BaseModel):
 
 
 class AccountCreateRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(
+        min_length=1, max_length=255, json_schema_extra={"pattern": CLEAN_TEXT_PATTERN}
+    )

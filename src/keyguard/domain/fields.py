@@ -6,6 +6,7 @@ means "not given". Every refusal is an :class:`~keyguard.errors.InvalidInput`
 carrying Wavix's own message, raised before anything is changed.
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,6 +17,11 @@ from keyguard.domain.scopes import LEVEL_NAMES, Level, ScopeGroups
 from keyguard.errors import InvalidInput
 
 T = TypeVar("T")
+
+# As a JSON Schema pattern too, so that the OpenAPI document says what is accepted.
+UNCLEAN_CHARACTERS = "\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff"
+CLEAN_TEXT_PATTERN = f"^[^{UNCLEAN_CHARACTERS}]*[^\\s{UNCLEAN_CHARACTERS}][^{UNCLEAN_CHARACTERS}]*$"
+_UNCLEAN = re.compile(f"[{UNCLEAN_CHARACTERS}]")
 
 MAX_LABEL_LENGTH = 255
 MAX_PERMITTED_IPS = 100
@@ -78,10 +84,16 @@ def _parse(data: Mapping[str, Any], groups: ScopeGroups) -> KeyChanges:
     )
 
 
+def is_clean_text(value: object) -> bool:
+    """A non-blank string without control characters or lone surrogates (which no
+    database can store as UTF-8). Emoji, joiners and every script are welcome."""
+    return isinstance(value, str) and bool(value.strip()) and not _UNCLEAN.search(value)
+
+
 def _label(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+    if not isinstance(value, str) or not is_clean_text(value):
         raise InvalidInput.parameter("label")
     if len(value) > MAX_LABEL_LENGTH:
         raise InvalidInput(f"Label is too long (maximum is {MAX_LABEL_LENGTH} characters)", 422)
