@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import decide, drf, forward, management, propagation
+from benchmarks import decide, drf, forward, management, postgres, propagation
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
 from benchmarks.report import Section, show, write_json
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "forward": forward.run,
     "drf": drf.run,
     "propagation": propagation.run,
+    "postgres": postgres.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

@@ -17,15 +17,8 @@ from pathlib import Path
 
 from benchmarks import drf_app
 from benchmarks.context import Context
-from benchmarks.forward import (
-    KEYS,
-    ROUNDS,
-    WORKERS,
-    describe_load,
-    keyguard_forward,
-    load_figures,
-)
-from benchmarks.load import Target, compare
+from benchmarks.forward import KEYS, WORKERS, describe, keyguard_forward, side_by_side
+from benchmarks.load import Target
 from benchmarks.report import Section, comparison_table
 from benchmarks.server import BENCHMARKS_ROOT, running_asgi
 
@@ -52,22 +45,19 @@ def run(context: Context) -> Section:
             app = f"{drf_app.__name__}:create_app"
             with running_asgi(app, WORKERS, factory=True, env=env) as drf_url:
                 peer: Target = (drf_url + drf_app.PATH, {"Authorization": f"Api-Key {key}"})
-                comparison = compare(context.generator, peer, keyguard, context.seconds, ROUNDS)
+                contest = side_by_side(context, ("drf", "keyguard"), peer, keyguard)
     section = Section("drf", f"keyguard against djangorestframework-api-key: {KEYS:,} keys each")
     section.tables.append(
         comparison_table(
             f"1. A valid key under the same load, uvicorn with {WORKERS} workers each",
             ("DRF HasAPIKey, GET /hello", "keyguard /auth/forward", "keyguard / DRF"),
-            comparison,
+            contest.comparison,
         )
     )
-    describe_load(section, context, comparison, "keyguard / DRF", None)
+    describe(section, context, contest, None)
     section.notes.append(
         "DRF is set up in its favour: no middleware, no authentication classes, JSON "
         "renderer only, persistent SQLite connections; keys created with "
         "APIKey.objects.create_key (SHA-512 hasher)."
-    )
-    section.figures.update(
-        {"keys": KEYS, "workers": WORKERS, **load_figures(context, comparison, ("drf", "keyguard"))}
     )
     return section

@@ -10,10 +10,11 @@ the ratio keyguard / hello is what keyguard adds to the server it runs in.
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from pydantic import SecretStr
 
+from benchmarks.balance import MAX_SHARE, BalancedLoad
 from benchmarks.context import Context
 from benchmarks.load import Comparison, Target, compare, pooled_rate
 from benchmarks.report import Section, comparison_table
@@ -73,56 +74,80 @@ def run(context: Context) -> Section:
         running_asgi("benchmarks.hello:app", WORKERS) as hello_url,
     ):
         hello: Target = (hello_url + FORWARD_PATH, keyguard[1])
-        comparison = compare(context.generator, hello, keyguard, context.seconds, ROUNDS)
+        contest = side_by_side(context, ("hello", "keyguard"), hello, keyguard)
     section = Section("forward", f"Forward auth under load: {KEYS:,} keys, {WORKERS} workers")
     section.tables.append(
         comparison_table(
             f"1. GET {FORWARD_PATH} for {METHOD} {URI} against a bare hello, same uvicorn",
             ("hello, raw ASGI", "keyguard /auth/forward", "keyguard / hello"),
-            comparison,
+            contest.comparison,
         )
     )
-    describe_load(section, context, comparison, "keyguard / hello", TARGET_RATIO)
-    section.figures.update(
-        {
-            "keys": KEYS,
-            "workers": WORKERS,
-            "request": {"method": METHOD, "uri": URI, "key": "scoped, messages: write"},
-            **load_figures(context, comparison, ("hello", "keyguard")),
-        }
-    )
+    describe(section, context, contest, TARGET_RATIO)
+    section.figures["request"] = {"method": METHOD, "uri": URI, "key": "scoped, messages: write"}
     return section
 
 
-def describe_load(
-    section: Section, context: Context, comparison: Comparison, ratio: str, target: float | None
-) -> None:
-    """The notes under a comparison table: the target, the method, any failures."""
+@dataclass(frozen=True, slots=True)
+class Contest:
+    """Two targets loaded in alternating rounds, and how the rounds went."""
+
+    names: tuple[str, str]  # the baseline's and the subject's, as the JSON names them
+    urls: tuple[str, str]
+    load: BalancedLoad
+    comparison: Comparison
+
+
+def side_by_side(
+    context: Context, names: tuple[str, str], baseline: Target, subject: Target
+) -> Contest:
+    load = BalancedLoad(context.generator)
+    comparison = compare(load, baseline, subject, context.seconds, ROUNDS)
+    return Contest(names, (baseline[0], subject[0]), load, comparison)
+
+
+def describe(section: Section, context: Context, contest: Contest, target: float | None) -> None:
+    """Notes and figures for a contest: the target, the method, how the load spread."""
+    baseline, subject = contest.names
+    comparison = contest.comparison
     achieved = comparison.ratios()["requests_per_second"]
     if target is not None:
         verdict = "met" if achieved >= target else "missed"
-        section.notes.append(f"Target {ratio} ≥ {target:.2f} in req/s: {verdict} ({achieved:.2f}).")
+        section.notes.append(
+            f"Target {subject} / {baseline} ≥ {target:.2f} in req/s: {verdict} ({achieved:.2f})."
+        )
     section.notes.append(
         f"{ROUNDS} alternating rounds of {context.seconds:.0f} s each after a warm-up, "
         f"{context.generator.name}, on the same 2 cores as the servers; req/s pools the "
         "rounds, p50 and p99 are medians of the rounds, ratios medians of each round's ratio."
     )
+    spreads = {
+        name: contest.load.spreads(url)
+        for name, url in zip(contest.names, contest.urls, strict=True)
+    }
+    section.notes.append(
+        "Connections per worker, warm-up first: "
+        + "; ".join(f"{name} {', '.join(spread)}" for name, spread in spreads.items())
+        + f" ({contest.load.reruns()} rounds run again because one worker held more than "
+        f"{MAX_SHARE:.0%} of the connections)."
+    )
     failures = sum(r.failures for r in [*comparison.baseline, *comparison.subject])
     if failures:
         section.notes.append(f"{failures:,} requests failed or were refused under load.")
-
-
-def load_figures(
-    context: Context, comparison: Comparison, names: tuple[str, str]
-) -> dict[str, Any]:
-    baseline, subject = names
-    return {
-        "rounds": ROUNDS,
-        "rounds_seconds": context.seconds,
-        "load_generator": context.generator.name,
-        baseline: [r.figures() for r in comparison.baseline],
-        subject: [r.figures() for r in comparison.subject],
-        f"{baseline}_requests_per_second": pooled_rate(comparison.baseline),
-        f"{subject}_requests_per_second": pooled_rate(comparison.subject),
-        f"ratio_{subject}_over_{baseline}": comparison.ratios(),
-    }
+    section.figures.update(
+        {
+            "keys": KEYS,
+            "workers": WORKERS,
+            "rounds": ROUNDS,
+            "rounds_seconds": context.seconds,
+            "load_generator": context.generator.name,
+            baseline: [r.figures() for r in comparison.baseline],
+            subject: [r.figures() for r in comparison.subject],
+            f"{baseline}_requests_per_second": pooled_rate(comparison.baseline),
+            f"{subject}_requests_per_second": pooled_rate(comparison.subject),
+            f"ratio_{subject}_over_{baseline}": comparison.ratios(),
+            "target_ratio": target,
+            "connections_per_worker": spreads,
+            "load_rounds": [asdict(r) for r in contest.load.rounds],
+        }
+    )

@@ -89,13 +89,17 @@ class Changes:
     accounts: list[Account]
 
 
-def audit_view(settings: KeySettings) -> dict[str, Any]:
-    """A key's settings as the audit trail records them: everything but the secret."""
+def settings_document(settings: KeySettings) -> dict[str, Any]:
+    """A key's settings as plain JSON values, as stored and as audited: no secret."""
     return {
         "label": settings.label,
         "active": settings.active,
         "restricted": settings.restricted,
         "permitted_ips": list(settings.permitted_ips),
         "scopes_enabled": settings.scopes_enabled,
-        "scopes": {group: level.label for group, level in settings.scopes.items()},
+        "scopes": {
+            group: level.label
+            for group, level in settings.scopes.items()
+            if level is not Level.NONE
+        },
     }

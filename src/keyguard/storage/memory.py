@@ -16,7 +16,7 @@ from keyguard.domain.records import (
     Changes,
     KeySettings,
     StoredKey,
-    audit_view,
+    settings_document,
 )
 from keyguard.storage import AuditQuery
 
@@ -170,7 +170,7 @@ class MemoryStore:
                 changed_at=datetime.now(UTC),
             )
             self._keys[key_id] = updated
-            before, after = audit_view(key.settings), audit_view(updated.settings)
+            before, after = settings_document(key.settings), settings_document(updated.settings)
             self._record(account_id, action, actor, key_id, before=before, after=after)
             return updated
 
@@ -182,7 +182,9 @@ class MemoryStore:
             self._revision += 1
             tombstone = self._tombstone(key)
             self._keys[key_id] = tombstone
-            self._record(account_id, "key.delete", actor, key_id, before=audit_view(key.settings))
+            self._record(
+                account_id, "key.delete", actor, key_id, before=settings_document(key.settings)
+            )
             return tombstone
 
     def changes_since(self, revision: int) -> Changes:
@@ -232,7 +234,7 @@ class MemoryStore:
             changed_at=datetime.now(UTC),
         )
         self._keys[key.id] = key
-        self._record(account_id, "key.create", actor, key.id, after=audit_view(settings))
+        self._record(account_id, "key.create", actor, key.id, after=settings_document(settings))
         return key
 
     def _tombstone(self, key: StoredKey) -> StoredKey:

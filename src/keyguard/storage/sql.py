@@ -45,9 +45,9 @@ from keyguard.domain.records import (
     Changes,
     KeySettings,
     StoredKey,
-    audit_view,
+    settings_document,
 )
-from keyguard.domain.scopes import compact, expand
+from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import AuditQuery, ChangeSignal
 from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
@@ -351,11 +351,13 @@ class SQLStore:
                     created_at=created_at,
                     revision=revision,
                     changed_at=changed_at,
-                    **_settings_columns(settings),
+                    **settings_document(settings),
                 )
             )
         )
-        _audit(connection, account_id, "key.create", actor, key_id, after=audit_view(settings))
+        _audit(
+            connection, account_id, "key.create", actor, key_id, after=settings_document(settings)
+        )
         return StoredKey(
             key_id,
             account_id,
@@ -418,9 +420,9 @@ class SQLStore:
             connection.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id)
-                .values(revision=revision, changed_at=changed_at, **_settings_columns(settings))
+                .values(revision=revision, changed_at=changed_at, **settings_document(settings))
             )
-            before, after = audit_view(key.settings), audit_view(settings)
+            before, after = settings_document(key.settings), settings_document(settings)
             _audit(connection, account_id, action, actor, key_id, before=before, after=after)
         return replace(key, settings=settings, revision=revision, changed_at=changed_at)
 
@@ -442,7 +444,12 @@ class SQLStore:
                 )
             )
             _audit(
-                connection, account_id, "key.delete", actor, key_id, before=audit_view(key.settings)
+                connection,
+                account_id,
+                "key.delete",
+                actor,
+                key_id,
+                before=settings_document(key.settings),
             )
         return replace(
             key, deleted=True, sealed_value=b"", revision=revision, changed_at=changed_at
@@ -550,17 +557,6 @@ def _new_id(result: CursorResult[Any]) -> int:
     primary_key = result.inserted_primary_key
     assert primary_key is not None
     return int(primary_key[0])
-
-
-def _settings_columns(settings: KeySettings) -> dict[str, Any]:
-    return {
-        "label": settings.label,
-        "active": settings.active,
-        "restricted": settings.restricted,
-        "permitted_ips": list(settings.permitted_ips),
-        "scopes_enabled": settings.scopes_enabled,
-        "scopes": compact(settings.scopes),
-    }
 
 
 def _key(row: Row[Any]) -> StoredKey:
