@@ -79,6 +79,7 @@ class KeyCache:
 
     def refresh(self) -> int:
         """Read every change since the last refresh; return how many were applied."""
+        first_load = self.revision == 0
         try:
             changes = self._store.changes_since(self.revision)
         except Exception:
@@ -91,7 +92,7 @@ class KeyCache:
             self.revision = max(self.revision, changes.revision)
             self.refreshed_at = time.monotonic()
             self.store_reachable = True
-        if self._observe_lag is not None:
+        if self._observe_lag is not None and not first_load:  # a first load is no propagation
             now = datetime.now(UTC)
             for key in applied:
                 if key.changed_at is not None:
