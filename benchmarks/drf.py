@@ -37,15 +37,20 @@ def run(context: Context) -> Section:
             stderr=subprocess.PIPE,
             text=True,
         )
-        with keyguard_forward() as (_, keyguard):
-            out, err = setup.communicate(timeout=SETUP_TIMEOUT)
-            if setup.returncode != 0:
-                raise RuntimeError(f"the Django project could not be prepared:\n{err}")
-            key = json.loads(out)["key"]
-            app = f"{drf_app.__name__}:create_app"
-            with running_asgi(app, WORKERS, factory=True, env=env) as drf_url:
-                peer: Target = (drf_url + drf_app.PATH, {"Authorization": f"Api-Key {key}"})
-                contest = side_by_side(context, ("drf", "keyguard"), peer, keyguard)
+        try:
+            with keyguard_forward() as (_, keyguard):
+                out, err = setup.communicate(timeout=SETUP_TIMEOUT)
+                if setup.returncode != 0:
+                    raise RuntimeError(f"the Django project could not be prepared:\n{err}")
+                key = json.loads(out)["key"]
+                app = f"{drf_app.__name__}:create_app"
+                with running_asgi(app, WORKERS, factory=True, env=env) as drf_url:
+                    peer: Target = (drf_url + drf_app.PATH, {"Authorization": f"Api-Key {key}"})
+                    contest = side_by_side(context, ("drf", "keyguard"), peer, keyguard)
+        finally:
+            if setup.poll() is None:
+                setup.kill()
+                setup.wait()
     section = Section("drf", f"keyguard against djangorestframework-api-key: {KEYS:,} keys each")
     section.tables.append(
         comparison_table(

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 
 from pydantic import SecretStr
 
-from benchmarks.balance import MAX_SHARE, BalancedLoad
 from benchmarks.context import Context
 from benchmarks.load import Comparison, Target, compare, pooled_rate
 from benchmarks.report import Section, comparison_table
 from benchmarks.server import Deployment, Server, deployed, running_asgi, serving
+from benchmarks.workers import WatchedLoad
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 
@@ -68,40 +68,20 @@ def keyguard_forward() -> Iterator[tuple[Server, Target]]:
             yield server, (server.url(FORWARD_PATH), forward_headers(token))
 
 
-def run(context: Context) -> Section:
-    with (
-        keyguard_forward() as (_, keyguard),
-        running_asgi("benchmarks.hello:app", WORKERS) as hello_url,
-    ):
-        hello: Target = (hello_url + FORWARD_PATH, keyguard[1])
-        contest = side_by_side(context, ("hello", "keyguard"), hello, keyguard)
-    section = Section("forward", f"Forward auth under load: {KEYS:,} keys, {WORKERS} workers")
-    section.tables.append(
-        comparison_table(
-            f"1. GET {FORWARD_PATH} for {METHOD} {URI} against a bare hello, same uvicorn",
-            ("hello, raw ASGI", "keyguard /auth/forward", "keyguard / hello"),
-            contest.comparison,
-        )
-    )
-    describe(section, context, contest, TARGET_RATIO)
-    section.figures["request"] = {"method": METHOD, "uri": URI, "key": "scoped, messages: write"}
-    return section
-
-
 @dataclass(frozen=True, slots=True)
 class Contest:
     """Two targets loaded in alternating rounds, and how the rounds went."""
 
     names: tuple[str, str]  # the baseline's and the subject's, as the JSON names them
     urls: tuple[str, str]
-    load: BalancedLoad
+    load: WatchedLoad
     comparison: Comparison
 
 
 def side_by_side(
     context: Context, names: tuple[str, str], baseline: Target, subject: Target
 ) -> Contest:
-    load = BalancedLoad(context.generator)
+    load = WatchedLoad(context.generator)
     comparison = compare(load, baseline, subject, context.seconds, ROUNDS)
     return Contest(names, (baseline[0], subject[0]), load, comparison)
 
@@ -121,15 +101,19 @@ def describe(section: Section, context: Context, contest: Contest, target: float
         f"{context.generator.name}, on the same 2 cores as the servers; req/s pools the "
         "rounds, p50 and p99 are medians of the rounds, ratios medians of each round's ratio."
     )
-    spreads = {
-        name: contest.load.spreads(url)
-        for name, url in zip(contest.names, contest.urls, strict=True)
-    }
+    urls = dict(zip(contest.names, contest.urls, strict=True))
+    cpu = {name: contest.load.cpu_per_request(url) for name, url in urls.items()}
+    base_cpu, subject_cpu = cpu[baseline], cpu[subject]
+    if base_cpu is not None and subject_cpu is not None:
+        section.notes.append(
+            f"Server CPU per request (all workers, from /proc, median of the rounds): "
+            f"{baseline} {base_cpu:.0f} µs, {subject} {subject_cpu:.0f} µs, "
+            f"a difference of {subject_cpu - base_cpu:+.0f} µs."
+        )
+    spreads = "; ".join(f"{name} {contest.load.spreads(url)}" for name, url in urls.items())
     section.notes.append(
-        "Connections per worker, warm-up first: "
-        + "; ".join(f"{name} {', '.join(spread)}" for name, spread in spreads.items())
-        + f" ({contest.load.reruns()} rounds run again because one worker held more than "
-        f"{MAX_SHARE:.0%} of the connections)."
+        "Connections per worker, warm-up first (the first worker to wake accepts most, by "
+        f"chance): {spreads}."
     )
     failures = sum(r.failures for r in [*comparison.baseline, *comparison.subject])
     if failures:
@@ -147,7 +131,30 @@ def describe(section: Section, context: Context, contest: Contest, target: float
             f"{subject}_requests_per_second": pooled_rate(comparison.subject),
             f"ratio_{subject}_over_{baseline}": comparison.ratios(),
             "target_ratio": target,
-            "connections_per_worker": spreads,
-            "load_rounds": [asdict(r) for r in contest.load.rounds],
+            "server_cpu_microseconds_per_request": cpu,
+            "server_rounds": {
+                name: [asdict(r) for r in contest.load.rounds.get(url, [])]
+                for name, url in urls.items()
+            },
         }
     )
+
+
+def run(context: Context) -> Section:
+    with (
+        keyguard_forward() as (_, keyguard),
+        running_asgi("benchmarks.hello:app", WORKERS) as hello_url,
+    ):
+        hello: Target = (hello_url + FORWARD_PATH, keyguard[1])
+        contest = side_by_side(context, ("hello", "keyguard"), hello, keyguard)
+    section = Section("forward", f"Forward auth under load: {KEYS:,} keys, {WORKERS} workers")
+    section.tables.append(
+        comparison_table(
+            f"1. GET {FORWARD_PATH} for {METHOD} {URI} against a bare hello, same uvicorn",
+            ("hello, raw ASGI", "keyguard /auth/forward", "keyguard / hello"),
+            contest.comparison,
+        )
+    )
+    describe(section, context, contest, TARGET_RATIO)
+    section.figures["request"] = {"method": METHOD, "uri": URI, "key": "scoped, messages: write"}
+    return section
