@@ -1,3 +1,4 @@
+import hmac
 import stat
 import threading
 from pathlib import Path
@@ -6,7 +7,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from keyguard.errors import ConfigurationError
-from keyguard.vault import Vault, load_or_create_secret
+from keyguard.vault import Vault, _derive, load_or_create_secret
 
 SECRET = b"s" * 32
 
@@ -69,3 +70,9 @@ def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigurationError, match="chmod 600"):
         load_or_create_secret(path)
+
+
+def test_digest_is_plain_hmac_sha256_under_the_derived_key() -> None:
+    token = "kg_" + "x" * 38
+    expected = hmac.digest(_derive(SECRET, b"keyguard key digest v1"), token.encode(), "sha256")
+    assert Vault(SECRET).digest(token) == expected

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from keyguard.api.errors import wavix_error
 from keyguard.api.schemas import ERROR_RESPONSES
-from keyguard.decide import Decider
+from keyguard.decide import Decider, Decision
 from keyguard.domain.keys import bearer_token
 from keyguard.domain.network import Network
 from keyguard.middleware import ProxiedRequest, send_decision
@@ -37,6 +37,9 @@ _ERROR_HEADERS = [
 ]
 
 
+_IDENTITY_LIMIT = 65_536
+
+
 def is_forward_auth(path: str) -> bool:
     return path == FORWARD_PATH or path.startswith(FORWARD_PATH + "/")
 
@@ -47,6 +50,8 @@ class ForwardAuth:
     def __init__(self, decider: Decider, trusted_proxies: tuple[Network, ...]) -> None:
         self.decider = decider
         self.trusted_proxies = trusted_proxies
+        # The identity headers of recent answers, built once per (account, key, scope).
+        self._identities: dict[tuple[object, ...], list[tuple[bytes, bytes]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
         try:
@@ -68,14 +73,25 @@ class ForwardAuth:
         if not decision.allowed:
             await send_decision(send, decision, message_header=True)
             return
-        headers = [
-            (b"x-keyguard-account-id", str(decision.account_id).encode()),
-            (b"x-keyguard-key-id", str(decision.key_id).encode()),
-            (b"x-keyguard-scope", str(decision.scope).encode()),
-            (b"content-length", b"0"),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": self._identity(decision)}
+        )
         await send({"type": "http.response.body", "body": b""})
+
+    def _identity(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        who = (decision.account_id, decision.key_id, decision.scope)
+        headers = self._identities.get(who)
+        if headers is None:
+            headers = [
+                (b"x-keyguard-account-id", str(decision.account_id).encode()),
+                (b"x-keyguard-key-id", str(decision.key_id).encode()),
+                (b"x-keyguard-scope", str(decision.scope).encode()),
+                (b"content-length", b"0"),
+            ]
+            if len(self._identities) >= _IDENTITY_LIMIT:
+                self._identities.clear()
+            self._identities[who] = headers
+        return headers
 
 
 class VerifyRequest(BaseModel):
