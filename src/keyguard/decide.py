@@ -42,6 +42,7 @@ class Decision(NamedTuple):
 
 UNAUTHORIZED = Decision(False, 401, "Unauthorized")
 SAMPLE_EVERY = 64
+_ALLOWED_LIMIT = 65_536
 _TOO_MANY = "Too many failed authentications from this address; retry in {} seconds"
 
 
@@ -67,6 +68,8 @@ class Decider:
         # sampled, one decision in SAMPLE_EVERY, to keep the clock off the hot path.
         self.outcomes = {200: 0, 401: 0, 403: 0, 429: 0}
         self._calls = 0
+        # Allowed decisions are values: one per key and scope, built once.
+        self._allowed: dict[tuple[int, str], Decision] = {}
 
     @property
     def routes(self) -> RouteMap:
@@ -107,7 +110,13 @@ class Decider:
         if refusal is not None:
             return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
         self._usage.touch(key.key_id)
-        return Decision(True, 200, "OK", key.account_id, key.key_id, needed)
+        allowed = self._allowed.get((key.key_id, needed))
+        if allowed is None or allowed.account_id != key.account_id:
+            if len(self._allowed) >= _ALLOWED_LIMIT:
+                self._allowed.clear()
+            allowed = Decision(True, 200, "OK", key.account_id, key.key_id, needed)
+            self._allowed[key.key_id, needed] = allowed
+        return allowed
 
     def _unauthorized(self, ip: str | None) -> Decision:
         if self._failures is not None:

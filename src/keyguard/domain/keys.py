@@ -17,7 +17,6 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LENGTH = 32
 CHECKSUM_LENGTH = 6
 MAX_PREFIX_LENGTH = 16
-MAX_TOKEN_LENGTH = MAX_PREFIX_LENGTH + 1 + BODY_LENGTH + CHECKSUM_LENGTH
 _SHAPE = re.compile(
     rf"[a-z0-9]{{1,{MAX_PREFIX_LENGTH}}}_[0-9A-Za-z]{{{BODY_LENGTH + CHECKSUM_LENGTH}}}"
 )
@@ -54,7 +53,7 @@ def is_well_formed(token: str) -> bool:
     Any prefix of the allowed alphabet is accepted, so changing the configured
     prefix does not invalidate keys that were issued before.
     """
-    if len(token) > MAX_TOKEN_LENGTH or _SHAPE.fullmatch(token) is None:
+    if _SHAPE.fullmatch(token) is None:  # fails fast, however long the input
         return False
     return checksum(token[:-CHECKSUM_LENGTH]) == token[-CHECKSUM_LENGTH:]
 
