@@ -21,7 +21,7 @@ import httpx
 from benchmarks.context import Context
 from benchmarks.load import Comparison, LoadGenerator, Target, compare, pooled_rate
 from benchmarks.report import Section, comparison_table, millis, rate, table
-from benchmarks.server import Server, running_keyguard
+from benchmarks.server import NO_LIMITS, Server, running_keyguard
 from benchmarks.stats import Latency
 
 CREATE_CLIENTS = 4
@@ -125,7 +125,7 @@ def auth_cost(server: Server, generator: LoadGenerator, seconds: float) -> Compa
 
 
 def run(context: Context) -> Section:
-    with running_keyguard(context.workers) as server:
+    with running_keyguard(context.workers, settings=NO_LIMITS) as server:
         created = create_keys(server, context.keys)
         lists = [
             list_latency(server, "", created.created + 1),  # + the account's first key

@@ -35,9 +35,9 @@ from benchmarks import management
 from benchmarks.context import Context
 from benchmarks.forward import FORWARD_PATH, forward_headers
 from benchmarks.load import Comparison, Target, compare
-from benchmarks.propagation import NO_LIMITS
 from benchmarks.report import Section, comparison_table, millis, rate, table, times
 from benchmarks.server import (
+    NO_LIMITS,
     Deployment,
     Server,
     deployed,

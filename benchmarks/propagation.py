@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from benchmarks.context import Context
 from benchmarks.forward import FORWARD_PATH, WORKERS, forward_headers, seed_keys
 from benchmarks.report import Section, millis, table
-from benchmarks.server import Server, deployed, serving, worker_pids
+from benchmarks.server import NO_LIMITS, Server, deployed, serving, worker_pids
 from benchmarks.stats import Latency, median
 
 TRIALS = 50
@@ -39,12 +39,6 @@ PIN_BUDGET = 15.0
 REQUEST_TIMEOUT = 5.0
 TARGET_SECONDS = 1.0  # the README: a change is enforced everywhere within one second
 
-# keyguard's abuse limits would refuse this benchmark's own traffic: every trial
-# ends in a refused key from 127.0.0.1, and deactivations come faster than a person's.
-NO_LIMITS = {
-    "KEYGUARD_AUTH_FAILURES_PER_MINUTE": "0",
-    "KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE": "0",
-}
 _PID = re.compile(rb'pid="(\d+)"')
 
 
