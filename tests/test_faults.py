@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from keyguard.domain.keys import generate
-from tests.postgres import PostgresCluster
+from tests.conftest import missing
+from tests.postgres import ClusterError, PostgresCluster, server_binaries
 from tests.server import HOST, SECRET, KeyguardServer, Servers, free_port, keyguard_command
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,10 @@ NO_ABUSE_LIMITS = {
 
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
+    try:
+        server_binaries()
+    except ClusterError as error:
+        missing(str(error))
     with PostgresCluster.initdb() as created:
         yield created.start()
 

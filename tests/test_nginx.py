@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from keyguard.domain.keys import generate
+from tests.conftest import missing
 from tests.server import HOST, KeyguardServer, Servers, free_port
 
 pytestmark = pytest.mark.slow
@@ -123,7 +124,7 @@ def nginx_binary() -> str:
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     found = shutil.which("nginx", path=path)
     if found is None:
-        pytest.fail(
+        missing(
             "nginx is not installed, and these tests run the example configuration in a real"
             " nginx: install it with `apt-get install nginx` (as root), or run .ci/run."
         )

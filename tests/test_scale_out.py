@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL_VARIABLE, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, missing, postgres_schema
 from tests.server import KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ class Pair(NamedTuple):
 def database() -> Iterator[str]:
     server = os.environ.get(POSTGRES_URL_VARIABLE)
     if not server:
-        pytest.fail(
+        missing(
             f"{POSTGRES_URL_VARIABLE} is not set. These tests run several keyguard instances on"
             " one PostgreSQL server and exist for nothing else; set it, e.g."
             f" {POSTGRES_URL_VARIABLE}=postgresql://postgres@127.0.0.1:5432/test (.ci/run does)."
