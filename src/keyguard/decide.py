@@ -8,6 +8,7 @@ note of the key's use, flushed to the database later in a batch.
 
 import time
 from collections.abc import Callable
+from ipaddress import ip_network
 from typing import NamedTuple
 
 from keyguard.cache import CachedKey, KeyCache
@@ -75,29 +76,42 @@ class Decider:
     def routes(self) -> RouteMap:
         return self._routes
 
-    def decide(self, token: str | None, ip: str | None, method: str, path: str) -> Decision:
-        """The decision for one request; never raises for any input."""
+    def decide(
+        self,
+        token: str | None,
+        ip: str | None,
+        method: str,
+        path: str,
+        charge: str | None = None,
+    ) -> Decision:
+        """The decision for one request; never raises for any input.
+
+        Failed authentications count against ``charge`` (default: ``ip``) for the
+        failure limit; an IPv6 client is counted by its /64, which one client holds.
+        """
         self._calls = calls = self._calls + 1
         if calls % SAMPLE_EVERY or self._observe_latency is None:
-            decision = self._decide(token, ip, method, path)
+            decision = self._decide(token, ip, method, path, charge or ip)
         else:
             started = time.perf_counter()
-            decision = self._decide(token, ip, method, path)
+            decision = self._decide(token, ip, method, path, charge or ip)
             self._observe_latency(time.perf_counter() - started)
         self.outcomes[decision.status] += 1
         return decision
 
-    def _decide(self, token: str | None, ip: str | None, method: str, path: str) -> Decision:
+    def _decide(
+        self, token: str | None, ip: str | None, method: str, path: str, charge: str | None
+    ) -> Decision:
         failures = self._failures
         if failures is not None and failures.blocked:
-            wait = failures.retry_after(ip)
+            wait = failures.retry_after(_client_of(charge))
             if wait is not None:  # refused before any hashing: a flood costs almost nothing
                 return Decision(False, 429, _TOO_MANY.format(wait), retry_after=wait)
         if token is None or not is_well_formed(token):
-            return self._unauthorized(ip)
+            return self._unauthorized(charge)
         key = self._cache.get(self._vault.digest(token))
         if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
-            return self._unauthorized(ip)
+            return self._unauthorized(charge)
         if key.networks is not None:
             address = parse_address(ip) if ip else None
             if address is None or not is_permitted(address, key.networks):
@@ -118,9 +132,9 @@ class Decider:
             self._allowed[key.key_id, needed] = allowed
         return allowed
 
-    def _unauthorized(self, ip: str | None) -> Decision:
+    def _unauthorized(self, charge: str | None) -> Decision:
         if self._failures is not None:
-            wait = self._failures.hit(ip)
+            wait = self._failures.hit(_client_of(charge))
             if wait is not None:
                 return Decision(False, 429, _TOO_MANY.format(wait), retry_after=wait)
         return UNAUTHORIZED
@@ -138,3 +152,13 @@ class Decider:
         if key.levels.get(route.scope, Level.NONE) < route.level:
             return f"API key scope {route.scope}: {route.level.label} access required"
         return None
+
+
+def _client_of(ip: str | None) -> str | None:
+    """The unit the failure limit counts: an IPv4 address, or an IPv6 /64."""
+    if ip is None or ":" not in ip:
+        return ip
+    address = parse_address(ip)
+    if address is None or address.version == 4:
+        return str(address) if address is not None else ip
+    return str(ip_network(f"{address}/64", strict=False))

@@ -26,6 +26,7 @@ def test_allowed_decision(client: TestClient, tenant: Tenant) -> None:
         "account_id": tenant.account_id,
         "key_id": tenant.key_id,
         "scope": "trunks:write",
+        "retry_after": None,
     }
 
 
@@ -40,6 +41,7 @@ def test_refusals_are_decisions_too(client: TestClient, keyguard: Keyguard, tena
         "account_id": None,
         "key_id": None,
         "scope": None,
+        "retry_after": None,
     }
     refused = _ask(client, key=scoped.value, ip="192.0.2.1", method="POST", path="/v1/trunks")
     assert refused["status"] == 403

@@ -14,7 +14,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyguard import __version__
 from keyguard.api.admin import admin_router
 from keyguard.api.audit import audit_router
-from keyguard.api.auth import FORWARD_PATH, ForwardAuth, is_forward_auth, verify_router
+from keyguard.api.auth import (
+    FORWARD_PATH,
+    ForwardAuth,
+    VerifyRequest,
+    is_forward_auth,
+    verify_router,
+)
 from keyguard.api.errors import (
     HTTP_MESSAGES,
     LastResort,
@@ -23,6 +29,7 @@ from keyguard.api.errors import (
 )
 from keyguard.api.keys import key_router
 from keyguard.api.schemas import (
+    AccountCreateRequest,
     ErrorResponse,
     HealthResponse,
     component_schemas,
@@ -143,7 +150,12 @@ class Dispatcher:
 def _document(app: FastAPI, runtime: Keyguard) -> None:
     """Complete the OpenAPI document with what the framework cannot see."""
     groups = runtime.service.groups
-    bodies = (create_request_model(groups), update_request_model(groups))
+    bodies = (
+        create_request_model(groups),
+        update_request_model(groups),
+        VerifyRequest,
+        AccountCreateRequest,
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

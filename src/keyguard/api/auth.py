@@ -13,18 +13,20 @@ keyguard directly.
 
 import hmac
 import logging
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from keyguard.api.errors import wavix_error
-from keyguard.api.schemas import ERROR_RESPONSES
+from keyguard.api.keys import read_json
+from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
 from keyguard.decide import Decider, Decision
 from keyguard.domain.keys import bearer_token
 from keyguard.domain.network import Network
+from keyguard.errors import InvalidInput
 from keyguard.middleware import ProxiedRequest, send_decision
 
 log = logging.getLogger("keyguard.api")
@@ -59,8 +61,12 @@ class ForwardAuth:
             method = facts.original_method or scope["method"]
             uri = facts.original_uri
             if uri is None:  # Envoy: the original path follows /auth/forward
+                # The raw path, as sent: a decoded one could hide an encoded "?" or "#"
+                # that turns the rest of the path into a query the upstream never sees.
+                raw = scope.get("raw_path") or scope["path"].encode("latin-1")
                 query = scope.get("query_string", b"").decode("latin-1")
-                uri = (scope["path"][len(FORWARD_PATH) :] or "/") + (f"?{query}" if query else "")
+                rest = raw.decode("latin-1")[len(FORWARD_PATH) :] or "/"
+                uri = rest + (f"?{query}" if query else "")
             path, _, query = uri.partition("?")
             decision = self.decider.decide(
                 facts.credential(query), facts.client(scope, self.trusted_proxies), method, path
@@ -105,11 +111,12 @@ class VerifyRequest(BaseModel):
 
 class VerifyResponse(BaseModel):
     allowed: bool
-    status: Literal[200, 401, 403]
+    status: Literal[200, 401, 403, 429]
     message: str
     account_id: int | None
     key_id: int | None
     scope: str | None = Field(description='What the request needed: "messages:write", "full".')
+    retry_after: int | None = Field(description="For 429: seconds until the client may retry.")
 
 
 def verify_router(decider: Decider, token: str | None) -> APIRouter:
@@ -122,19 +129,27 @@ def verify_router(decider: Decider, token: str | None) -> APIRouter:
         summary="Decide whether a key may make a request",
         response_model=VerifyResponse,
         responses={
-            400: {"model": ERROR_RESPONSES[403]["model"], "description": "Invalid body."},
+            400: {"model": ErrorResponse, "description": "Invalid body."},
             401: ERROR_RESPONSES[401],
+            413: {"model": ErrorResponse, "description": "The body is too large."},
         },
+        openapi_extra=request_body(VerifyRequest, required=True),
     )
-    async def verify(
-        body: VerifyRequest,
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> JSONResponse:
-        if token is not None:
-            presented = bearer_token(authorization) or ""
+    async def verify(request: Request) -> JSONResponse:
+        if token is not None:  # the caller first, then its body
+            presented = bearer_token(request.headers.get("authorization")) or ""
             if not hmac.compare_digest(presented.encode(), token.encode()):
                 return wavix_error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
-        decision = decider.decide(body.key, body.ip, body.method, body.path)
+        body = await read_json(request, required=True)
+        try:
+            asked = VerifyRequest.model_validate(body)
+        except ValidationError as error:
+            location = error.errors()[0].get("loc", ())
+            raise InvalidInput.parameter(str(location[0]) if location else "body") from None
+        # Failed authentications are charged to the caller, not to the address it
+        # reports: a caller must not be able to lock other clients out.
+        caller = request.client.host if request.client else None
+        decision = decider.decide(asked.key, asked.ip, asked.method, asked.path, charge=caller)
         return JSONResponse(
             {
                 "allowed": decision.allowed,
@@ -143,6 +158,7 @@ def verify_router(decider: Decider, token: str | None) -> APIRouter:
                 "account_id": decision.account_id,
                 "key_id": decision.key_id,
                 "scope": decision.scope,
+                "retry_after": decision.retry_after,
             }
         )
 

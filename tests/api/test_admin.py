@@ -1,0 +1,419 @@
+"""``/admin/v1/``: the operator API, for the platform that runs keyguard.
+
+It exists only when an operator token is configured, answers only to that token,
+manages accounts, shows an account's keys with their secrets masked, and records
+every change in the account's audit trail as the operator's.
+"""
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+from pydantic import SecretStr
+from starlette.testclient import TestClient
+
+from keyguard.config import Settings
+from keyguard.runtime import Keyguard
+from keyguard.storage import AuditQuery
+from tests.conftest import CLIENT_IP, TEST_SECRET, Tenant
+
+ADMIN = "/admin/v1"
+KEYS = "/v1/api-keys"
+ADMIN_TOKEN = "operator-" + "7" * 32
+OPERATOR = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
+NOT_FOUND = {"success": False, "message": "Record not found"}
+MASKED = re.compile(r"kg_\*{8}[0-9A-Za-z]{4}")
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        refresh_interval=0.05,
+        usage_flush_interval=0.05,
+        admin_token=SecretStr(ADMIN_TOKEN),
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create_account(client: TestClient, name: str) -> dict[str, Any]:
+    response = client.post(f"{ADMIN}/accounts", json={"name": name}, headers=OPERATOR)
+    assert response.status_code == 200, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def forward(client: TestClient, token: str) -> httpx2.Response:
+    headers = bearer(token) | {"X-Original-URI": "/v1/numbers"}
+    return client.get("/auth/forward", headers=headers)
+
+
+def status_of(client: TestClient, token: str) -> tuple[int, int]:
+    """What a key gets from the management API and from forward auth."""
+    return client.get(KEYS, headers=bearer(token)).status_code, forward(client, token).status_code
+
+
+def stored(keyguard: Keyguard, account_id: int) -> tuple[object, ...]:
+    """The account, its keys' settings and its audit trail, as stored."""
+    store = keyguard.store
+    keys = [(key.id, key.settings, key.revision) for key in store.list_keys(account_id)]
+    return store.get_account(account_id), keys, store.list_audit(AuditQuery(account_id))
+
+
+# -- who may use it ------------------------------------------------------------------------
+
+
+class TestWithoutAdminToken:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(database_url=database_url, secret_key=TEST_SECRET)
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("GET", "/accounts"),
+            ("POST", "/accounts"),
+            ("GET", "/accounts/1"),
+            ("POST", "/accounts/1/suspend"),
+            ("DELETE", "/accounts/1"),
+            ("GET", "/accounts/1/keys"),
+        ],
+    )
+    def test_if_no_operator_token_is_configured_then_the_operator_api_does_not_exist(
+        self, client: TestClient, keyguard: Keyguard, tenant: Tenant, method: str, path: str
+    ) -> None:
+        before = stored(keyguard, tenant.account_id)
+
+        for headers in ({}, OPERATOR, tenant.headers):
+            response = client.request(method, ADMIN + path, json={"name": "x"}, headers=headers)
+            assert (response.status_code, response.json()) == (
+                404,
+                {"success": False, "message": "Route not found"},
+            )
+        assert stored(keyguard, tenant.account_id) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param(bearer("operator-" + "8" * 32), id="wrong_token"),
+        pytest.param(bearer(ADMIN_TOKEN[:-1]), id="token_less_its_last_character"),
+        pytest.param(bearer(ADMIN_TOKEN + "7"), id="token_and_one_more_character"),
+        pytest.param(bearer(ADMIN_TOKEN.upper()), id="token_upper_cased"),
+        pytest.param({"Authorization": f"Basic {ADMIN_TOKEN}"}, id="other_scheme"),
+        pytest.param({"Authorization": ADMIN_TOKEN}, id="no_scheme"),
+        pytest.param({"X-Admin-Token": ADMIN_TOKEN}, id="other_header"),
+    ],
+)
+def test_if_operator_token_is_missing_or_wrong_then_401_and_nothing_changes(
+    client: TestClient, keyguard: Keyguard, tenant: Tenant, headers: dict[str, str]
+) -> None:
+    before = stored(keyguard, tenant.account_id), keyguard.store.list_accounts()
+
+    suspend = client.post(f"{ADMIN}/accounts/{tenant.account_id}/suspend", headers=headers)
+    create = client.post(f"{ADMIN}/accounts", json={"name": "x"}, headers=headers)
+
+    for response in (suspend, create):
+        assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+    assert (stored(keyguard, tenant.account_id), keyguard.store.list_accounts()) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/accounts"),
+        ("GET", "/accounts/{account}"),
+        ("POST", "/accounts/{account}/resume"),
+        ("DELETE", "/accounts/{account}"),
+        ("GET", "/accounts/{account}/keys"),
+    ],
+)
+def test_if_tenants_own_full_access_key_is_presented_then_401_and_nothing_changes(
+    client: TestClient, keyguard: Keyguard, tenant: Tenant, method: str, path: str
+) -> None:
+    before = stored(keyguard, tenant.account_id)
+
+    url = ADMIN + path.format(account=tenant.account_id)
+    response = client.request(method, url, headers=tenant.headers)
+
+    assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+    assert stored(keyguard, tenant.account_id) == before
+
+
+def test_if_operator_token_is_presented_as_an_api_key_then_401(client: TestClient) -> None:
+    assert status_of(client, ADMIN_TOKEN) == (401, 401)
+    assert client.get(KEYS, params={"appid": ADMIN_TOKEN}).status_code == 401
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+
+def test_create_account_shows_its_first_full_access_key_and_the_key_works(
+    client: TestClient,
+) -> None:
+    created = create_account(client, "initech")
+
+    account, key = created["account"], created["api_key"]
+    assert account["name"] == "initech"
+    assert account["status"] == "active"
+    assert key["scopes_enabled"] is False
+    assert key["active"] is True
+    assert key["restricted"] is False
+    listed = client.get(KEYS, headers=bearer(key["value"]))
+    assert listed.status_code == 200
+    assert [k["id"] for k in listed.json()] == [key["id"]]
+    assert forward(client, key["value"]).status_code == 200
+
+
+def test_the_first_key_is_shown_once_to_the_operator(client: TestClient) -> None:
+    created = create_account(client, "initech")
+    value = created["api_key"]["value"]
+
+    answers = [
+        client.get(f"{ADMIN}/accounts", headers=OPERATOR),
+        client.get(f"{ADMIN}/accounts/{created['account']['id']}", headers=OPERATOR),
+        client.get(f"{ADMIN}/accounts/{created['account']['id']}/keys", headers=OPERATOR),
+    ]
+
+    for response in answers:
+        assert response.status_code == 200
+        assert value not in response.text
+
+
+def test_accounts_are_listed_and_got_by_id(
+    client: TestClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    created = create_account(client, "initech")["account"]
+
+    listed = client.get(f"{ADMIN}/accounts", headers=OPERATOR).json()
+    got = client.get(f"{ADMIN}/accounts/{created['id']}", headers=OPERATOR)
+
+    assert [(a["id"], a["name"], a["status"]) for a in listed["items"]] == [
+        (tenant.account_id, "acme", "active"),
+        (other_tenant.account_id, "globex", "active"),
+        (created["id"], "initech", "active"),
+    ]
+    assert listed["pagination"] == {"current_page": 1, "per_page": 25, "total": 3, "total_pages": 1}
+    assert (got.status_code, got.json()) == (200, created)
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("GET", ""), ("POST", "/suspend"), ("POST", "/resume"), ("DELETE", ""), ("GET", "/keys")],
+)
+def test_if_account_does_not_exist_then_404(client: TestClient, method: str, suffix: str) -> None:
+    response = client.request(method, f"{ADMIN}/accounts/999999{suffix}", headers=OPERATOR)
+
+    assert (response.status_code, response.json()) == (404, NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"name": ""}, id="empty"),
+        pytest.param({"name": "   "}, id="blank"),
+        pytest.param({"name": 7}, id="number"),
+        pytest.param({"name": "a\u0000b"}, id="control_character"),
+        pytest.param(["initech"], id="not_an_object"),
+    ],
+)
+def test_if_account_name_is_invalid_then_400_and_nothing_is_created(
+    client: TestClient, keyguard: Keyguard, body: object
+) -> None:
+    before = keyguard.store.list_accounts()
+
+    response = client.post(f"{ADMIN}/accounts", json=body, headers=OPERATOR)
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"success": False, "message": "Missing or invalid parameter name"},
+    )
+    assert keyguard.store.list_accounts() == before
+
+
+def test_if_account_name_is_longer_than_255_characters_then_422_and_nothing_is_created(
+    client: TestClient, keyguard: Keyguard
+) -> None:
+    before = keyguard.store.list_accounts()
+
+    response = client.post(f"{ADMIN}/accounts", json={"name": "n" * 256}, headers=OPERATOR)
+
+    assert (response.status_code, response.json()) == (
+        422,
+        {"success": False, "message": "Name is too long (maximum is 255 characters)"},
+    )
+    assert keyguard.store.list_accounts() == before
+    assert create_account(client, "n" * 255)["account"]["name"] == "n" * 255
+
+
+def test_accounts_page_is_at_most_100(client: TestClient) -> None:
+    response = client.get(f"{ADMIN}/accounts", params={"per_page": 101}, headers=OPERATOR)
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"success": False, "message": "Missing or invalid parameter per_page"},
+    )
+
+
+# -- suspending, resuming, deleting ------------------------------------------------------------
+
+
+def suspend(client: TestClient, account_id: int, action: str = "suspend") -> dict[str, Any]:
+    response = client.post(f"{ADMIN}/accounts/{account_id}/{action}", headers=OPERATOR)
+    assert response.status_code == 200, response.text
+    account: dict[str, Any] = response.json()
+    return account
+
+
+def test_if_account_is_suspended_then_every_key_of_it_gets_401_at_once(
+    client: TestClient, keyguard: Keyguard, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    scoped = keyguard.service.create_key(
+        tenant.account_id, {"label": "s", "scopes_enabled": True, "numbers": {"allow": "read"}}
+    ).value
+    assert status_of(client, scoped) == (403, 200)
+
+    account = suspend(client, tenant.account_id)
+
+    assert account["status"] == "suspended"
+    for token in (tenant.token, scoped):
+        assert status_of(client, token) == (401, 401)
+        assert client.get(KEYS, headers=bearer(token)).json() == UNAUTHORIZED
+    assert status_of(client, other_tenant.token) == (200, 200)
+
+
+def test_if_account_is_resumed_then_its_keys_work_again(client: TestClient, tenant: Tenant) -> None:
+    suspend(client, tenant.account_id)
+    assert status_of(client, tenant.token) == (401, 401)
+
+    account = suspend(client, tenant.account_id, "resume")
+
+    assert account["status"] == "active"
+    assert status_of(client, tenant.token) == (200, 200)
+
+
+@pytest.fixture
+def elsewhere(keyguard: Keyguard) -> Iterator[Keyguard]:
+    """A second keyguard process on the same database, following its changes."""
+    runtime = Keyguard(keyguard.settings)
+    runtime.start()
+    yield runtime
+    runtime.stop()
+
+
+def decided_within(runtime: Keyguard, token: str, status: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if runtime.decider.decide(token, CLIENT_IP, "GET", "/v1/numbers").status == status:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_if_account_is_suspended_then_other_processes_refuse_its_keys_within_a_second(
+    client: TestClient, tenant: Tenant, elsewhere: Keyguard
+) -> None:
+    assert elsewhere.decider.decide(tenant.token, CLIENT_IP, "GET", "/v1/numbers").allowed
+
+    suspend(client, tenant.account_id)
+    assert decided_within(elsewhere, tenant.token, 401, 1.0)
+
+    suspend(client, tenant.account_id, "resume")
+    assert decided_within(elsewhere, tenant.token, 200, 1.0)
+
+
+def test_if_account_is_deleted_then_its_keys_get_401_and_it_is_gone(
+    client: TestClient, keyguard: Keyguard, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    response = client.delete(f"{ADMIN}/accounts/{tenant.account_id}", headers=OPERATOR)
+
+    assert (response.status_code, response.json()) == (200, {"success": True})
+    assert status_of(client, tenant.token) == (401, 401)
+    assert keyguard.store.list_keys(tenant.account_id) == []
+    for method, suffix in [("GET", ""), ("GET", "/keys"), ("POST", "/resume")]:
+        url = f"{ADMIN}/accounts/{tenant.account_id}{suffix}"
+        answer = client.request(method, url, headers=OPERATOR)
+        assert (answer.status_code, answer.json()) == (404, NOT_FOUND)
+    listed = client.get(f"{ADMIN}/accounts", headers=OPERATOR).json()["items"]
+    assert [account["id"] for account in listed] == [other_tenant.account_id]
+    assert status_of(client, tenant.token) == (401, 401)  # resuming did not revive it
+
+
+# -- an account's keys -------------------------------------------------------------------------
+
+
+def test_an_accounts_keys_are_listed_with_secrets_masked(
+    client: TestClient, keyguard: Keyguard, tenant: Tenant
+) -> None:
+    made = [
+        keyguard.service.create_key(tenant.account_id, {"label": label}).value
+        for label in ("one", "two")
+    ]
+
+    response = client.get(f"{ADMIN}/accounts/{tenant.account_id}/keys", headers=OPERATOR)
+
+    assert response.status_code == 200
+    keys = response.json()
+    assert [key["label"] for key in keys] == ["acme full access", "one", "two"]
+    for key, secret in zip(keys, [tenant.token, *made], strict=True):
+        assert MASKED.fullmatch(key["value"]), key["value"]
+        assert key["value"].endswith(secret[-4:])
+    for secret in [tenant.token, *made]:
+        assert secret not in response.text
+        assert secret.partition("_")[2][:28] not in response.text
+
+
+def test_another_accounts_keys_are_not_in_the_list(
+    client: TestClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    response = client.get(f"{ADMIN}/accounts/{tenant.account_id}/keys", headers=OPERATOR)
+
+    assert [key["id"] for key in response.json()] == [tenant.key_id]
+    assert other_tenant.token[-4:] not in response.text
+
+
+# -- the audit trail -----------------------------------------------------------------------------
+
+
+def test_every_operator_change_is_in_the_accounts_trail_as_the_operator(
+    client: TestClient, keyguard: Keyguard
+) -> None:
+    created = create_account(client, "initech")
+    account_id, key = created["account"]["id"], created["api_key"]
+    suspend(client, account_id)
+    suspend(client, account_id, "resume")
+    seen = client.get("/v1/audit-log", headers=bearer(key["value"])).json()["items"]
+    deleted = client.delete(f"{ADMIN}/accounts/{account_id}", headers=OPERATOR)
+    assert deleted.status_code == 200
+
+    records, _ = keyguard.service.audit(AuditQuery(account_id))
+
+    operator = {"type": "operator", "key_id": None, "ip": CLIENT_IP}
+    assert [(r["action"], r["key_id"], r["actor"]) for r in reversed(seen)] == [
+        ("account.create", None, operator),
+        ("key.create", key["id"], operator),
+        ("account.suspend", None, operator),
+        ("account.resume", None, operator),
+    ]
+    assert [(r["before"], r["after"]) for r in reversed(seen)][2:] == [
+        ({"status": "active"}, {"status": "suspended"}),
+        ({"status": "suspended"}, {"status": "active"}),
+    ]
+    newest = records[0]
+    assert (newest.action, newest.actor.kind, newest.actor.ip) == (
+        "account.delete",
+        "operator",
+        CLIENT_IP,
+    )
+    assert (newest.before, newest.after) == ({"status": "active"}, {"status": "deleted"})
+    assert len(records) == len(seen) + 1
