@@ -447,4 +447,3 @@ def test_unauthorized_answer_fits_wavix_schema(client: TestClient, generation: s
 
     assert response.status_code == 401
     assert_fits_exactly(response.json(), generation, "UnauthorizedErrorResponse")
-
