@@ -5,6 +5,7 @@ transaction that also bumps ``keyguard_meta.revision``; that row lock orders
 writers, so a cache that reads changes by revision never misses one.
 """
 
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,7 +20,9 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     Row,
+    Text,
     bindparam,
+    cast,
     column,
     create_engine,
     event,
@@ -456,7 +459,7 @@ class SQLStore:
         )
 
     def changes_since(self, revision: int) -> Changes:
-        keys = select(api_keys).where(api_keys.c.revision > revision)
+        keys = select(*_FEED_COLUMNS).where(api_keys.c.revision > revision)
         changed = select(accounts).where(accounts.c.revision > revision)
         if revision == 0:
             keys = keys.where(api_keys.c.deleted_at.is_(None))
@@ -559,14 +562,32 @@ def _new_id(result: CursorResult[Any]) -> int:
     return int(primary_key[0])
 
 
+# The change feed reads the JSON columns as text: a first load reads every key,
+# and most keys have no allow-list and no scopes, which need no JSON parser.
+_FEED_COLUMNS = [
+    *(column for column in api_keys.c if column.name not in ("permitted_ips", "scopes")),
+    cast(api_keys.c.permitted_ips, Text).label("permitted_ips"),
+    cast(api_keys.c.scopes, Text).label("scopes"),
+]
+_EMPTY_JSON: dict[str, Any] = {"[]": [], "{}": {}}
+
+
+def _document(value: Any) -> Any:
+    """A JSON column's value, whether the driver decoded it or it came as text."""
+    if not isinstance(value, str):
+        return value
+    empty = _EMPTY_JSON.get(value)
+    return json.loads(value) if empty is None else empty
+
+
 def _key(row: Row[Any]) -> StoredKey:
     settings = KeySettings(
         label=row.label,
         active=row.active,
         restricted=row.restricted,
-        permitted_ips=tuple(row.permitted_ips),
+        permitted_ips=tuple(_document(row.permitted_ips)),
         scopes_enabled=row.scopes_enabled,
-        scopes=expand(row.scopes),
+        scopes=expand(_document(row.scopes)),
     )
     return StoredKey(
         id=row.id,
