@@ -18,7 +18,7 @@ class FailingStore:
     def __init__(self) -> None:
         self.attempts = 0
 
-    def record_usage(self, used: Mapping[int, datetime]) -> None:  # noqa: ARG002
+    def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:  # noqa: ARG002
         self.attempts += 1
         raise ConnectionError("database is gone")
 

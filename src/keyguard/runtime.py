@@ -80,7 +80,10 @@ class Keyguard:
         self.vault = Vault(server_secret(settings))
         self.metrics = Metrics()
         self.cache = KeyCache(self.store, observe_lag=self.metrics.propagation_seconds.observe)
-        self.usage = UsageRecorder(self.store)
+        # Uses are whole seconds: a key is rewritten once its stored time is a full
+        # interval old, so all processes together write it at most once per interval.
+        settle = max(0.0, settings.usage_flush_interval - 1)
+        self.usage = UsageRecorder(self.store, settle=settle)
         self.routes = load_route_map(settings.routes, settings.unknown_routes)
         self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
         self.decider = Decider(

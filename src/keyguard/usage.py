@@ -18,9 +18,14 @@ from keyguard.storage import Store
 class UsageRecorder:
     """Notes key use in memory and flushes it to the store."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float] = time.time, settle: float = 0.0
+    ) -> None:
         self._store = store
         self._clock = clock
+        # Across processes, a key is written at most once per ``settle`` seconds: a
+        # process that saw it within that time of the stored value writes nothing.
+        self._settle = settle
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}
         self._flushing: dict[int, int] = {}
@@ -51,7 +56,8 @@ class UsageRecorder:
             return 0
         try:
             self._store.record_usage(
-                {key_id: datetime.fromtimestamp(when, UTC) for key_id, when in batch.items()}
+                {key_id: datetime.fromtimestamp(when, UTC) for key_id, when in batch.items()},
+                self._settle,
             )
         except Exception:
             with self._lock:

@@ -262,3 +262,18 @@ def test_audit_filters_and_pages(store: Store) -> None:
     future = datetime.now(UTC) + timedelta(days=1)
     assert store.list_audit(AuditQuery(account_id, since=future)) == ([], 0)
     assert store.list_audit(AuditQuery(account_id, until=future))[1] == 7
+
+
+def test_usage_within_the_settle_time_is_not_rewritten(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    first = datetime(2026, 6, 1, 8, 0, 0, tzinfo=UTC)
+    store.record_usage({key.id: first}, settle=59)
+    store.record_usage({key.id: first + timedelta(seconds=59)}, settle=59)
+    stored = store.get_key(account_id, key.id)
+    assert stored is not None
+    assert stored.last_used_at == first
+    store.record_usage({key.id: first + timedelta(seconds=60)}, settle=59)
+    stored = store.get_key(account_id, key.id)
+    assert stored is not None
+    assert stored.last_used_at == first + timedelta(seconds=60)

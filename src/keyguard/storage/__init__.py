@@ -122,8 +122,9 @@ class Store(Protocol):
         Later: deleted keys too (``deleted=True``), so that snapshots drop them.
         """
 
-    def record_usage(self, used: Mapping[int, datetime]) -> None:
-        """Move ``last_used_at`` forward, never back, for each key id given."""
+    def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
+        """Move ``last_used_at`` forward, never back, for each key id given; skip a
+        key whose stored time is within ``settle`` seconds of the new one."""
 
     def change_signal(self) -> ChangeSignal | None:
         """A push channel for changes, if the backend has one; polling covers the rest."""

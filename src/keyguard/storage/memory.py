@@ -3,7 +3,7 @@
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyguard.domain.fields import KeyChanges, apply
@@ -203,11 +203,12 @@ class MemoryStore:
             keys.sort(key=lambda key: key.revision)
             return Changes(self._revision, keys, accounts)
 
-    def record_usage(self, used: Mapping[int, datetime]) -> None:
+    def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         with self._lock:
             for key_id, when in used.items():
                 key = self._keys.get(key_id)
-                if key is not None and (key.last_used_at is None or key.last_used_at < when):
+                before = when - timedelta(seconds=settle)
+                if key is not None and (key.last_used_at is None or key.last_used_at < before):
                     self._keys[key_id] = replace(key, last_used_at=when)
 
     # -- internals --------------------------------------------------------------

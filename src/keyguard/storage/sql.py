@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -473,15 +473,16 @@ class SQLStore:
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
             return Changes(newest, found, [_account(row) for row in account_rows])
 
-    def record_usage(self, used: Mapping[int, datetime]) -> None:
+    def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         """One ``UPDATE … FROM (VALUES …)`` per 1,000 keys, in one transaction
         (SQLite, which lacks that form, gets one executemany).
 
-        The condition keeps ``last_used_at`` from moving back when processes
-        flush out of order, and skips the row write when another process
-        already stored the same time.
+        A row is written only when its stored time is more than ``settle``
+        seconds older than the new one: so it never moves back when processes
+        flush out of order, and processes that saw a key in the same interval
+        write it once between them.
         """
-        items = list(used.items())
+        rows = [(key_id, when, when - timedelta(seconds=settle)) for key_id, when in used.items()]
         with self._translate_errors(), self.engine.begin() as connection:
             if self.dialect == "sqlite":  # no column aliases on VALUES: one statement per row
                 connection.execute(
@@ -490,24 +491,27 @@ class SQLStore:
                         api_keys.c.id == bindparam("key_id"),
                         or_(
                             api_keys.c.last_used_at.is_(None),
-                            api_keys.c.last_used_at < bindparam("used", type_=UTCDateTime),
+                            api_keys.c.last_used_at < bindparam("before", type_=UTCDateTime),
                         ),
                     )
                     .values(last_used_at=bindparam("used", type_=UTCDateTime)),
-                    [{"key_id": key_id, "used": when} for key_id, when in items],
+                    [{"key_id": i, "used": when, "before": before} for i, when, before in rows],
                 )
                 return
-            for start in range(0, len(items), USAGE_BATCH):
+            for start in range(0, len(rows), USAGE_BATCH):
                 batch = values(
-                    column("key_id", BigInteger), column("used", UTCDateTime), name="batch"
-                ).data(items[start : start + USAGE_BATCH])
+                    column("key_id", BigInteger),
+                    column("used", UTCDateTime),
+                    column("before", UTCDateTime),
+                    name="batch",
+                ).data(rows[start : start + USAGE_BATCH])
                 connection.execute(
                     update(api_keys)
                     .where(
                         api_keys.c.id == batch.c.key_id,
                         or_(
                             api_keys.c.last_used_at.is_(None),
-                            api_keys.c.last_used_at < batch.c.used,
+                            api_keys.c.last_used_at < batch.c.before,
                         ),
                     )
                     .values(last_used_at=batch.c.used)
