@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import decide, drf, forward, management, postgres, propagation
+from benchmarks import decide, drf, forward, limits, management, postgres, propagation
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
 from benchmarks.report import Section, show, write_json
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "drf": drf.run,
     "propagation": propagation.run,
     "postgres": postgres.run,
+    "limits": limits.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

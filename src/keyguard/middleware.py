@@ -14,6 +14,7 @@ reaches the app with the decision in ``request.state.keyguard``::
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -84,19 +85,28 @@ async def send_decision(send: Send, decision: Decision, *, message_header: bool 
     With ``message_header``, the message also travels in ``X-Keyguard-Message``,
     for proxies such as nginx that answer the client from headers, not the body.
     """
-    body = json.dumps(error_body(decision.status, decision.message), separators=(",", ":")).encode()
+    headers, body = _refusal(decision.status, decision.message, decision.retry_after)
+    if message_header:
+        headers = [*headers, (b"x-keyguard-message", decision.message.encode("latin-1", "replace"))]
+    await send({"type": "http.response.start", "status": decision.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@lru_cache(maxsize=4096)
+def _refusal(
+    status: int, message: str, retry_after: int | None
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a refusal, encoded once: refusals come in floods."""
+    body = json.dumps(error_body(status, message), separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
-    if decision.status == 401:
+    if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    if decision.retry_after is not None:
-        headers.append((b"retry-after", str(decision.retry_after).encode()))
-    if message_header:
-        headers.append((b"x-keyguard-message", decision.message.encode("latin-1", "replace")))
-    await send({"type": "http.response.start", "status": decision.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return headers, body
 
 
 class KeyguardMiddleware:
