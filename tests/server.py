@@ -76,6 +76,10 @@ class KeyguardServer:
             name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")
         }
         self.env["KEYGUARD_DATABASE_URL"] = f"sqlite:///{self.database}"
+        # Every test client is 127.0.0.1, and these tests poll refused keys on
+        # purpose: the abuse limits (tested in-process) would throttle them.
+        self.env["KEYGUARD_AUTH_FAILURES_PER_MINUTE"] = "0"
+        self.env["KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE"] = "0"
         if secret_key is not None:
             self.env["KEYGUARD_SECRET_KEY"] = secret_key
         self.env.update(settings or {})

@@ -28,11 +28,6 @@ pytestmark = pytest.mark.slow
 UNAVAILABLE = {"success": False, "message": "Service temporarily unavailable"}
 SETTLE_TIMEOUT = 5.0  # for what happens "within a few seconds"
 ACKNOWLEDGED_BEFORE_KILL = 30
-# Every request here comes from 127.0.0.1, and abuse limits are not what is under test.
-NO_ABUSE_LIMITS = {
-    "KEYGUARD_AUTH_FAILURES_PER_MINUTE": "0",
-    "KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE": "0",
-}
 
 
 @pytest.fixture
@@ -116,7 +111,7 @@ class Instance(NamedTuple):
 
 @pytest.fixture
 def instance(cluster: PostgresCluster, servers: Servers) -> Iterator[Instance]:
-    server = servers("keyguard", settings={"KEYGUARD_DATABASE_URL": cluster.url, **NO_ABUSE_LIMITS})
+    server = servers("keyguard", settings={"KEYGUARD_DATABASE_URL": cluster.url})
     created = server.create_account("acme")
     server.start()
     with (
@@ -268,7 +263,7 @@ class CreateBurst:
 def test_every_create_acknowledged_before_a_sigkill_is_listed_and_authenticates_after_restart(
     cluster: PostgresCluster, servers: Servers
 ) -> None:
-    server = servers("crash", settings={"KEYGUARD_DATABASE_URL": cluster.url, **NO_ABUSE_LIMITS})
+    server = servers("crash", settings={"KEYGUARD_DATABASE_URL": cluster.url})
     admin = server.create_account("acme")["api_key"]["value"]
     server.start()
 

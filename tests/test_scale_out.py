@@ -40,11 +40,6 @@ WRITE_ROUTES = {
     "validator": ("POST", "/v1/validation"),
     "webhooks": ("DELETE", "/v1/calls/webhooks"),
 }
-# Every request here comes from 127.0.0.1, and abuse limits are not what is under test.
-NO_ABUSE_LIMITS = {
-    "KEYGUARD_AUTH_FAILURES_PER_MINUTE": "0",
-    "KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE": "0",
-}
 WORKER_PID = re.compile(r'^keyguard_snapshot_keys\{pid="(\d+)"\}', re.MULTILINE)
 
 
@@ -69,7 +64,7 @@ def database() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Pair]:
-    settings = {"KEYGUARD_DATABASE_URL": database, **NO_ABUSE_LIMITS}
+    settings = {"KEYGUARD_DATABASE_URL": database}
     with Servers(tmp_path_factory.mktemp("scale-out")) as servers:
         a = servers("a", workers=WORKERS, settings=settings)
         b = servers("b", workers=WORKERS, settings=settings)
