@@ -64,7 +64,7 @@ class ProxiedRequest:
             appids = [value for name, value in pairs if name == "appid"]
         return request_credential(self.authorizations, appids)
 
-    def client(self, scope: Scope, trusted_proxies: Sequence[Network]) -> str | None:
+    def client(self, scope: Scope, trusted_proxies: tuple[Network, ...]) -> str | None:
         peer = scope.get("client")
         forwarded = ",".join(self.forwarded_for) or None
         return client_address(peer[0] if peer else None, forwarded, trusted_proxies, self.real_ip)

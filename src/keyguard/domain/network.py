@@ -6,6 +6,7 @@ its own address.
 """
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 Address = IPv4Address | IPv6Address
@@ -54,7 +55,7 @@ def is_permitted(address: Address, networks: Sequence[Network]) -> bool:
 def client_address(
     peer: str | None,
     forwarded_for: str | None,
-    trusted: Sequence[Network],
+    trusted: tuple[Network, ...],
     real_ip: str | None = None,
 ) -> str | None:
     """The address a decision should judge.
@@ -67,10 +68,7 @@ def client_address(
     """
     if peer is None:
         return None
-    if not trusted:
-        return peer
-    address = parse_address(peer)
-    if address is None or not is_permitted(address, trusted):
+    if not trusted or not _judge(peer, trusted)[1]:
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",")] if forwarded_for else []
     if real_ip:
@@ -78,9 +76,34 @@ def client_address(
     if not hops:
         return peer
     for hop in reversed(hops):
-        hop_address = parse_address(hop)
-        if hop_address is None:
+        canonical, is_trusted = _judge(hop, trusted)
+        if canonical is None:
             return hop  # unparseable: judged, and refused, as written
-        if not is_permitted(hop_address, trusted):
-            return str(hop_address)
-    return str(parse_address(hops[0]))
+        if not is_trusted:
+            return canonical
+    return _judge(hops[0], trusted)[0]
+
+
+def _judge(text: str, trusted: tuple[Network, ...]) -> tuple[str | None, bool]:
+    """An address's canonical form and whether it is a trusted proxy.
+
+    Memoised, since every request through a proxy asks this of the same few
+    addresses; text longer than any address is judged without the memo, so that
+    hostile headers cannot fill it with large strings.
+    """
+    if len(text) > _LONGEST_ADDRESS:
+        return _judged(text, trusted)
+    return _judged_recently(text, trusted)
+
+
+_LONGEST_ADDRESS = 45  # IPv6 with an embedded IPv4 address
+
+
+def _judged(text: str, trusted: tuple[Network, ...]) -> tuple[str | None, bool]:
+    address = parse_address(text)
+    if address is None:
+        return None, False
+    return str(address), is_permitted(address, trusted)
+
+
+_judged_recently = lru_cache(maxsize=65_536)(_judged)
