@@ -11,6 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from wavix.errors import ForbiddenError, NotFoundError, UnauthorizedError
+
+from tests.server import KeyguardServer, Servers
+from tests.wavix import GROUPS
 from wavix import (
     ApiKey,
     ApiKeyCallsScopePermission,
@@ -18,27 +22,9 @@ from wavix import (
     SuccessResponse,
     Wavix,
 )
-from wavix.errors import ForbiddenError, NotFoundError, UnauthorizedError
-
-from tests.server import KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
 
-GROUPS = (
-    "numbers",
-    "trunks",
-    "calls",
-    "messages",
-    "recordings",
-    "campaigns",
-    "two_fa",
-    "validator",
-    "webhooks",
-    "embeddable",
-    "billing",
-    "account",
-    "subaccounts",
-)
 
 ClientFor = Callable[[str], Wavix]
 

@@ -14,23 +14,9 @@ from keyguard.config import Settings
 from keyguard.domain.keys import ALPHABET, generate
 from keyguard.runtime import Keyguard
 from tests.conftest import CLIENT_IP, ClientFactory, Tenant, make_tenant
+from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
-GROUPS = (
-    "numbers",
-    "trunks",
-    "calls",
-    "messages",
-    "recordings",
-    "campaigns",
-    "two_fa",
-    "validator",
-    "webhooks",
-    "embeddable",
-    "billing",
-    "account",
-    "subaccounts",
-)
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
 NOT_FOUND = {"success": False, "message": "Record not found"}

@@ -18,23 +18,9 @@ from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 from keyguard.service import SecretDisplay
 from tests.conftest import CLIENT_IP, ClientFactory, Tenant, make_tenant
+from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
-GROUPS = (
-    "numbers",
-    "trunks",
-    "calls",
-    "messages",
-    "recordings",
-    "campaigns",
-    "two_fa",
-    "validator",
-    "webhooks",
-    "embeddable",
-    "billing",
-    "account",
-    "subaccounts",
-)
 FIELD_ORDER = (
     "id",
     "label",

@@ -16,26 +16,12 @@ import yaml
 from starlette.testclient import TestClient
 
 from tests.conftest import Tenant
+from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
 WAVIX_DOCUMENTS = Path(__file__).parent / "openapi"
 GENERATIONS = ("current", "seed-era")
 DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
-GROUPS = (
-    "numbers",
-    "trunks",
-    "calls",
-    "messages",
-    "recordings",
-    "campaigns",
-    "two_fa",
-    "validator",
-    "webhooks",
-    "embeddable",
-    "billing",
-    "account",
-    "subaccounts",
-)
 FLAGS = (
     "is_active",
     "active",

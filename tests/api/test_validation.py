@@ -10,23 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import Tenant
+from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
-GROUPS = (
-    "numbers",
-    "trunks",
-    "calls",
-    "messages",
-    "recordings",
-    "campaigns",
-    "two_fa",
-    "validator",
-    "webhooks",
-    "embeddable",
-    "billing",
-    "account",
-    "subaccounts",
-)
 IP_FORMAT = "Ip has incorrect format"
 LABEL_TOO_LONG = "Label is too long (maximum is 255 characters)"
 TOO_MANY_IPS = "Too many permitted_ips (maximum is 100)"
