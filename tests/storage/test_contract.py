@@ -166,8 +166,15 @@ def test_usage_moves_forward_only_and_does_not_touch_revision(store: Store) -> N
     assert stored.revision == key.revision
 
 
-def test_usage_of_unknown_key_is_ignored(store: Store) -> None:
-    store.record_usage({999_999: datetime.now(UTC)})
+def test_usage_of_unknown_key_is_ignored_and_the_rest_is_written(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    when = datetime(2026, 6, 1, 9, 0, 0, tzinfo=UTC)
+    store.record_usage({999_999: when, key.id: when})
+    stored = store.get_key(account_id, key.id)
+    assert stored is not None
+    assert stored.last_used_at == when
+    assert store.get_key(account_id, 999_999) is None
 
 
 def test_usage_of_many_keys_is_written_in_batches(
