@@ -219,14 +219,14 @@ def test_if_an_address_fails_beyond_the_limit_then_429_with_retry_after(
         ),
     ],
 )
-def test_if_an_address_is_blocked_then_its_valid_key_gets_429_too(
-    client: TestClient, keyguard: Keyguard, tenant: Tenant, surface: Any
+def test_if_an_address_is_blocked_then_its_valid_key_still_works(
+    client: TestClient, tenant: Tenant, surface: Any
 ) -> None:
+    """The limit makes guessing pointless; it never locks out the address's good keys."""
     fail(client, LIMIT + 1)
-    before = stored(keyguard, tenant.account_id)
 
-    assert_too_many(surface(client, tenant))
-    assert stored(keyguard, tenant.account_id) == before
+    assert surface(client, tenant).status_code == 200
+    assert_too_many(client.get(KEYS, headers=bearer("kg_nope")))
 
 
 def test_if_an_address_is_blocked_then_other_addresses_are_not(
@@ -252,8 +252,8 @@ def test_if_one_client_behind_a_trusted_proxy_is_blocked_then_the_proxys_others_
     failures = [forward(CLIENT_IP, "kg_nope").status_code for _ in range(LIMIT + 1)]
 
     assert failures == [401] * LIMIT + [429]
-    assert_too_many(forward(CLIENT_IP, tenant.token))
-    assert forward(OTHER_IP, tenant.token).status_code == 200
+    assert forward(CLIENT_IP, tenant.token).status_code == 200
+    assert forward(OTHER_IP, "kg_nope").status_code == 401
 
 
 def test_if_forward_auth_blocks_an_address_then_429_carries_the_message_for_the_proxy(
