@@ -191,6 +191,19 @@ def test_blocked_address_keeps_its_valid_keys_and_is_refused_for_bad_ones() -> N
     assert world.decide("kg_nope", ip="198.51.100.8").status == 401
 
 
+def test_failures_from_one_ipv6_64_are_counted_together() -> None:
+    world = World()
+    failures = WindowLimiter(limit=2, clock=lambda: 100.0)
+    world.decider = Decider(
+        Vault(b"k" * 32), world.cache, world.decider.routes, world.usage, failures=failures
+    )
+    same_64 = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"]
+    assert [world.decide("kg_nope", ip=ip).status for ip in same_64] == [401, 401]
+    assert world.decide("kg_nope", ip="2001:db8:1:2:abcd::1").status == 429
+    assert world.decide("kg_nope", ip="2001:db8:1:3::1").status == 401
+    assert world.decide("kg_nope", ip="198.51.100.9").status == 401
+
+
 def test_allowed_decision_notes_use_and_refusal_does_not(world: World) -> None:
     token = world.key(scopes_enabled=True)
     key_id = world.service.list_keys(world.account.id, "k")[0].key.id
