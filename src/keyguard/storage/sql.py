@@ -148,11 +148,14 @@ class SQLStore:
     def migrate(self) -> None:
         from keyguard.storage.migrations import upgrade
 
-        with self._translate_errors(), self.engine.begin() as connection:
-            if self.dialect == "postgresql":
-                # Instances starting together migrate one at a time.
-                connection.execute(text("SELECT pg_advisory_xact_lock(7365221)"))
-            upgrade(connection)
+        # Instances starting together migrate one at a time: PostgreSQL by an
+        # advisory lock, SQLite by taking its write lock before alembic reads.
+        with self._translate_errors(), self.engine.connect() as connection:
+            connection.execution_options(keyguard_write=True)
+            with connection.begin():
+                if self.dialect == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7365221)"))
+                upgrade(connection)
 
     def ping(self) -> None:
         with self._translate_errors(), self.engine.connect() as connection:
