@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 2
 PROPAGATION_BOUND = 1.0  # README: a change made anywhere is enforced everywhere within 1 s
+USAGE_FLUSH_INTERVAL = 1.0  # the default, which these servers run with
+FLUSH_AND_READ = 0.3
 POLL_TIMEOUT = 3.0  # polls run past the bound, so that a slow propagation is measured
 CONFIRMATIONS = 5  # answers in a row that show a worker settled
 # A write route of each scope group that has one.
@@ -254,17 +256,19 @@ def test_last_used_at_of_a_key_used_only_through_b_shows_through_a(
         settled(workers, Probe(key["value"], "POST", "/v3/messages", 403), time.monotonic())
         assert api_a.get(path).json()["last_used_at"] is None
 
-        used_at = datetime.now(UTC)
+        used_at = datetime.now(UTC).replace(microsecond=0)
         assert forward(workers[0].client, key["value"], "GET", "/v3/messages") == 200
-        used = time.monotonic()
+        used, answered_at = time.monotonic(), datetime.now(UTC)
 
     while (shown := api_a.get(path).json()["last_used_at"]) is None:
         assert time.monotonic() - used < POLL_TIMEOUT, "A never showed the use through B"
         time.sleep(0.02)
     lag = time.monotonic() - used
     print(f"last_used_at of a use through B showed through A after {lag:.3f} s")
-    assert lag < 2.0
-    assert abs(datetime.fromisoformat(shown) - used_at) < timedelta(seconds=2), (shown, used_at)
+    # README: other processes lag the latest use by at most one flush interval (1 s by
+    # default), plus the flush's own write and A's read.
+    assert lag < USAGE_FLUSH_INTERVAL + FLUSH_AND_READ, lag
+    assert used_at <= datetime.fromisoformat(shown) <= answered_at, (shown, used_at)
 
 
 # -- races ----------------------------------------------------------------------
