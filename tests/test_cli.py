@@ -9,6 +9,7 @@ from click.testing import CliRunner, Result
 
 from keyguard.cli import main
 from tests.conftest import TEST_SECRET
+from tests.wavix import GROUPS
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_keys_commands_mirror_the_api(run: Any) -> None:
 
     updated = _json(
         run("keys", "update", str(created["id"]), "--account", str(account), "--inactive",
-            "--scope", "messages=read", "--json")
+            "--scopes-enabled", "--scope", "messages=read", "--json")
     )  # fmt: skip
     assert (updated["active"], updated["messages"], updated["label"]) == (
         False,
@@ -90,10 +91,30 @@ def test_key_table_masks_secrets(run: Any) -> None:
     [
         (["keys", "list", "--account", "1"], None),
         (["keys", "delete", "99", "--account", "1"], "keyguard: Record not found"),
-        (["keys", "create", "--account", "1", "--label", "x", "--scope", "calls=admin"],
+        (["keys", "create", "--account", "1", "--label", "x", "--scopes-enabled",
+          "--scope", "calls=admin"],
          "keyguard: API key scope calls: allow must be one of: none, read, write"),
-        (["keys", "create", "--account", "1", "--label", "x", "--permitted-ip", "nope"],
+        (["keys", "create", "--account", "1", "--label", "x", "--restricted",
+          "--permitted-ip", "nope"],
          "keyguard: Ip has incorrect format"),
+        (["keys", "create", "--account", "1", "--label", "x", "--scope", "messages=write"],
+         "keyguard: --scope needs --scopes-enabled: without it the key has full access"),
+        (["keys", "create", "--account", "1", "--label", "x", "--full-access",
+          "--scope", "messages=write"],
+         "keyguard: --scope needs --scopes-enabled: without it the key has full access"),
+        (["keys", "update", "1", "--account", "1", "--scope", "messages=write"],
+         "keyguard: --scope needs --scopes-enabled: without it the key has full access"),
+        (["keys", "create", "--account", "1", "--label", "x", "--permitted-ip", "10.0.0.1"],
+         "keyguard: --permitted-ip needs --restricted: without it any address may use the key"),
+        (["keys", "create", "--account", "1", "--label", "x", "--unrestricted",
+          "--permitted-ip", "10.0.0.1"],
+         "keyguard: --permitted-ip needs --restricted: without it any address may use the key"),
+        (["keys", "create", "--account", "1", "--label", "x", "--scopes-enabled",
+          "--scope", "mesages=write"],
+         "keyguard: --scope: unknown scope group 'mesages'; the groups are " + ", ".join(GROUPS)),
+        (["keys", "create", "--account", "1", "--label", "x", "--scopes-enabled",
+          "--scope", "messages"],
+         "keyguard: --scope 'messages' is not GROUP=LEVEL"),
         (["keys", "create", "--account", "404", "--label", "x"], "keyguard: Record not found"),
         (["accounts", "create", ""], "keyguard: Missing or invalid parameter name"),
     ],
@@ -102,6 +123,7 @@ def test_refusals_print_one_sentence_and_exit_1(
     run: Any, args: list[str], message: str | None
 ) -> None:
     run("accounts", "create", "acme", "--json")
+    before = run("keys", "list", "--account", "1", "--json").stdout
     result = run(*args)
     if message is None:
         assert result.exit_code == 0
@@ -109,6 +131,7 @@ def test_refusals_print_one_sentence_and_exit_1(
     assert result.exit_code == 1
     assert result.stderr.strip() == message
     assert "Traceback" not in result.output
+    assert run("keys", "list", "--account", "1", "--json").stdout == before
 
 
 def test_migrate_is_idempotent(run: Any) -> None:

@@ -19,7 +19,8 @@ from rich.table import Table
 from keyguard.config import load_settings
 from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus
-from keyguard.errors import KeyguardError
+from keyguard.domain.scopes import ScopeGroups
+from keyguard.errors import InvalidInput, KeyguardError
 from keyguard.runtime import Keyguard
 from keyguard.service import KeyView
 from keyguard.storage import AuditQuery
@@ -235,6 +236,7 @@ def _key_options(function: F) -> F:
 
 
 def _key_body(
+    groups: ScopeGroups,
     label: str | None,
     active: bool | None,
     restricted: bool | None,
@@ -242,6 +244,18 @@ def _key_body(
     scopes_enabled: bool | None,
     scopes: tuple[str, ...],
 ) -> dict[str, Any]:
+    """The API body for the options given, refusing any that would not do what they say.
+
+    A grant without ``--scopes-enabled`` would leave a full-access key, and an
+    address without ``--restricted`` would be allowed along with every other:
+    a command line must never widen access silently.
+    """
+    if scopes and not scopes_enabled:
+        raise InvalidInput("--scope needs --scopes-enabled: without it the key has full access")
+    if permitted_ips and not restricted:
+        raise InvalidInput(
+            "--permitted-ip needs --restricted: without it any address may use the key"
+        )
     body: dict[str, Any] = {
         "label": label,
         "active": active,
@@ -250,10 +264,14 @@ def _key_body(
         "scopes_enabled": scopes_enabled,
     }
     for grant in scopes:
-        group, sep, level = grant.partition("=")
+        group, sep, level = (part.strip() for part in grant.partition("="))
         if not sep:
-            raise click.BadParameter(f"{grant!r} is not GROUP=LEVEL", param_hint="--scope")
-        body[group.strip()] = {"allow": level.strip()}
+            raise InvalidInput(f"--scope {grant!r} is not GROUP=LEVEL")
+        if group not in groups:
+            raise InvalidInput(
+                f"--scope: unknown scope group {group!r}; the groups are {', '.join(groups)}"
+            )
+        body[group] = {"allow": level}
     return {name: value for name, value in body.items() if value is not None}
 
 
@@ -304,7 +322,7 @@ def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
 def keys_create(account_id: int, as_json: bool, **fields: Any) -> None:
     """Create a key and print it; its secret is shown in full this once."""
     with _keyguard() as runtime:
-        view = runtime.service.create_key(account_id, _key_body(**fields))
+        view = runtime.service.create_key(account_id, _key_body(runtime.service.groups, **fields))
         if as_json:
             _echo_json(key_object(view, runtime.service.groups))
             return
@@ -321,7 +339,8 @@ def keys_create(account_id: int, as_json: bool, **fields: Any) -> None:
 def keys_update(key_id: int, account_id: int, as_json: bool, **fields: Any) -> None:
     """Change only the given fields of a key."""
     with _keyguard() as runtime:
-        view = runtime.service.update_key(account_id, key_id, _key_body(**fields))
+        body = _key_body(runtime.service.groups, **fields)
+        view = runtime.service.update_key(account_id, key_id, body)
         if as_json:
             _echo_json(key_object(view, runtime.service.groups))
             return
