@@ -420,6 +420,30 @@ def test_scoped_key_writing_where_it_may_only_read_is_403(
     assert api.hits == hits
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/numbers"},
+        {"X-Original-Method": "GET", "X-Original-URI": "/v1/numbers"},
+    ],
+    ids=["traefik_style", "nginx_style"],
+)
+def test_client_sent_original_request_headers_cannot_change_what_is_judged(
+    client: httpx.Client, api: EchoAPI, create_key: KeyFactory, claims: dict[str, str]
+) -> None:
+    token = create_key(scopes_enabled=True, numbers={"allow": "read"})["value"]
+    hits = api.hits
+
+    answer = client.patch("/v1/numbers", headers={**bearer(token), **claims}, json={})
+
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "success": False,
+        "message": "API key scope numbers: write access required",
+    }
+    assert api.hits == hits
+
+
 def test_restricted_key_from_an_address_outside_its_range_is_403(
     client: httpx.Client, api: EchoAPI, create_key: KeyFactory
 ) -> None:
@@ -467,6 +491,39 @@ def test_forwarding_headers_sent_by_the_client_do_not_lift_an_ip_restriction(
     assert answer.status_code == 403
     assert answer.json()["message"] == "IP address 127.0.0.1 is not permitted for this API key"
     assert api.hits == hits
+
+
+# What a client sends to choose its address: nginx overwrites X-Forwarded-For and
+# passes X-Real-IP on, so keyguard must believe only the first.
+CLAIMS = {"X-Real-IP": "198.51.100.7", "X-Forwarded-For": "198.51.100.8, 198.51.100.9"}
+
+
+def test_client_sent_x_real_ip_and_forged_x_forwarded_for_cannot_choose_the_address(
+    client: httpx.Client, api: EchoAPI, create_key: KeyFactory
+) -> None:
+    permits_the_claims = ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
+    token = create_key(restricted=True, permitted_ips=permits_the_claims)["value"]
+    hits = api.hits
+
+    answer = client.get("/v1/numbers", headers={**bearer(token), **CLAIMS})
+
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "success": False,
+        "message": "IP address 127.0.0.1 is not permitted for this API key",
+    }
+    assert api.hits == hits
+
+
+def test_client_sent_address_headers_do_not_lock_out_its_own_address(
+    client: httpx.Client, create_key: KeyFactory
+) -> None:
+    key = create_key(restricted=True, permitted_ips=["127.0.0.1"])
+
+    answer = client.get("/v1/numbers", headers={**bearer(key["value"]), **CLAIMS})
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["headers"]["x-keyguard-key-id"] == str(key["id"])
 
 
 def test_appid_query_parameter_is_a_key(
