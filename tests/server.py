@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
@@ -57,7 +57,8 @@ class KeyguardServer:
 
     With ``secret_key=None`` the server generates its secret file beside the
     database. ``settings`` adds ``KEYGUARD_*`` variables, e.g.
-    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}``.
+    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}``; ``options`` adds command-line
+    options of ``serve``, e.g. ``["--access-log"]``.
     """
 
     def __init__(
@@ -67,8 +68,10 @@ class KeyguardServer:
         workers: int = 1,
         secret_key: str | None = SECRET,
         settings: Mapping[str, str] | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         self.folder = folder
+        self.options = tuple(options)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.workers = workers
         self.database = folder / "keyguard.db"
@@ -118,6 +121,7 @@ class KeyguardServer:
         command = [
             *keyguard_command(),
             *("serve", "--host", HOST, "--port", str(self.port), "--workers", str(self.workers)),
+            *self.options,
         ]
         with (
             (self.folder / f"serve-{self.runs}.stdout").open("wb") as stdout,
@@ -220,10 +224,15 @@ class Servers:
         workers: int = 1,
         secret_key: str | None = SECRET,
         settings: Mapping[str, str] | None = None,
+        options: Sequence[str] = (),
     ) -> KeyguardServer:
         """A server over a new database in ``root/name``, not yet started."""
         server = KeyguardServer(
-            self._root / name, workers=workers, secret_key=secret_key, settings=settings
+            self._root / name,
+            workers=workers,
+            secret_key=secret_key,
+            settings=settings,
+            options=options,
         )
         self._servers.append(server)
         return server

@@ -138,3 +138,25 @@ def test_sigterm_flushes_last_used_at(servers: Servers) -> None:
     last_used = listed[used["id"]]["last_used_at"]
     assert last_used is not None, "the use before SIGTERM was not flushed"
     assert datetime.fromisoformat(last_used) <= after
+
+
+def test_sigkill_loses_at_most_the_last_interval_of_uses(servers: Servers) -> None:
+    interval = 0.5
+    server = servers("usage-crash", settings={"KEYGUARD_USAGE_FLUSH_INTERVAL": str(interval)})
+    admin = first_key(server)
+    server.start()
+    earlier, latest = create_key(server, admin, "earlier"), create_key(server, admin, "latest")
+    url = f"{server.base_url}/v1/api-keys"
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert httpx.get(url, headers=bearer(earlier["value"]), timeout=10).status_code == 200
+    after = datetime.now(UTC)
+    threading.Event().wait(2 * interval + 0.2)  # a full interval and its flush have passed
+    assert httpx.get(url, headers=bearer(latest["value"]), timeout=10).status_code == 200
+    server.kill()
+    server.start()
+    listed = {key["id"]: key for key in list_keys(server, admin)}
+
+    recorded = listed[earlier["id"]]["last_used_at"]
+    assert recorded is not None, "a use older than one flush interval was lost by SIGKILL"
+    assert before <= datetime.fromisoformat(recorded) <= after

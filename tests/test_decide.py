@@ -7,6 +7,7 @@ from keyguard.decide import UNAUTHORIZED, Decider, Decision
 from keyguard.domain.keys import generate
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import ScopeGroups
+from keyguard.limits import WindowLimiter
 from keyguard.runtime import MANAGEMENT_ROUTES, wavix_route_map
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
@@ -152,6 +153,55 @@ def test_path_tricks_do_not_reach_a_weaker_route(world: World) -> None:
     for path in ("/v1/numbers/../api-keys", "/v1/numbers/%2e%2e/api-keys",
                  "/v1/numbers/..%2Fapi-keys"):  # fmt: skip
         assert world.decide(token, "GET", path).status == 403, path
+
+
+@pytest.mark.parametrize("path", ["/v1/numbers/..%2Fapi-keys", "/v1//numbers", "/V1/numbers"])
+def test_ambiguous_path_is_refused_for_scoped_keys_and_allowed_for_full_access(
+    world: World, path: str
+) -> None:
+    scoped = world.key(scopes_enabled=True, numbers={"allow": "write"})
+    refused = world.decide(scoped, "GET", path)
+    assert (refused.status, refused.scope) == (403, "full")
+    assert refused.message.startswith("Ambiguous path")
+    assert world.decide(world.root, "GET", path) == Decision(
+        True, 200, "OK", world.account.id, 1, "full"
+    )
+
+
+def test_ambiguous_path_is_refused_for_everyone_when_unknown_routes_are_denied() -> None:
+    strict = World(RouteMap.build([Route("GET", "/a", None)], ScopeGroups(), UnknownRoutes.DENY))
+    decision = strict.decide(strict.root, "GET", "/%61")
+    assert (decision.status, decision.message) == (
+        403,
+        "Ambiguous path (encoded separator, dot segment, backslash or the like): "
+        "not available to any API key",
+    )
+
+
+def test_blocked_address_keeps_its_valid_keys_and_is_refused_for_bad_ones() -> None:
+    world = World()
+    failures = WindowLimiter(limit=2, clock=lambda: 100.0)
+    world.decider = Decider(
+        Vault(b"k" * 32), world.cache, world.decider.routes, world.usage, failures=failures
+    )
+    assert [world.decide("kg_nope").status for _ in range(3)] == [401, 401, 429]
+
+    assert world.decide(world.root).allowed
+    assert world.decide(generate("kg")).status == 429
+    assert world.decide("kg_nope", ip="198.51.100.8").status == 401
+
+
+def test_failures_from_one_ipv6_64_are_counted_together() -> None:
+    world = World()
+    failures = WindowLimiter(limit=2, clock=lambda: 100.0)
+    world.decider = Decider(
+        Vault(b"k" * 32), world.cache, world.decider.routes, world.usage, failures=failures
+    )
+    same_64 = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"]
+    assert [world.decide("kg_nope", ip=ip).status for ip in same_64] == [401, 401]
+    assert world.decide("kg_nope", ip="2001:db8:1:2:abcd::1").status == 429
+    assert world.decide("kg_nope", ip="2001:db8:1:3::1").status == 401
+    assert world.decide("kg_nope", ip="198.51.100.9").status == 401
 
 
 def test_allowed_decision_notes_use_and_refusal_does_not(world: World) -> None:

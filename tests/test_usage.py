@@ -55,21 +55,31 @@ def test_failed_flush_keeps_the_uses_for_the_next_one() -> None:
     assert usage.latest(7) == datetime.fromtimestamp(NOW, UTC)
 
 
-def test_periodic_runs_until_stopped_and_once_more_on_stop() -> None:
-    calls: list[int] = []
-    ran = threading.Event()
+def test_periodic_runs_at_each_interval_until_stopped() -> None:
+    ticks = threading.Semaphore(0)
+    calls: list[str] = []
 
     def action() -> None:
-        calls.append(1)
-        ran.set()
+        calls.append(threading.current_thread().name)
+        ticks.release()
 
-    task = Periodic("test", action, 0.01, run_on_stop=True)
+    task = Periodic("test", action, 0.01)
     task.start()
-    assert ran.wait(2)
+    assert all(ticks.acquire(timeout=2) for _ in range(3))
     task.stop()
-    count = len(calls)
-    assert count >= 2  # at least one tick plus the final run
-    assert len(calls) == count
+    stopped_at = len(calls)
+    threading.Event().wait(0.1)  # ten intervals
+    assert len(calls) == stopped_at
+    assert set(calls) == {"keyguard-test"}
+
+
+@pytest.mark.parametrize(("run_on_stop", "expected"), [(True, ["stop"]), (False, [])])
+def test_periodic_runs_once_more_on_stop_when_asked(run_on_stop: bool, expected: list[str]) -> None:
+    calls: list[str] = []
+    task = Periodic("test", lambda: calls.append("stop"), 3600, run_on_stop=run_on_stop)
+    task.start()
+    task.stop()  # long before the first tick
+    assert calls == expected
 
 
 def test_periodic_survives_a_failing_action(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, normalise, parse_route_map
+from keyguard.domain.routes import (
+    AMBIGUOUS,
+    Route,
+    RouteMap,
+    UnknownRoutes,
+    parse_route_map,
+    split_path,
+)
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.runtime import wavix_route_map
 
@@ -49,29 +56,86 @@ def test_match(wavix: RouteMap, method: str, path: str, label: str) -> None:
 @pytest.mark.parametrize(
     "path",
     [
+        # dot segments, raw and encoded, once or twice
         "/v1/numbers/../api-keys",
+        "/v1/./api-keys",
+        "/../../v1/api-keys",
         "/v1/numbers/%2e%2e/api-keys",
         "/v1/numbers/%2E%2E/api-keys",
+        "/v1/numbers/%2e/api-keys",
+        "/v1/numbers/%252e%252e/api-keys",
+        # separators inside a segment: encoded, encoded twice, backslashes
         "/v1/numbers/..%2Fapi-keys",
         "/v1/numbers/..%2fapi-keys",
-        "/v1/numbers/%252e%252e/api-keys",
-        "//v1//api-keys//",
-        "/v1/./api-keys",
-        "/V1/API-KEYS",
-        "/v1/api-keys;jsessionid=1",
+        "/v3/messages/sender-ids/x%2F..%2F..%2F..%2Fv1%2Fnumbers%2F1",
+        "/v3/messages/sender-ids/x%5C..%5C..%5Cv1%5Cnumbers",
+        "/v3/messages/sender-ids/x%5c..",
+        "/v3/messages/sender-ids/x%252F..%252F..",
         "/v1\\api-keys",
-        "/../../v1/api-keys",
+        "/v3/messages/sender-ids/x\\..\\..\\v1\\numbers",
+        # merged by some proxies, routed as written by frameworks
+        "//v1//api-keys//",
+        "/v1//numbers",
+        # path parameters and fragments
+        "/v1/api-keys;jsessionid=1",
+        "/v1/numbers;x/1",
+        "/v1/numbers#/1",
+        # a literal only to a router that decodes or folds case
+        "/V1/API-KEYS",
+        "/v1/Numbers/1",
+        "/v1/%6Eumbers/1",
+        "/v1/calls/WEBHOOKS",
+        "/v1/calls/web%68ooks",
+        # Unicode that folds to ASCII, raw or encoded
+        "/v1/numbers/\u2025/api-keys",
+        "/v1/trun\u212as",
+        "/v1/trun%E2%84%AAs",
+        "/v1/numbers/x%EF%BC%8F..%EF%BC%8Fapi-keys",
+        "/v1/numbers/%E2%80%A5",
+        # bytes no upstream agrees on
+        "/v1/numbers/%00",
+        "/v1/numbers/a b",
+        "/v1/numbers/%C3%28",
+        "/v1/numbers/%zz",
+        "v1/numbers",
+        "",
     ],
 )
-def test_no_spelling_of_a_path_escapes_its_route(wavix: RouteMap, path: str) -> None:
+def test_spellings_upstreams_may_route_differently_are_ambiguous(
+    wavix: RouteMap, path: str
+) -> None:
+    assert wavix.match("GET", path) is AMBIGUOUS
+    assert wavix.match("DELETE", path) is AMBIGUOUS
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1/numbers/a%20b", "/v1/numbers/{id}"),
+        ("/v1/numbers/caf%C3%A9", "/v1/numbers/{id}"),
+        ("/v1/numbers/caf\u00e9", None),  # raw non-ASCII: ambiguous, see above
+        ("/v1/numbers/a%3Fb%23c%3Bd", "/v1/numbers/{id}"),
+        ("/v1/numbers/..x", "/v1/numbers/{id}"),
+        ("/v1/numbers/", "/v1/numbers"),
+        ("/v1/calls/webhooks", "/v1/calls/webhooks"),
+        ("/v1/calls/Webhooks2", "/v1/calls/{id}"),
+    ],
+)
+def test_a_segment_is_decoded_once_and_kept_whole(
+    wavix: RouteMap, path: str, template: str | None
+) -> None:
     route = wavix.match("GET", path)
-    assert route is not None
-    assert route.label == "full"
+    if template is None:
+        assert route is AMBIGUOUS
+    else:
+        assert route is not None
+        assert route.template.replace("{call_id}", "{id}") == template
 
 
-def test_normalise() -> None:
-    assert normalise("/a//b/./c/../d/?q=1#f") == ["a", "b", "d"]
-    assert normalise("") == []
+def test_split_path() -> None:
+    assert split_path("/a/B/c%20d/?q=../x#f") == [("a", "a"), ("B", "b"), ("c%20d", "c d")]
+    assert split_path("/") == []
+    assert split_path("/a/./b") is None
 
 
 def test_unknown_path_or_method_matches_nothing(wavix: RouteMap) -> None:

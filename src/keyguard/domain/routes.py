@@ -1,13 +1,19 @@
 """The route map: method and path template -> the scope a request needs.
 
 Paths are matched on a trie of segments, so the cost of a match depends on the
-depth of the path, not on the number of routes. Before matching, a path is
-normalised the way upstream servers may interpret it (percent-decoding, dot
-segments, repeated and trailing slashes, backslashes, ``;`` parameters, case),
-so that no spelling of a path reaches a route it should not.
+depth of the path, not on the number of routes.
+
+A path is judged as the upstream's router will see it: split on ``/`` as sent,
+each segment percent-decoded once, literals compared as written. Servers and
+frameworks disagree on everything beyond that (encoded slashes and backslashes,
+dot segments, double encoding, ``;`` parameters, case and Unicode folding), so a
+path whose route depends on such a disagreement is :data:`AMBIGUOUS`: it could
+run a different route upstream than the one keyguard would judge, and only a
+key that may take every route may take it.
 """
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -16,8 +22,11 @@ from urllib.parse import unquote
 from keyguard.domain.scopes import Level, ScopeGroups
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SUSPECT = re.compile(r"[%.;\\A-Z]|//")
-_MAX_DECODE_ROUNDS = 4
+# Raw bytes that upstreams read differently: anything outside printable ASCII,
+# backslashes (a separator on some servers), ";" (path parameters, stripped by
+# some), "#" (a fragment to some parsers), empty and dot segments (merged or
+# resolved by some proxies, routed as written by most frameworks).
+_AMBIGUOUS_RAW = re.compile(r"[^\x21-\x7e]|[\\;#]|//|/\.{1,2}(?:/|$)")
 _RECENT_LIMIT = 8192
 
 
@@ -48,51 +57,79 @@ class UnknownRoutes(Enum):
     DENY = "deny"
 
 
-def normalise(path: str) -> list[str]:
-    """The lower-cased segments of ``path`` as an upstream might resolve them.
+AMBIGUOUS = Route("*", "(ambiguous path)", None)
+"""What :meth:`RouteMap.match` answers for a path that upstreams may route differently."""
 
-    The query string and fragment are dropped; percent-encoding is decoded until
-    stable (so ``%252e%252e`` is seen as ``..``); ``..`` never climbs above the root.
+
+def split_path(path: str) -> list[tuple[str, str]] | None:
+    """The segments of ``path`` as ``(raw, folded)`` pairs, or ``None`` if ambiguous.
+
+    ``folded`` is the segment decoded once and case-folded (NFKC first when it is
+    not ASCII): what the most lenient upstream could take it for. The query string
+    is dropped, and so is one trailing slash. ``None`` when the path does not start
+    with ``/``, carries a byte or spelling that upstreams read differently (see
+    ``_AMBIGUOUS_RAW``), or has a segment that decodes to a separator, a ``%``
+    (double encoding), a control character or a dot segment.
     """
-    path = path.partition("?")[0].partition("#")[0]
-    if _SUSPECT.search(path):
-        for _ in range(_MAX_DECODE_ROUNDS):
-            decoded = unquote(path, errors="replace")
-            if decoded == path:
-                break
-            path = decoded
-        path = path.replace("\\", "/").lower()
-    segments: list[str] = []
-    for raw in path.split("/"):
-        segment = raw.partition(";")[0]
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
+    path = path.partition("?")[0]
+    if not path.startswith("/") or _AMBIGUOUS_RAW.search(path):
+        return None
+    raws = path[1:].split("/")
+    if raws[-1] == "":
+        raws.pop()
+    if "%" not in path:
+        return [(raw, raw.lower()) for raw in raws]
+    segments = []
+    for raw in raws:
+        folded = _fold(raw)
+        if folded is None:
+            return None
+        segments.append((raw, folded))
     return segments
+
+
+def _fold(raw: str) -> str | None:
+    try:
+        decoded = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    folded = (
+        decoded.lower() if decoded.isascii() else unicodedata.normalize("NFKC", decoded).casefold()
+    )
+    if _AMBIGUOUS_DECODED.search(folded) or folded in (".", ".."):
+        return None
+    return folded
+
+
+_AMBIGUOUS_DECODED = re.compile(r"[/\\%\x00-\x1f\x7f]")
 
 
 class _Node:
     __slots__ = ("literals", "methods", "param")
 
     def __init__(self) -> None:
-        self.literals: dict[str, _Node] = {}
+        # Literal segments by their folded spelling, with the spelling the route wrote.
+        self.literals: dict[str, tuple[str, _Node]] = {}
         self.param: _Node | None = None
         self.methods: dict[str, Route] = {}
 
 
+class _AmbiguousSegmentError(Exception):
+    """A segment names a literal only once decoded or folded: upstreams disagree."""
+
+
 @dataclass(frozen=True)
 class RouteMap:
-    """An immutable set of routes with a matcher; build it with :meth:`build`."""
+    """A set of routes with a matcher; build it with :meth:`build`.
+
+    The routes never change; answers to recent ``(method, path)`` pairs are cached,
+    since most traffic repeats a few thousand paths.
+    """
 
     groups: ScopeGroups
     routes: tuple[Route, ...]
     unknown: UnknownRoutes = UnknownRoutes.FULL_ACCESS_ONLY
     _root: _Node = field(default_factory=_Node, repr=False, compare=False)
-    # Recent answers by (method, path): most traffic repeats a few thousand paths.
     # Bounded, and simply cleared when full, so hostile paths cannot grow it.
     _recent: dict[tuple[str, str], Route | None] = field(
         default_factory=dict, repr=False, compare=False
@@ -120,39 +157,59 @@ class RouteMap:
         if route.scope is not None and route.scope not in self.groups:
             raise ValueError(f"unknown scope group {route.scope!r}")
         node = self._root
-        for segment in normalise(route.template):
+        for segment in template_segments(route.template):
             if segment.startswith("{") and segment.endswith("}"):
                 node.param = node.param or _Node()
                 node = node.param
             else:
-                node = node.literals.setdefault(segment, _Node())
+                _, node = node.literals.setdefault(segment.lower(), (segment, _Node()))
         if route.method in node.methods:
             raise ValueError(f"duplicate route {route.method} {route.template}")
         node.methods[route.method] = route
 
     def match(self, method: str, path: str) -> Route | None:
-        """The route for a request, or ``None`` when no route matches."""
+        """The route for a request, :data:`AMBIGUOUS`, or ``None`` when no route matches."""
         try:
             return self._recent[method, path]
         except KeyError:
             pass
-        verb = method.upper()
-        if verb == "HEAD":
-            verb = "GET"
-        node = _find(self._root, normalise(path), 0, verb)
-        route = node.methods[verb] if node is not None else None
+        route = self._match(method, path)
         if len(self._recent) >= _RECENT_LIMIT:
             self._recent.clear()
         self._recent[method, path] = route
         return route
 
+    def _match(self, method: str, path: str) -> Route | None:
+        segments = split_path(path)
+        if segments is None:
+            return AMBIGUOUS
+        verb = method.upper()
+        if verb == "HEAD":
+            verb = "GET"
+        try:
+            node = _find(self._root, segments, 0, verb)
+        except _AmbiguousSegmentError:
+            return AMBIGUOUS
+        return node.methods[verb] if node is not None else None
 
-def _find(node: _Node, segments: Sequence[str], index: int, method: str) -> _Node | None:
+
+def template_segments(template: str) -> list[str]:
+    """The segments of a route template: ``{name}`` for a parameter."""
+    return [segment for segment in template.split("/") if segment]
+
+
+def _find(
+    node: _Node, segments: Sequence[tuple[str, str]], index: int, method: str
+) -> _Node | None:
     if index == len(segments):
         return node if method in node.methods else None
-    literal = node.literals.get(segments[index])
+    raw, folded = segments[index]
+    literal = node.literals.get(folded)
     if literal is not None:
-        found = _find(literal, segments, index + 1, method)
+        spelling, child = literal
+        if raw != spelling:  # "Numbers" or "%6Eumbers": a literal to some routers only
+            raise _AmbiguousSegmentError
+        found = _find(child, segments, index + 1, method)
         if found is not None:
             return found
     if node.param is not None:
@@ -215,7 +272,10 @@ def _groups(names: list[str], where: str, *, declared_after_routes: bool) -> Sco
 
 
 def _shape(template: str) -> list[str]:
-    return ["{}" if segment.startswith("{") else segment for segment in normalise(template)]
+    return [
+        "{}" if segment.startswith("{") else segment.lower()
+        for segment in template_segments(template)
+    ]
 
 
 def _route(columns: list[str], where: str) -> Route:

@@ -1,0 +1,80 @@
+"""Logs never carry a secret: access lines without query strings, errors by type only."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from keyguard.runtime import Keyguard
+from tests.conftest import Tenant
+from tests.server import Servers
+
+SECRET_DETAIL = "detail that could quote input"
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    with Servers(tmp_path) as started:
+        yield started
+
+
+@pytest.mark.slow
+def test_access_log_shows_the_path_without_the_query_string(servers: Servers) -> None:
+    server = servers(options=["--access-log"])
+    token = server.create_account("acme")["api_key"]["value"]
+    server.start()
+
+    answer = httpx.get(f"{server.base_url}/v1/api-keys?appid={token}&label=x", timeout=10)
+    server.stop()
+
+    assert answer.status_code == 200
+    logs = server.stdout + server.stderr
+    assert '"GET /v1/api-keys HTTP/1.1" 200' in logs
+    assert token not in logs
+    assert "appid" not in logs
+
+
+def boom(*_args: object, **_kwargs: object) -> None:
+    raise RuntimeError(SECRET_DETAIL)
+
+
+def test_unexpected_error_in_the_api_is_logged_by_type_and_path_only(
+    client: TestClient,
+    keyguard: Keyguard,
+    tenant: Tenant,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(keyguard.service, "list_keys", boom)
+
+    response = client.get(f"/v1/api-keys?appid={tenant.token}")
+
+    assert (response.status_code, response.json()) == (
+        500,
+        {"success": False, "message": "Internal server error"},
+    )
+    assert "unexpected RuntimeError on GET /v1/api-keys" in caplog.text
+    assert SECRET_DETAIL not in caplog.text
+    assert tenant.token not in caplog.text
+
+
+def test_unexpected_error_in_forward_auth_is_logged_by_type_only(
+    client: TestClient,
+    keyguard: Keyguard,
+    tenant: Tenant,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(keyguard.decider, "decide", boom)
+
+    response = client.get("/auth/forward", headers=tenant.headers | {"X-Original-URI": "/v1"})
+
+    assert (response.status_code, response.json()) == (
+        500,
+        {"success": False, "message": "Internal server error"},
+    )
+    assert "unexpected RuntimeError in forward auth" in caplog.text
+    assert SECRET_DETAIL not in caplog.text
+    assert tenant.token not in caplog.text
