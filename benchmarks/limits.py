@@ -1,7 +1,7 @@
 """What the abuse limits cost: on the allowed path, and under a flood of bad keys.
 
 ``keyguard serve --workers 2`` holds forward's 1,000 keys and believes
-``X-Real-IP`` from 127.0.0.1, as it would behind nginx, so load generators on
+``X-Forwarded-For`` from 127.0.0.1, as it would behind nginx, so load generators on
 this machine can play any client address. Client A presents the scoped key for
 ``POST /v3/messages`` and is always allowed.
 
@@ -72,7 +72,7 @@ def without_limits(deployment: Deployment) -> Deployment:
 
 def from_client(token: str, address: str) -> dict[str, str]:
     """nginx's ``auth_request`` headers for ``POST /v3/messages`` from ``address``."""
-    return {**forward_headers(token), "X-Real-IP": address}
+    return {**forward_headers(token), "X-Forwarded-For": address}
 
 
 def bad_keys() -> dict[str, str]:
@@ -320,7 +320,7 @@ def _flood_notes(section: Section, context: Context, contest: Flood, answers: Co
         f"warm-up; A's load runs {context.seconds:.0f} s ({context.generator.name}); each of "
         f"B's ({contest.flood.name}) from {LEAD:.0f} s before it to {LEAD:.0f} s after; "
         f"all on the same 2 cores as the server. A is {CLIENT_A}, B {CLIENT_B}, both in "
-        "X-Real-IP from a trusted 127.0.0.1."
+        "X-Forwarded-For from a trusted 127.0.0.1."
     )
     defaults = Settings.model_fields
     section.figures["flood"] = {

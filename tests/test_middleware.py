@@ -2,16 +2,18 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.testclient import TestClient
 
 from keyguard import KeyguardMiddleware
+from keyguard.domain.network import parse_networks
 from keyguard.runtime import Keyguard
 from tests.conftest import Tenant
 
 
-def _protected_app(keyguard: Keyguard) -> FastAPI:
+def _protected_app(keyguard: Keyguard, **options: Any) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         keyguard.start()
@@ -22,7 +24,7 @@ def _protected_app(keyguard: Keyguard) -> FastAPI:
     app.add_middleware(
         KeyguardMiddleware,
         decider=keyguard.decider,
-        trusted_proxies=keyguard.trusted_proxies,
+        **({"trusted_proxies": keyguard.trusted_proxies} | options),
         protect=lambda path: path.startswith("/v3/"),
     )
 
@@ -72,3 +74,23 @@ def test_refused_request_never_reaches_the_handler(keyguard: Keyguard, tenant: T
 def test_unprotected_paths_pass_without_a_key(keyguard: Keyguard) -> None:
     with TestClient(_protected_app(keyguard)) as client:
         assert client.get("/public").json() == {"public": True}
+
+
+def test_behind_a_proxy_that_sets_x_real_ip_only_that_header_names_the_client(
+    keyguard: Keyguard, tenant: Tenant
+) -> None:
+    restricted = keyguard.service.create_key(
+        tenant.account_id, {"label": "r", "restricted": True, "permitted_ips": ["198.51.100.7"]}
+    )
+    app = _protected_app(
+        keyguard, trusted_proxies=parse_networks(["10.9.0.1"]), client_ip_header="x-real-ip"
+    )
+    key = {"Authorization": f"Bearer {restricted.value}"}
+    with TestClient(app, client=("10.9.0.1", 50000)) as proxy:
+        believed = proxy.post("/v3/messages", headers=key | {"X-Real-IP": "198.51.100.7"})
+        ignored = proxy.post("/v3/messages", headers=key | {"X-Forwarded-For": "198.51.100.7"})
+    assert believed.status_code == 200, believed.text
+    assert (ignored.status_code, ignored.json()) == (
+        403,
+        {"success": False, "message": "IP address 10.9.0.1 is not permitted for this API key"},
+    )

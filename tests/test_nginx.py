@@ -6,26 +6,23 @@ Every request goes through nginx; the API behind it echoes what it received and
 counts the requests that reached it.
 """
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 from keyguard.domain.keys import generate
 from tests.conftest import missing
+from tests.proxied import EchoAPI, bearer, known_account, with_addresses
 from tests.server import HOST, KeyguardServer, Servers, free_port
 
 pytestmark = pytest.mark.slow
@@ -42,83 +39,6 @@ UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 OUTSIDE_127_0_0_1 = "10.0.0.0/8"
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-class EchoAPI:
-    """The protected API: answers every request with JSON describing it.
-
-    The answer is ``{"method", "path", "headers"}``, where ``headers`` holds the
-    ``X-Keyguard-*`` and ``X-Real-IP`` headers received (repeated ones joined by
-    ", "); its status is 200, or the ``status`` query parameter's. ``hits`` counts
-    the requests that reached it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._hits = 0
-        self._server = ThreadingHTTPServer((HOST, 0), _echo_handler(self._count))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self._server.server_address[1]}"
-
-    @property
-    def hits(self) -> int:
-        with self._lock:
-            return self._hits
-
-    def _count(self) -> None:
-        with self._lock:
-            self._hits += 1
-
-    def start(self) -> "EchoAPI":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(STOP_TIMEOUT)
-
-
-def _echo_handler(count: Callable[[], None]) -> type[BaseHTTPRequestHandler]:
-    class Echo(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # nginx keeps its upstream connections alive
-
-        def do_GET(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            count()
-            received: dict[str, list[str]] = {}
-            for name, value in self.headers.items():
-                if name.lower().startswith("x-keyguard-") or name.lower() == "x-real-ip":
-                    received.setdefault(name.lower(), []).append(value)
-            body = json.dumps(
-                {
-                    "method": self.command,
-                    "path": self.path,
-                    "headers": {name: ", ".join(values) for name, values in received.items()},
-                }
-            ).encode()
-            query = parse_qs(urlsplit(self.path).query)
-            self.send_response(int(query.get("status", ["200"])[0]))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # the test output is not the place for an access log
-
-    for method in ("HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
-        setattr(Echo, f"do_{method}", Echo.do_GET)
-    return Echo
-
-
 def nginx_binary() -> str:
     # /usr/sbin is not on every user's PATH, but it is where Debian installs nginx.
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -133,15 +53,9 @@ def nginx_binary() -> str:
 
 def example_config(keyguard: str, api: str, nginx: str) -> str:
     """The example configuration, with its three addresses and nothing else changed."""
-    text = EXAMPLE.read_text()
-    for address, replacement in [
-        (KEYGUARD_ADDRESS, keyguard),
-        (API_ADDRESS, api),
-        (NGINX_ADDRESS, nginx),
-    ]:
-        assert address in text, f"{EXAMPLE} no longer mentions {address}"
-        text = text.replace(address, replacement)
-    return text
+    return with_addresses(
+        EXAMPLE, {KEYGUARD_ADDRESS: keyguard, API_ADDRESS: api, NGINX_ADDRESS: nginx}
+    )
 
 
 class Nginx:
@@ -248,18 +162,8 @@ def nginx(
 
 @pytest.fixture(scope="module")
 def account(keyguard: KeyguardServer) -> dict[str, Any]:
-    """The account and its first, full-access key, once the server knows them.
-
-    The command line writes to the database from another process; the server
-    learns of the new key from its change feed, a moment later.
-    """
-    created = keyguard.create_account("acme")
-    url = f"{keyguard.base_url}/v1/api-keys/{created['api_key']['id']}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while httpx.get(url, headers=bearer(created["api_key"]["value"])).status_code == 401:
-        assert time.monotonic() < deadline, "keyguard serve never learned of the new account"
-        time.sleep(0.02)
-    return created
+    """The account and its first, full-access key, once the server knows them."""
+    return known_account(keyguard)
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +324,30 @@ def test_scoped_key_writing_where_it_may_only_read_is_403(
     assert api.hits == hits
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/numbers"},
+        {"X-Original-Method": "GET", "X-Original-URI": "/v1/numbers"},
+    ],
+    ids=["traefik_style", "nginx_style"],
+)
+def test_client_sent_original_request_headers_cannot_change_what_is_judged(
+    client: httpx.Client, api: EchoAPI, create_key: KeyFactory, claims: dict[str, str]
+) -> None:
+    token = create_key(scopes_enabled=True, numbers={"allow": "read"})["value"]
+    hits = api.hits
+
+    answer = client.patch("/v1/numbers", headers={**bearer(token), **claims}, json={})
+
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "success": False,
+        "message": "API key scope numbers: write access required",
+    }
+    assert api.hits == hits
+
+
 def test_restricted_key_from_an_address_outside_its_range_is_403(
     client: httpx.Client, api: EchoAPI, create_key: KeyFactory
 ) -> None:
@@ -467,6 +395,39 @@ def test_forwarding_headers_sent_by_the_client_do_not_lift_an_ip_restriction(
     assert answer.status_code == 403
     assert answer.json()["message"] == "IP address 127.0.0.1 is not permitted for this API key"
     assert api.hits == hits
+
+
+# What a client sends to choose its address: nginx overwrites X-Forwarded-For and
+# passes X-Real-IP on, so keyguard must believe only the first.
+CLAIMS = {"X-Real-IP": "198.51.100.7", "X-Forwarded-For": "198.51.100.8, 198.51.100.9"}
+
+
+def test_client_sent_x_real_ip_and_forged_x_forwarded_for_cannot_choose_the_address(
+    client: httpx.Client, api: EchoAPI, create_key: KeyFactory
+) -> None:
+    permits_the_claims = ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
+    token = create_key(restricted=True, permitted_ips=permits_the_claims)["value"]
+    hits = api.hits
+
+    answer = client.get("/v1/numbers", headers={**bearer(token), **CLAIMS})
+
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "success": False,
+        "message": "IP address 127.0.0.1 is not permitted for this API key",
+    }
+    assert api.hits == hits
+
+
+def test_client_sent_address_headers_do_not_lock_out_its_own_address(
+    client: httpx.Client, create_key: KeyFactory
+) -> None:
+    key = create_key(restricted=True, permitted_ips=["127.0.0.1"])
+
+    answer = client.get("/v1/numbers", headers={**bearer(key["value"]), **CLAIMS})
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["headers"]["x-keyguard-key-id"] == str(key["id"])
 
 
 def test_appid_query_parameter_is_a_key(

@@ -125,9 +125,12 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Keyg
         yield server.start(), admin
 
 
-def create_key(server: KeyguardServer, admin: str) -> dict[str, Any]:
+def create_key(server: KeyguardServer, admin: str, **fields: Any) -> dict[str, Any]:
     answer = httpx.post(
-        f"{server.base_url}/v1/api-keys", headers=bearer(admin), json={"label": "new"}, timeout=10
+        f"{server.base_url}/v1/api-keys",
+        headers=bearer(admin),
+        json={"label": "new", **fields},
+        timeout=10,
     )
     assert answer.status_code == 200, answer.text
     key: dict[str, Any] = answer.json()
@@ -156,3 +159,31 @@ def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_se
 
     assert deleted.status_code == 200, deleted.text
     answered_alike_by_every_worker(server, key["value"], path, 401)
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [{}, {"FORWARDED_ALLOW_IPS": "*"}],
+    ids=["uvicorn_defaults", "forwarded_allow_ips_everyone"],
+)
+def test_without_trusted_proxies_a_local_peer_claiming_another_address_is_judged_as_itself(
+    servers: Servers, environment: dict[str, str]
+) -> None:
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS) unless
+    # told not to; keyguard must judge the peer it sees, since it trusts no proxy.
+    server = servers("no-proxies", settings=environment)
+    admin: str = server.create_account("acme")["api_key"]["value"]
+    server.start()
+    key = create_key(server, admin, restricted=True, permitted_ips=["198.51.100.7"])
+    claiming = bearer(key["value"]) | {"X-Forwarded-For": "198.51.100.7"}
+
+    with httpx.Client(base_url=server.base_url, headers=claiming, timeout=10) as client:
+        managed = client.get(f"/v1/api-keys/{key['id']}")
+        forwarded = client.get("/auth/forward", headers={"X-Original-URI": "/v1/numbers"})
+
+    refusal = {
+        "success": False,
+        "message": "IP address 127.0.0.1 is not permitted for this API key",
+    }
+    assert (managed.status_code, managed.json()) == (403, refusal)
+    assert (forwarded.status_code, forwarded.json()) == (403, refusal)

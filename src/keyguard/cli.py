@@ -114,6 +114,10 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
         access_log=access_log,
         log_config=uvicorn_log_config(),
         server_header=False,
+        # keyguard alone decides the client address, from KEYGUARD_TRUSTED_PROXIES and
+        # KEYGUARD_CLIENT_IP_HEADER; uvicorn's own (on by default, for 127.0.0.1 or
+        # FORWARDED_ALLOW_IPS) would believe X-Forwarded-For first.
+        proxy_headers=False,
     )
 
 

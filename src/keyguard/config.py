@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyguard.domain import keys
-from keyguard.domain.network import canonical_entry
+from keyguard.domain.network import ClientIPHeader, canonical_entry
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
 from keyguard.service import SecretDisplay
@@ -67,7 +67,12 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated addresses or CIDR ranges of proxies whose "
-        "X-Forwarded-For / X-Real-IP headers are believed.",
+        "client_ip_header is believed.",
+    )
+    client_ip_header: ClientIPHeader = Field(
+        default=ClientIPHeader.X_FORWARDED_FOR,
+        description="The one header a trusted proxy names the client in: x-forwarded-for "
+        "(its right-most address that is not a trusted proxy) or x-real-ip.",
     )
 
     @field_validator("admin_token", "verify_token")

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyguard.decide import Decider, Decision
 from keyguard.domain.keys import request_credential
-from keyguard.domain.network import Network, client_address
+from keyguard.domain.network import ClientIPHeader, Network, client_address
 from keyguard.wire import error_body
 
 
@@ -34,22 +34,24 @@ def _everything(_path: str) -> bool:
 class ProxiedRequest:
     """What keyguard reads from the headers of a request, in one pass."""
 
+    client_ip_header: ClientIPHeader
     authorizations: list[str] = field(default_factory=list)
-    forwarded_for: list[str] = field(default_factory=list)
-    real_ip: str | None = None
+    client_ips: list[str] = field(default_factory=list)
     original_method: str | None = None
     original_uri: str | None = None
 
     @classmethod
-    def scan(cls, headers: Iterable[tuple[bytes, bytes]]) -> "ProxiedRequest":
-        found = cls()
+    def scan(
+        cls, headers: Iterable[tuple[bytes, bytes]], client_ip_header: ClientIPHeader
+    ) -> "ProxiedRequest":
+        """Read ``headers`` once; of the client-address headers, only ``client_ip_header``."""
+        found = cls(client_ip_header)
+        client_ip_name = _HEADER_NAMES[client_ip_header]
         for name, raw in headers:
             if name == b"authorization":
                 found.authorizations.append(raw.decode("latin-1"))
-            elif name == b"x-forwarded-for":
-                found.forwarded_for.append(raw.decode("latin-1"))
-            elif name == b"x-real-ip":
-                found.real_ip = raw.decode("latin-1")
+            elif name == client_ip_name:
+                found.client_ips.append(raw.decode("latin-1"))
             elif name in _METHOD_HEADERS:
                 found.original_method = found.original_method or raw.decode("latin-1")
             elif name in _URI_HEADERS:
@@ -65,11 +67,14 @@ class ProxiedRequest:
         return request_credential(self.authorizations, appids)
 
     def client(self, scope: Scope, trusted_proxies: tuple[Network, ...]) -> str | None:
+        """The client's address: the TCP peer's, or what a trusted proxy says it is."""
         peer = scope.get("client")
-        forwarded = ",".join(self.forwarded_for) or None
-        return client_address(peer[0] if peer else None, forwarded, trusted_proxies, self.real_ip)
+        return client_address(
+            peer[0] if peer else None, self.client_ips, trusted_proxies, self.client_ip_header
+        )
 
 
+_HEADER_NAMES = {header: header.value.encode() for header in ClientIPHeader}
 _METHOD_HEADERS = (b"x-original-method", b"x-forwarded-method")
 _URI_HEADERS = (b"x-original-uri", b"x-forwarded-uri")
 
@@ -118,18 +123,20 @@ class KeyguardMiddleware:
         decider: Decider,
         *,
         trusted_proxies: Sequence[Network] = (),
+        client_ip_header: ClientIPHeader | str = ClientIPHeader.X_FORWARDED_FOR,
         protect: Callable[[str], bool] = _everything,
     ) -> None:
         self.app = app
         self.decider = decider
         self.trusted_proxies = tuple(trusted_proxies)
+        self.client_ip_header = ClientIPHeader(client_ip_header)
         self.protect = protect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.protect(scope["path"]):
             await self.app(scope, receive, send)
             return
-        facts = ProxiedRequest.scan(scope["headers"])
+        facts = ProxiedRequest.scan(scope["headers"], self.client_ip_header)
         token = facts.credential(scope.get("query_string", b"").decode("latin-1"))
         ip = facts.client(scope, self.trusted_proxies)
         raw_path: Any = scope.get("raw_path")

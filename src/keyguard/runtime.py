@@ -86,6 +86,7 @@ class Keyguard:
         self.usage = UsageRecorder(self.store, settle=settle)
         self.routes = load_route_map(settings.routes, settings.unknown_routes)
         self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
+        self.client_ip_header = settings.client_ip_header
         self.decider = Decider(
             self.vault,
             self.cache,

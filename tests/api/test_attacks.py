@@ -13,11 +13,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
 from keyguard.config import Settings
 from keyguard.domain.keys import generate
+from keyguard.domain.network import ClientIPHeader
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
@@ -238,17 +240,34 @@ def test_if_ipv6_peer_embeds_a_permitted_ipv4_address_otherwise_then_403(
 
 
 PROXY = "10.9.0.1"
+FORWARDED_FOR = ClientIPHeader.X_FORWARDED_FOR
+REAL_IP = ClientIPHeader.X_REAL_IP
+ADMIN_TOKEN = "operator-" + "7" * 32
+# nginx's `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for` appends the
+# address it saw to the client's own header, and passes the client's X-Real-IP on.
+THE_CLIENT = "203.0.113.9"
+APPENDED = {"X-Forwarded-For": f"198.51.100.7, {THE_CLIENT}", "X-Real-IP": "198.51.100.7"}
 PERMITTED = ["198.51.100.0/24", "2001:db8::/32", "fe80::/10"]
 
 
 class TestBehindATrustedProxy:
-    """keyguard believes X-Real-IP and X-Forwarded-For from 10.9.0.0/16 only, and
-    only addresses written as addresses: anything else is judged as written, and refused."""
+    """keyguard believes one header, KEYGUARD_CLIENT_IP_HEADER (X-Forwarded-For unless a
+    test says otherwise), from 10.9.0.0/16 only, and only addresses written as
+    addresses: anything else is refused. The other header is ignored entirely, since a
+    proxy passes on the client's own copy of the header it does not manage."""
 
     @pytest.fixture
-    def settings(self, database_url: str) -> Settings:
+    def client_ip_header(self) -> ClientIPHeader:
+        return ClientIPHeader.X_FORWARDED_FOR
+
+    @pytest.fixture
+    def settings(self, database_url: str, client_ip_header: ClientIPHeader) -> Settings:
         return Settings(
-            database_url=database_url, secret_key=TEST_SECRET, trusted_proxies=["10.9.0.0/16"]
+            database_url=database_url,
+            secret_key=TEST_SECRET,
+            trusted_proxies=["10.9.0.0/16"],
+            client_ip_header=client_ip_header,
+            admin_token=SecretStr(ADMIN_TOKEN),
         )
 
     @pytest.fixture
@@ -256,20 +275,21 @@ class TestBehindATrustedProxy:
         return client_from(PROXY)
 
     @pytest.mark.parametrize(
-        ("header", "value"),
+        ("client_ip_header", "value"),
         [
-            pytest.param("X-Forwarded-For", "198.51.100.7:4711", id="ipv4_with_port"),
-            pytest.param("X-Real-IP", "198.51.100.7:4711", id="real_ip_with_port"),
-            pytest.param("X-Forwarded-For", "[2001:db8::7]:443", id="ipv6_with_port"),
-            pytest.param("X-Forwarded-For", "fe80::7%eth0", id="zone_id"),
-            pytest.param("X-Real-IP", "fe80::7%25eth0", id="encoded_zone_id"),
-            pytest.param("X-Forwarded-For", "198.51.100. 7", id="space_inside"),
-            pytest.param("X-Forwarded-For", "198.51.100.7 203.0.113.9", id="space_for_comma"),
-            pytest.param("X-Forwarded-For", "198.51.100.7,", id="empty_right_most_hop"),
-            pytest.param("X-Forwarded-For", "198.51.100.07", id="leading_zero"),
-            pytest.param("X-Forwarded-For", "0xc6.51.100.7", id="hexadecimal"),
-            pytest.param("X-Forwarded-For", "3325256711", id="one_integer"),
-            pytest.param("X-Forwarded-For", "198.51.100.0/24", id="a_range"),
+            pytest.param(FORWARDED_FOR, "198.51.100.7:4711", id="ipv4_with_port"),
+            pytest.param(REAL_IP, "198.51.100.7:4711", id="real_ip_with_port"),
+            pytest.param(FORWARDED_FOR, "[2001:db8::7]:443", id="ipv6_with_port"),
+            pytest.param(FORWARDED_FOR, "fe80::7%eth0", id="zone_id"),
+            pytest.param(REAL_IP, "fe80::7%25eth0", id="encoded_zone_id"),
+            pytest.param(REAL_IP, "198.51.100.7, 203.0.113.9", id="real_ip_list"),
+            pytest.param(FORWARDED_FOR, "198.51.100. 7", id="space_inside"),
+            pytest.param(FORWARDED_FOR, "198.51.100.7 203.0.113.9", id="space_for_comma"),
+            pytest.param(FORWARDED_FOR, "198.51.100.7,", id="empty_right_most_hop"),
+            pytest.param(FORWARDED_FOR, "198.51.100.07", id="leading_zero"),
+            pytest.param(FORWARDED_FOR, "0xc6.51.100.7", id="hexadecimal"),
+            pytest.param(FORWARDED_FOR, "3325256711", id="one_integer"),
+            pytest.param(FORWARDED_FOR, "198.51.100.0/24", id="a_range"),
         ],
     )
     def test_if_forwarded_address_is_not_plainly_an_address_then_refused(
@@ -277,11 +297,11 @@ class TestBehindATrustedProxy:
         proxy: TestClient,
         keyguard: Keyguard,
         tenant: Tenant,
-        header: str,
+        client_ip_header: ClientIPHeader,
         value: str,
     ) -> None:
         _, restricted = new_key(keyguard, tenant, restricted=True, permitted_ips=PERMITTED)
-        headers = bearer(restricted) | {header: value}
+        headers = bearer(restricted) | {client_ip_header: value}
 
         forwarded = proxy.get("/auth/forward", headers=headers | {"X-Original-URI": "/v1/numbers"})
         managed = proxy.get(KEYS, headers=headers)
@@ -319,6 +339,69 @@ class TestBehindATrustedProxy:
 
         assert (response.status_code, response.json()) == (403, refusal(PROXY))
 
+    def test_if_client_adds_x_real_ip_to_what_the_proxy_appends_to_then_it_is_ignored(
+        self, proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+    ) -> None:
+        _, restricted = new_key(keyguard, tenant, restricted=True, permitted_ips=PERMITTED)
+        headers = bearer(restricted) | APPENDED
+
+        forwarded = proxy.get("/auth/forward", headers=headers | {"X-Original-URI": "/v1/numbers"})
+        managed = proxy.get(KEYS, headers=headers)
+
+        for response in (forwarded, managed):
+            assert (response.status_code, response.json()) == (403, refusal(THE_CLIENT))
+
+    def test_if_client_adds_x_real_ip_then_the_audit_trail_still_names_the_client(
+        self, proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+    ) -> None:
+        by_key = proxy.post(KEYS, json={"label": "k"}, headers=tenant.headers | APPENDED)
+        by_operator = proxy.post(
+            "/admin/v1/accounts", json={"name": "initech"}, headers=bearer(ADMIN_TOKEN) | APPENDED
+        )
+        assert (by_key.status_code, by_operator.status_code) == (200, 200), by_operator.text
+
+        [key_created], _ = keyguard.store.list_audit(AuditQuery(tenant.account_id, limit=1))
+        created = by_operator.json()["account"]["id"]
+        [account_created], _ = keyguard.store.list_audit(
+            AuditQuery(created, action="account.create")
+        )
+        assert (key_created.actor.kind, key_created.actor.ip) == ("key", THE_CLIENT)
+        assert (account_created.actor.kind, account_created.actor.ip) == ("operator", THE_CLIENT)
+
+    @pytest.mark.parametrize("client_ip_header", [REAL_IP], ids=str)
+    def test_if_x_real_ip_is_the_header_then_x_forwarded_for_is_ignored(
+        self, proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+    ) -> None:
+        _, restricted = new_key(keyguard, tenant, restricted=True, permitted_ips=PERMITTED)
+        headers = bearer(restricted) | {"X-Real-IP": THE_CLIENT, "X-Forwarded-For": "198.51.100.7"}
+
+        forwarded = proxy.get("/auth/forward", headers=headers | {"X-Original-URI": "/v1/numbers"})
+        managed = proxy.get(KEYS, headers=headers)
+
+        for response in (forwarded, managed):
+            assert (response.status_code, response.json()) == (403, refusal(THE_CLIENT))
+
+    @pytest.mark.parametrize("client_ip_header", [REAL_IP], ids=str)
+    def test_if_x_real_ip_arrives_twice_then_the_client_is_unknown_and_refused(
+        self, proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+    ) -> None:
+        # The proxy set one; the client sent the other, and a proxy may put either first.
+        _, restricted = new_key(keyguard, tenant, restricted=True, permitted_ips=PERMITTED)
+        headers = [
+            *bearer(restricted).items(),
+            ("X-Real-IP", THE_CLIENT),
+            ("X-Real-IP", "198.51.100.7"),
+        ]
+
+        forwarded = proxy.get(
+            "/auth/forward", headers=[*headers, ("X-Original-URI", "/v1/numbers")]
+        )
+        managed = proxy.get(KEYS, headers=headers)
+
+        for response in (forwarded, managed):
+            assert (response.status_code, response.json()) == (403, refusal("(unknown)"))
+
+    @pytest.mark.parametrize("client_ip_header", list(ClientIPHeader), ids=str)
     @pytest.mark.parametrize(
         ("forwarded", "status"),
         [
@@ -327,10 +410,19 @@ class TestBehindATrustedProxy:
         ],
     )
     def test_if_proxy_forwards_an_ipv4_mapped_address_then_it_is_the_ipv4_client(
-        self, proxy: TestClient, keyguard: Keyguard, tenant: Tenant, forwarded: str, status: int
+        self,
+        proxy: TestClient,
+        keyguard: Keyguard,
+        tenant: Tenant,
+        client_ip_header: ClientIPHeader,
+        forwarded: str,
+        status: int,
     ) -> None:
         _, restricted = new_key(keyguard, tenant, restricted=True, permitted_ips=PERMITTED)
-        headers = bearer(restricted) | {"X-Real-IP": forwarded, "X-Original-URI": "/v1/numbers"}
+        headers = bearer(restricted) | {
+            client_ip_header: forwarded,
+            "X-Original-URI": "/v1/numbers",
+        }
 
         assert proxy.get("/auth/forward", headers=headers).status_code == status
 

@@ -7,6 +7,7 @@ from starlette.testclient import TestClient
 
 from keyguard.config import Settings
 from keyguard.domain.keys import generate
+from keyguard.domain.network import ClientIPHeader
 from keyguard.runtime import Keyguard
 from tests.conftest import TEST_SECRET, ClientFactory, Tenant
 
@@ -15,8 +16,18 @@ UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, secret_key=TEST_SECRET, trusted_proxies=[PROXY])
+def client_ip_header() -> ClientIPHeader:
+    return ClientIPHeader.X_FORWARDED_FOR
+
+
+@pytest.fixture
+def settings(database_url: str, client_ip_header: ClientIPHeader) -> Settings:
+    return Settings(
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        trusted_proxies=[PROXY],
+        client_ip_header=client_ip_header,
+    )
 
 
 @pytest.fixture
@@ -90,12 +101,13 @@ def test_head_counts_as_get(proxy: TestClient, keyguard: Keyguard, tenant: Tenan
     assert _forward(proxy, token, "/v1/billing/invoices", "HEAD")[0] == 200
 
 
+@pytest.mark.parametrize("client_ip_header", list(ClientIPHeader), ids=str)
 def test_client_ip_comes_from_the_trusted_proxy(
-    proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+    proxy: TestClient, keyguard: Keyguard, tenant: Tenant, client_ip_header: ClientIPHeader
 ) -> None:
     token = _key(keyguard, tenant, restricted=True, permitted_ips=["198.51.100.0/24"])
-    allowed = _forward(proxy, token, "/v1/numbers", **{"X-Real-IP": "198.51.100.20"})
-    refused = _forward(proxy, token, "/v1/numbers", **{"X-Real-IP": "192.0.2.1"})
+    allowed = _forward(proxy, token, "/v1/numbers", **{client_ip_header: "198.51.100.20"})
+    refused = _forward(proxy, token, "/v1/numbers", **{client_ip_header: "192.0.2.1"})
     assert allowed[0] == 200
     assert refused[0] == 403
     assert refused[2] == (
@@ -116,6 +128,16 @@ def test_proxy_headers_from_an_untrusted_peer_are_ignored(
     status, _, body = _forward(stranger, token, "/v1/numbers", **spoof)
     assert status == 403
     assert b"IP address 192.0.2.50 is not permitted" in body
+
+
+def test_x_real_ip_beside_x_forwarded_for_is_not_believed_by_default(
+    proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+) -> None:
+    token = _key(keyguard, tenant, restricted=True, permitted_ips=["198.51.100.0/24"])
+    passed_on = {"X-Forwarded-For": "192.0.2.7", "X-Real-IP": "198.51.100.20"}
+    status, _, body = _forward(proxy, token, "/v1/numbers", **passed_on)
+    assert status == 403
+    assert b"IP address 192.0.2.7 is not permitted" in body
 
 
 def test_forged_left_most_forwarded_address_is_not_believed(

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from keyguard.config import Settings
+from keyguard.domain.network import ClientIPHeader
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
 from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
@@ -34,7 +35,12 @@ HEADERS_TOO_LARGE = {"success": False, "message": "Request headers too large"}
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def client_ip_header() -> ClientIPHeader:
+    return ClientIPHeader.X_FORWARDED_FOR
+
+
+@pytest.fixture
+def settings(database_url: str, client_ip_header: ClientIPHeader) -> Settings:
     return Settings(
         database_url=database_url,
         secret_key=TEST_SECRET,
@@ -45,6 +51,7 @@ def settings(database_url: str) -> Settings:
         max_body_bytes=MAX_BODY,
         max_header_bytes=MAX_HEADERS,
         trusted_proxies=[PROXY],
+        client_ip_header=client_ip_header,
         admin_token=SecretStr(ADMIN_TOKEN),
     )
 
@@ -241,13 +248,14 @@ def test_if_an_address_is_blocked_then_other_addresses_are_not(
     assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
 
 
+@pytest.mark.parametrize("client_ip_header", list(ClientIPHeader), ids=str)
 def test_if_one_client_behind_a_trusted_proxy_is_blocked_then_the_proxys_others_are_not(
-    client_from: ClientFactory, tenant: Tenant
+    client_from: ClientFactory, tenant: Tenant, client_ip_header: ClientIPHeader
 ) -> None:
     proxy = client_from(PROXY)
 
     def forward(client_ip: str, token: str) -> httpx2.Response:
-        headers = bearer(token) | {"X-Real-IP": client_ip, "X-Original-URI": "/v1/numbers"}
+        headers = bearer(token) | {client_ip_header: client_ip, "X-Original-URI": "/v1/numbers"}
         return proxy.get("/auth/forward", headers=headers)
 
     failures = [forward(CLIENT_IP, "kg_nope").status_code for _ in range(LIMIT + 1)]
@@ -255,6 +263,22 @@ def test_if_one_client_behind_a_trusted_proxy_is_blocked_then_the_proxys_others_
     assert failures == [401] * LIMIT + [429]
     assert forward(CLIENT_IP, tenant.token).status_code == 200
     assert forward(OTHER_IP, "kg_nope").status_code == 401
+
+
+@pytest.mark.parametrize("client_ip_header", list(ClientIPHeader), ids=str)
+def test_if_client_behind_a_trusted_proxy_varies_the_other_header_then_it_is_still_blocked(
+    client_from: ClientFactory, client_ip_header: ClientIPHeader
+) -> None:
+    [other] = [header for header in ClientIPHeader if header is not client_ip_header]
+    proxy = client_from(PROXY)
+
+    def fail(claimed: str) -> httpx2.Response:
+        headers = bearer("kg_nope") | {client_ip_header: CLIENT_IP, other: claimed}
+        return proxy.get("/auth/forward", headers=headers | {"X-Original-URI": "/v1/numbers"})
+
+    failures = [fail(f"198.51.100.{n}").status_code for n in range(LIMIT + 1)]
+
+    assert failures == [401] * LIMIT + [429]
 
 
 def test_if_forward_auth_blocks_an_address_then_429_carries_the_message_for_the_proxy(

@@ -3,6 +3,7 @@ from ipaddress import ip_address
 import pytest
 
 from keyguard.domain.network import (
+    ClientIPHeader,
     canonical_entry,
     client_address,
     is_permitted,
@@ -68,49 +69,90 @@ def test_unparseable_or_zoned_client_address_is_none(text: str) -> None:
 
 
 TRUSTED = parse_networks(["127.0.0.1", "10.0.0.0/8"])
+REAL_IP = ClientIPHeader.X_REAL_IP
+
+
+def test_forwarded_for_is_the_default_header() -> None:
+    assert client_address("127.0.0.1", ["198.51.100.1"], TRUSTED) == "198.51.100.1"
 
 
 def test_forwarded_for_is_ignored_from_untrusted_peer() -> None:
-    assert client_address("203.0.113.5", "198.51.100.1", TRUSTED) == "203.0.113.5"
+    assert client_address("203.0.113.5", ["198.51.100.1"], TRUSTED) == "203.0.113.5"
 
 
 def test_forwarded_for_is_ignored_without_trusted_proxies() -> None:
-    assert client_address("127.0.0.1", "198.51.100.1", ()) == "127.0.0.1"
+    assert client_address("127.0.0.1", ["198.51.100.1"], ()) == "127.0.0.1"
 
 
 def test_right_most_untrusted_forwarded_address_wins() -> None:
-    forged_then_real = "6.6.6.6, 198.51.100.1, 10.1.1.1"
+    forged_then_real = ["6.6.6.6, 198.51.100.1, 10.1.1.1"]
     assert client_address("127.0.0.1", forged_then_real, TRUSTED) == "198.51.100.1"
 
 
+def test_repeated_forwarded_for_fields_are_one_list_of_hops() -> None:
+    fields = ["6.6.6.6", "198.51.100.1, 10.1.1.1"]
+    assert client_address("127.0.0.1", fields, TRUSTED) == "198.51.100.1"
+
+
 def test_all_trusted_chain_yields_left_most() -> None:
-    assert client_address("127.0.0.1", "10.0.0.7, 10.0.0.8", TRUSTED) == "10.0.0.7"
+    assert client_address("127.0.0.1", ["10.0.0.7, 10.0.0.8"], TRUSTED) == "10.0.0.7"
 
 
 def test_unparseable_forwarded_hop_is_returned_as_written_to_be_refused() -> None:
-    assert client_address("127.0.0.1", "not-an-ip", TRUSTED) == "not-an-ip"
+    assert client_address("127.0.0.1", ["not-an-ip"], TRUSTED) == "not-an-ip"
     assert parse_address("not-an-ip") is None
 
 
 def test_missing_peer_is_none() -> None:
-    assert client_address(None, "1.2.3.4", TRUSTED) is None
+    assert client_address(None, ["1.2.3.4"], TRUSTED) is None
+    assert client_address(None, ["1.2.3.4"], TRUSTED, REAL_IP) is None
+
+
+@pytest.mark.parametrize("header", list(ClientIPHeader), ids=str)
+def test_trusted_peer_without_the_header_is_the_client(header: ClientIPHeader) -> None:
+    assert client_address("127.0.0.1", [], TRUSTED, header) == "127.0.0.1"
 
 
 def test_real_ip_from_trusted_proxy_is_the_client() -> None:
-    assert client_address("127.0.0.1", None, TRUSTED, real_ip="198.51.100.9") == "198.51.100.9"
+    assert client_address("127.0.0.1", ["198.51.100.9"], TRUSTED, REAL_IP) == "198.51.100.9"
 
 
-def test_real_ip_is_the_right_most_hop() -> None:
-    forged = "6.6.6.6"
-    assert client_address("127.0.0.1", forged, TRUSTED, real_ip="198.51.100.9") == "198.51.100.9"
-    assert client_address("127.0.0.1", "198.51.100.1", TRUSTED, real_ip="10.0.0.2") == (
-        "198.51.100.1"
+def test_real_ip_is_canonical() -> None:
+    assert client_address("127.0.0.1", ["::FFFF:198.51.100.9"], TRUSTED, REAL_IP) == (
+        "198.51.100.9"
     )
 
 
+def test_real_ip_naming_a_trusted_proxy_is_still_the_client() -> None:
+    assert client_address("127.0.0.1", ["10.0.0.2"], TRUSTED, REAL_IP) == "10.0.0.2"
+
+
 def test_real_ip_from_untrusted_peer_is_ignored() -> None:
-    assert client_address("203.0.113.5", None, TRUSTED, real_ip="198.51.100.9") == "203.0.113.5"
+    assert client_address("203.0.113.5", ["198.51.100.9"], TRUSTED, REAL_IP) == "203.0.113.5"
 
 
-def test_trusted_peer_without_proxy_headers_is_the_client() -> None:
-    assert client_address("127.0.0.1", None, TRUSTED) == "127.0.0.1"
+def test_real_ip_is_ignored_without_trusted_proxies() -> None:
+    assert client_address("127.0.0.1", ["198.51.100.9"], (), REAL_IP) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["198.51.100.9", "198.51.100.9"],
+        ["6.6.6.6", "198.51.100.9"],
+        ["198.51.100.9, 6.6.6.6"],
+        ["198.51.100.9:4711"],
+        ["not-an-ip"],
+        [""],
+    ],
+    ids=["repeated", "two_addresses", "a_list", "with_port", "not_an_address", "empty"],
+)
+def test_real_ip_that_is_not_exactly_one_address_leaves_the_client_unknown(
+    fields: list[str],
+) -> None:
+    assert client_address("127.0.0.1", fields, TRUSTED, REAL_IP) is None
+
+
+@pytest.mark.parametrize("header", ["x-real-ip", "X-Real-IP", "X-REAL-IP"])
+def test_header_names_are_case_insensitive(header: str) -> None:
+    assert ClientIPHeader(header) is REAL_IP

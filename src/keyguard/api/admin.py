@@ -50,7 +50,7 @@ def _operator(request: Request) -> Actor:
         presented.encode(), expected.get_secret_value().encode()
     ):
         raise Unauthorized()
-    facts = ProxiedRequest.scan(request.scope["headers"])
+    facts = ProxiedRequest.scan(request.scope["headers"], runtime.client_ip_header)
     return Actor("operator", None, facts.client(request.scope, runtime.trusted_proxies))
 
 

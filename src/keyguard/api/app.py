@@ -116,9 +116,10 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         KeyguardMiddleware,
         decider=runtime.decider,
         trusted_proxies=runtime.trusted_proxies,
+        client_ip_header=runtime.client_ip_header,
         protect=_protected,
     )
-    forward = ForwardAuth(runtime.decider, runtime.trusted_proxies)
+    forward = ForwardAuth(runtime.decider, runtime.trusted_proxies, runtime.client_ip_header)
     return Dispatcher(forward, LastResort(app), runtime.settings.max_header_bytes)
 
 

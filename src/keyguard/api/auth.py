@@ -25,7 +25,7 @@ from keyguard.api.keys import read_json
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
 from keyguard.decide import Decider, Decision
 from keyguard.domain.keys import bearer_token
-from keyguard.domain.network import Network
+from keyguard.domain.network import ClientIPHeader, Network
 from keyguard.errors import InvalidInput
 from keyguard.middleware import ProxiedRequest, send_decision
 
@@ -49,15 +49,21 @@ def is_forward_auth(path: str) -> bool:
 class ForwardAuth:
     """Answer 200 with the caller's identity, or 401/403 with a Wavix body."""
 
-    def __init__(self, decider: Decider, trusted_proxies: tuple[Network, ...]) -> None:
+    def __init__(
+        self,
+        decider: Decider,
+        trusted_proxies: tuple[Network, ...],
+        client_ip_header: ClientIPHeader,
+    ) -> None:
         self.decider = decider
         self.trusted_proxies = trusted_proxies
+        self.client_ip_header = client_ip_header
         # The identity headers of recent answers, built once per (account, key, scope).
         self._identities: dict[tuple[object, ...], list[tuple[bytes, bytes]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
         try:
-            facts = ProxiedRequest.scan(scope["headers"])
+            facts = ProxiedRequest.scan(scope["headers"], self.client_ip_header)
             method = facts.original_method or scope["method"]
             uri = facts.original_uri
             if uri is None:  # Envoy: the original path follows /auth/forward

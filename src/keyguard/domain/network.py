@@ -6,6 +6,7 @@ its own address.
 """
 
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -52,29 +53,46 @@ def is_permitted(address: Address, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+class ClientIPHeader(StrEnum):
+    """The one request header that may name the client, when a trusted proxy sent it.
+
+    Only one is ever believed: a proxy overwrites or appends to the header it
+    manages and passes the client's others through untouched, so believing a
+    second header would let the client choose its own address.
+    """
+
+    X_FORWARDED_FOR = "x-forwarded-for"
+    X_REAL_IP = "x-real-ip"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "ClientIPHeader | None":
+        lowered = value.lower() if isinstance(value, str) else None
+        return next((member for member in cls if member.value == lowered), None)
+
+
 def client_address(
     peer: str | None,
-    forwarded_for: str | None,
+    values: list[str],
     trusted: tuple[Network, ...],
-    real_ip: str | None = None,
+    header: ClientIPHeader = ClientIPHeader.X_FORWARDED_FOR,
 ) -> str | None:
     """The address a decision should judge.
 
-    Proxy headers are read only when the TCP peer is a trusted proxy. ``X-Real-IP``
-    is the proxy's own view of its client, so it is the right-most hop, after
-    ``X-Forwarded-For``. Walking the hops from the right, the first address that
-    is not itself a trusted proxy is the client: everything to its left was
-    written by the client and may be forged.
+    ``values`` are the request's ``header`` fields, as received; they are read
+    only when the TCP peer is a trusted proxy. ``X-Forwarded-For``: walking the
+    hops from the right, the first address that is not itself a trusted proxy is
+    the client; everything to its left was written by the client and may be
+    forged. ``X-Real-IP``: the proxy's own view of its client, so exactly one
+    field holding an address; anything else leaves the client unknown (``None``),
+    which no restricted key permits.
     """
     if peer is None:
         return None
-    if not trusted or not _judge(peer, trusted)[1]:
+    if not values or not trusted or not _judge(peer, trusted)[1]:
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",")] if forwarded_for else []
-    if real_ip:
-        hops.append(real_ip.strip())
-    if not hops:
-        return peer
+    if header is ClientIPHeader.X_REAL_IP:
+        return _judge(values[0].strip(), trusted)[0] if len(values) == 1 else None
+    hops = [hop.strip() for value in values for hop in value.split(",")]
     for hop in reversed(hops):
         canonical, is_trusted = _judge(hop, trusted)
         if canonical is None:
