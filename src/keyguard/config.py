@@ -4,6 +4,10 @@ Only the CLI entry point and the app factory build a :class:`Settings`; every
 other module receives what it needs through its constructor.
 """
 
+import difflib
+import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +19,9 @@ from keyguard.domain.network import ClientIPHeader, canonical_entry
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
 from keyguard.service import SecretDisplay
+from keyguard.vault import MIN_SECRET_BYTES
+
+log = logging.getLogger("keyguard")
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/keyguard.db"
 
@@ -89,6 +96,13 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-16 lowercase letters or digits")
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies(cls, value: object) -> object:
@@ -110,7 +124,13 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """Settings from the environment, or a :class:`ConfigurationError` that says what to fix."""
+    """Settings from the environment, or a :class:`ConfigurationError` that says what to fix.
+
+    A ``KEYGUARD_*`` variable that names no setting is most likely a typo of one
+    that then keeps its default: it is reported, with the closest known name.
+    """
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     try:
         return Settings()
     except ValidationError as error:
@@ -119,3 +139,18 @@ def load_settings() -> Settings:
             for issue in error.errors()
         )
         raise ConfigurationError(f"Invalid settings: {problems}.") from None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A sentence for each ``KEYGUARD_*`` variable in ``environ`` that is no setting."""
+    known = [name.upper() for name in Settings.model_fields]
+    sentences = []
+    for variable in sorted(environ):
+        prefix, _, name = variable.partition("_")
+        # KEYGUARD_TEST_* configure the test suite, not keyguard.
+        if prefix != "KEYGUARD" or name in known or name.startswith("TEST_"):
+            continue
+        closest = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean KEYGUARD_{closest[0]}?" if closest else ""
+        sentences.append(f"{variable} is not a keyguard setting and is ignored{hint}")
+    return sentences

@@ -1,0 +1,45 @@
+"""Settings: every bad value names its variable; a misspelt one is pointed out."""
+
+import pytest
+
+from keyguard.config import load_settings, unknown_variables
+from keyguard.errors import ConfigurationError
+
+
+def test_short_secret_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_SECRET_KEY", "x" * 31)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert refused.value.message == (
+        "Invalid settings: KEYGUARD_SECRET_KEY: Value error, must be at least 32 bytes."
+    )
+
+
+def test_a_secret_of_32_bytes_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_SECRET_KEY", "é" * 16)  # 16 characters, 32 bytes
+    secret = load_settings().secret_key
+    assert secret is not None
+    assert secret.get_secret_value() == "é" * 16
+
+
+def test_unknown_variable_is_reported_with_the_closest_setting() -> None:
+    environ = {
+        "KEYGUARD_DATABSE_URL": "sqlite:///x.db",
+        "KEYGUARD_TRUSTED_PROXIES": "10.0.0.1",
+        "KEYGUARD_ZZZ": "1",
+        "KEYGUARD_TEST_POSTGRES_URL": "postgresql://",
+        "PATH": "/usr/bin",
+    }
+    assert unknown_variables(environ) == [
+        "KEYGUARD_DATABSE_URL is not a keyguard setting and is ignored;"
+        " did you mean KEYGUARD_DATABASE_URL?",
+        "KEYGUARD_ZZZ is not a keyguard setting and is ignored",
+    ]
+
+
+def test_unknown_variable_is_logged_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KEYGUARD_REFRESH_INTERVALL", "0.5")
+    load_settings()
+    assert "did you mean KEYGUARD_REFRESH_INTERVAL?" in caplog.text
