@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from keyguard.config import Settings, load_settings
+from keyguard.domain.network import ClientIPHeader
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
 from keyguard.runtime import Keyguard
@@ -52,6 +53,10 @@ def test_missing_route_map_is_explained(tmp_path: Path) -> None:
         Keyguard(_settings(tmp_path, routes=tmp_path / "missing.tsv"))
 
 
+def test_client_ip_header_defaults_to_x_forwarded_for(tmp_path: Path) -> None:
+    assert Keyguard(_settings(tmp_path)).client_ip_header is ClientIPHeader.X_FORWARDED_FOR
+
+
 def test_unknown_routes_setting_reaches_the_map(tmp_path: Path) -> None:
     keyguard = Keyguard(_settings(tmp_path, unknown_routes="deny"))
     assert keyguard.routes.unknown is UnknownRoutes.DENY
@@ -61,8 +66,10 @@ def test_settings_come_from_keyguard_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("KEYGUARD_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")
     monkeypatch.setenv("KEYGUARD_SECRET_DISPLAY", "masked")
     monkeypatch.setenv("KEYGUARD_UNKNOWN_ROUTES", "deny")
+    monkeypatch.setenv("KEYGUARD_CLIENT_IP_HEADER", "X-Real-IP")
     settings = load_settings()
     assert settings.trusted_proxies == ["127.0.0.1", "10.0.0.0/8"]
+    assert settings.client_ip_header is ClientIPHeader.X_REAL_IP
     assert settings.secret_display.value == "masked"
     assert settings.unknown_routes is UnknownRoutes.DENY
 
@@ -73,6 +80,7 @@ def test_settings_come_from_keyguard_environment(monkeypatch: pytest.MonkeyPatch
         ("KEYGUARD_TRUSTED_PROXIES", "10.0.0.1/8", "KEYGUARD_TRUSTED_PROXIES"),
         ("KEYGUARD_SECRET_DISPLAY", "partial", "KEYGUARD_SECRET_DISPLAY"),
         ("KEYGUARD_UNKNOWN_ROUTES", "allow", "KEYGUARD_UNKNOWN_ROUTES"),
+        ("KEYGUARD_CLIENT_IP_HEADER", "forwarded", "KEYGUARD_CLIENT_IP_HEADER"),
         ("KEYGUARD_USAGE_FLUSH_INTERVAL", "0", "KEYGUARD_USAGE_FLUSH_INTERVAL"),
     ],
 )

@@ -70,6 +70,10 @@ class ClientIPHeader(StrEnum):
         return next((member for member in cls if member.value == lowered), None)
 
 
+# A module global: looking a member up on its enum class costs ~0.1 µs per request.
+_X_REAL_IP = ClientIPHeader.X_REAL_IP
+
+
 def client_address(
     peer: str | None,
     values: list[str],
@@ -90,7 +94,7 @@ def client_address(
         return None
     if not values or not trusted or not _judge(peer, trusted)[1]:
         return peer
-    if header is ClientIPHeader.X_REAL_IP:
+    if header is _X_REAL_IP:
         return _judge(values[0].strip(), trusted)[0] if len(values) == 1 else None
     hops = [hop.strip() for value in values for hop in value.split(",")]
     for hop in reversed(hops):
