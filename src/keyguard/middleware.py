@@ -39,6 +39,7 @@ class ProxiedRequest:
     client_ips: list[str] = field(default_factory=list)
     original_method: str | None = None
     original_uri: str | None = None
+    conflicting: bool = False  # two original-request headers that disagree
 
     @classmethod
     def scan(
@@ -53,10 +54,19 @@ class ProxiedRequest:
             elif name == client_ip_name:
                 found.client_ips.append(raw.decode("latin-1"))
             elif name in _METHOD_HEADERS:
-                found.original_method = found.original_method or raw.decode("latin-1")
+                found.original_method = found._original(found.original_method, raw)
             elif name in _URI_HEADERS:
-                found.original_uri = found.original_uri or raw.decode("latin-1")
+                found.original_uri = found._original(found.original_uri, raw)
         return found
+
+    def _original(self, seen: str | None, raw: bytes) -> str:
+        # A proxy sets one of these; a client may send the other (most proxies pass
+        # client headers on to the auth request). Which one comes first depends on
+        # the proxy, so two that disagree make the request impossible to judge.
+        value = raw.decode("latin-1")
+        if seen is not None and seen != value:
+            self.conflicting = True
+        return seen if seen is not None else value
 
     def credential(self, query: str) -> str | None:
         """The key: the ``Authorization`` header, or ``appid`` in ``query``."""

@@ -204,6 +204,55 @@ def test_no_spelling_of_a_path_reaches_a_scope_it_should_not(
     }
 
 
+CONFLICTING = {
+    "success": False,
+    "message": "Conflicting original-request headers: the request cannot be judged",
+}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([("X-Original-URI", "/v1/trunks"), ("X-Forwarded-Uri", "/v1/numbers")],
+                     id="uri_nginx_style_first"),
+        pytest.param([("X-Forwarded-Uri", "/v1/trunks"), ("X-Original-URI", "/v1/numbers")],
+                     id="uri_traefik_style_first"),
+        pytest.param([("X-Original-URI", "/v1/trunks"), ("X-Original-URI", "/v1/numbers")],
+                     id="uri_twice"),
+        pytest.param([("X-Original-Method", "DELETE"), ("X-Forwarded-Method", "GET"),
+                      ("X-Original-URI", "/v1/numbers/1")], id="method_both_styles"),
+    ],
+)  # fmt: skip
+def test_if_original_request_headers_disagree_then_403(
+    proxy: TestClient, keyguard: Keyguard, tenant: Tenant, headers: list[tuple[str, str]]
+) -> None:
+    """A proxy sets one style; the other may come from the client, in either order."""
+    token = _key(keyguard, tenant, scopes_enabled=True, numbers={"allow": "read"})
+
+    response = proxy.get("/auth/forward", headers=[("Authorization", f"Bearer {token}"), *headers])
+
+    assert (response.status_code, response.json()) == (403, CONFLICTING)
+
+
+def test_if_original_request_headers_agree_then_they_are_judged(
+    proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+) -> None:
+    token = _key(keyguard, tenant, scopes_enabled=True, numbers={"allow": "read"})
+    status, headers, _ = _forward(proxy, token, "/v1/numbers", **{"X-Forwarded-Uri": "/v1/numbers"})
+    assert (status, headers["x-keyguard-scope"]) == (200, "numbers:read")
+
+
+def test_if_an_envoy_path_comes_with_an_original_uri_header_then_403(
+    proxy: TestClient, keyguard: Keyguard, tenant: Tenant
+) -> None:
+    token = _key(keyguard, tenant, scopes_enabled=True, numbers={"allow": "read"})
+    headers = {"Authorization": f"Bearer {token}", "X-Original-URI": "/v1/numbers"}
+
+    response = proxy.delete("/auth/forward/v1/trunks/1", headers=headers)
+
+    assert (response.status_code, response.json()) == (403, CONFLICTING)
+
+
 def test_unknown_route_allows_full_access_only(
     proxy: TestClient, keyguard: Keyguard, tenant: Tenant
 ) -> None:

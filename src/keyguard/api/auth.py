@@ -40,6 +40,9 @@ _ERROR_HEADERS = [
 
 
 _IDENTITY_LIMIT = 65_536
+CONFLICTING_HEADERS = Decision(
+    False, 403, "Conflicting original-request headers: the request cannot be judged"
+)
 
 
 def is_forward_auth(path: str) -> bool:
@@ -65,18 +68,20 @@ class ForwardAuth:
         try:
             facts = ProxiedRequest.scan(scope["headers"], self.client_ip_header)
             method = facts.original_method or scope["method"]
+            # The raw path, as sent: a decoded one could hide an encoded "?" or "#"
+            # that turns the rest of the path into a query the upstream never sees.
+            raw = scope.get("raw_path") or scope["path"].encode("latin-1")
+            rest = raw.decode("latin-1")[len(FORWARD_PATH) :]
             uri = facts.original_uri
             if uri is None:  # Envoy: the original path follows /auth/forward
-                # The raw path, as sent: a decoded one could hide an encoded "?" or "#"
-                # that turns the rest of the path into a query the upstream never sees.
-                raw = scope.get("raw_path") or scope["path"].encode("latin-1")
                 query = scope.get("query_string", b"").decode("latin-1")
-                rest = raw.decode("latin-1")[len(FORWARD_PATH) :] or "/"
-                uri = rest + (f"?{query}" if query else "")
-            path, _, query = uri.partition("?")
-            decision = self.decider.decide(
-                facts.credential(query), facts.client(scope, self.trusted_proxies), method, path
-            )
+                uri = (rest or "/") + (f"?{query}" if query else "")
+            if facts.conflicting or (rest and facts.original_uri is not None):
+                decision = CONFLICTING_HEADERS
+            else:
+                path, _, query = uri.partition("?")
+                client = facts.client(scope, self.trusted_proxies)
+                decision = self.decider.decide(facts.credential(query), client, method, path)
         except Exception as error:  # a bug must still answer, and must not log input
             log.error("unexpected %s in forward auth", type(error).__name__)
             await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
