@@ -157,10 +157,12 @@ def verify_router(decider: Decider, token: str | None) -> APIRouter:
         except ValidationError as error:
             location = error.errors()[0].get("loc", ())
             raise InvalidInput.parameter(str(location[0]) if location else "body") from None
-        # Failed authentications are charged to the caller, not to the address it
-        # reports: a caller must not be able to lock other clients out.
+        # Failed authentications are charged to the address the caller reports only
+        # when the caller proved it is the configured backend; an anonymous caller is
+        # charged itself, so that it cannot lock other clients out.
         caller = request.client.host if request.client else None
-        decision = decider.decide(asked.key, asked.ip, asked.method, asked.path, charge=caller)
+        charge = asked.ip if token is not None else caller
+        decision = decider.decide(asked.key, asked.ip, asked.method, asked.path, charge=charge)
         return JSONResponse(
             {
                 "allowed": decision.allowed,
