@@ -273,6 +273,11 @@ def test_per_page_may_be_100(client: TestClient, tenant: Tenant) -> None:
         pytest.param({"action": "key.explode"}, "action", id="unknown_action"),
         pytest.param({"from": "yesterday"}, "from", id="from_word"),
         pytest.param({"to": "2026-13-01T00:00:00Z"}, "to", id="to_month_13"),
+        # valid times whose UTC instant is outside years 1-9999, which no database stores
+        pytest.param({"from": "9999-12-31T23:00:00-05:00"}, "from", id="from_after_9999_utc"),
+        pytest.param({"to": "9999-12-31T23:00:00-05:00"}, "to", id="to_after_9999_utc"),
+        pytest.param({"from": "0001-01-01T00:00:00+05:00"}, "from", id="from_before_0001_utc"),
+        pytest.param({"to": "0001-01-01T00:00:00+05:00"}, "to", id="to_before_0001_utc"),
     ],
 )
 def test_if_filter_or_page_is_invalid_then_400_wavix_body(
@@ -284,6 +289,19 @@ def test_if_filter_or_page_is_invalid_then_400_wavix_body(
         400,
         {"success": False, "message": f"Missing or invalid parameter {name}"},
     )
+
+
+def test_times_at_the_ends_of_the_utc_range_are_accepted(
+    client: TestClient, tenant: Tenant
+) -> None:
+    everything = len(items(client, tenant))
+
+    assert len(items(client, tenant, **{"from": "0001-01-01T00:00:00Z"})) == everything
+    assert len(items(client, tenant, **{"from": "0001-01-01T05:00:00+05:00"})) == everything
+    assert len(items(client, tenant, to="9999-12-31T23:59:59Z")) == everything
+    assert len(items(client, tenant, to="9999-12-31T18:59:59-05:00")) == everything
+    assert items(client, tenant, **{"from": "9999-12-31T23:59:59"}) == []
+    assert items(client, tenant, to="0001-01-01T00:00:00") == []
 
 
 # -- who may read it -------------------------------------------------------------------------
