@@ -395,3 +395,26 @@ def test_if_label_filter_is_longer_than_a_label_then_400(
         400,
         {"success": False, "message": invalid("label")},
     )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("label=a%00b", id="nul"),
+        pytest.param("label=%00", id="only_nul"),
+        pytest.param("label=a%01b", id="control_character"),
+        pytest.param("label=a%09b", id="tab"),
+        pytest.param("label=a%7Fb", id="delete"),
+        pytest.param("label=a%C2%85b", id="c1_control_character"),
+    ],
+)
+def test_if_label_filter_has_a_character_no_label_has_then_400(
+    client: TestClient, tenant: Tenant, query: str
+) -> None:
+    # A label never holds control characters, and PostgreSQL cannot compare NUL.
+    response = client.get(f"{KEYS}?{query}", headers=tenant.headers)
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"success": False, "message": invalid("label")},
+    )
