@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from keyguard.config import Settings
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import sql
-from tests.conftest import CLIENT_IP, ClientFactory, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
 
 KEYS = "/v1/api-keys"
 AUDIT = "/v1/audit-log"
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
+PROXY = "10.9.0.1"
 SECRET_FIELDS = {"value", "digest", "sealed_value", "token", "secret"}
 
 
@@ -170,6 +172,33 @@ def test_actor_ip_is_the_address_keyguard_judged_not_one_the_client_claims(
     [record] = items(peer, tenant, key_id=created.json()["id"])
 
     assert record["actor"] == {"type": "key", "key_id": tenant.key_id, "ip": "2001:db8::7"}
+
+
+class TestBehindATrustedProxy:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(database_url=database_url, secret_key=TEST_SECRET, trusted_proxies=[PROXY])
+
+    @pytest.mark.parametrize(
+        ("forwarded", "recorded"),
+        [
+            pytest.param("z" * 100, "z" * 64, id="longer_than_any_address"),
+            pytest.param("192.0.2.1\x00", "192.0.2.1?", id="nul"),
+            pytest.param("\x1b[31mred", "?[31mred", id="control_character"),
+        ],
+    )
+    def test_if_the_proxy_forwards_no_address_then_the_change_is_made_and_recorded_printable(
+        self, client_from: ClientFactory, tenant: Tenant, forwarded: str, recorded: str
+    ) -> None:
+        proxy = client_from(PROXY)
+
+        created = proxy.post(
+            KEYS, json={"label": "k"}, headers=tenant.headers | {"X-Real-IP": forwarded}
+        )
+
+        assert created.status_code == 200, created.text
+        [record] = items(proxy, tenant, key_id=created.json()["id"])
+        assert record["actor"] == {"type": "key", "key_id": tenant.key_id, "ip": recorded}
 
 
 # -- filters and pages -------------------------------------------------------------------------

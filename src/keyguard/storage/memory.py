@@ -18,7 +18,7 @@ from keyguard.domain.records import (
     StoredKey,
     settings_document,
 )
-from keyguard.storage import AuditQuery
+from keyguard.storage import AuditQuery, recorded_address
 
 _ACCOUNT_ACTIONS = {
     AccountStatus.ACTIVE: "account.resume",
@@ -257,6 +257,7 @@ class MemoryStore:
         before: Mapping[str, Any] | None = None,
         after: Mapping[str, Any] | None = None,
     ) -> None:
+        actor = replace(actor, ip=recorded_address(actor.ip))
         self._audit.append(
             AuditRecord(
                 len(self._audit) + 1, account_id, _now(), action, key_id, actor, before, after

@@ -52,7 +52,7 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
-from keyguard.storage import AuditQuery, ChangeSignal
+from keyguard.storage import AuditQuery, ChangeSignal, recorded_address
 from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
 
 CHANNEL = "keyguard_changes"
@@ -536,7 +536,7 @@ def _audit(
             key_id=key_id,
             actor=actor.kind,
             actor_key_id=actor.key_id,
-            ip=actor.ip,
+            ip=recorded_address(actor.ip),
             before=before,
             after=after,
         )
