@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Tenant
+from tests.conftest import ClientFactory, Tenant
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -243,6 +243,31 @@ def test_if_permitted_ip_is_an_address_or_cidr_range_then_accepted(
     assert created["permitted_ips"] == [entry]
     assert response.status_code == 200
     assert response.json()["permitted_ips"] == [entry]
+
+
+@pytest.mark.parametrize(
+    ("entry", "stored"),
+    [
+        pytest.param("::ffff:192.0.2.1", "192.0.2.1", id="address"),
+        pytest.param("::ffff:192.0.2.0/120", "192.0.2.0/24", id="range"),
+    ],
+)
+def test_if_permitted_ip_is_ipv4_mapped_then_stored_as_ipv4_and_matches_that_client(
+    client_from: ClientFactory, client: TestClient, tenant: Tenant, entry: str, stored: str
+) -> None:
+    key = create_key(client, tenant, restricted=True, permitted_ips=[entry])
+    path = f"{KEYS}/{key['id']}"
+
+    def status_from(ip: str) -> int:
+        return (
+            client_from(ip)
+            .get(path, headers={"Authorization": f"Bearer {key['value']}"})
+            .status_code
+        )
+
+    assert key["permitted_ips"] == [stored]
+    assert (status_from("192.0.2.1"), status_from("::ffff:192.0.2.1")) == (200, 200)
+    assert status_from("198.51.100.1") == 403
 
 
 @pytest.mark.parametrize(
