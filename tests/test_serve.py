@@ -98,6 +98,25 @@ def test_generated_secret_file_is_beside_the_database_and_private(servers: Serve
     assert secret not in server.stderr
 
 
+def test_sqlite_database_its_wal_files_and_the_folder_made_for_them_are_private(
+    servers: Servers, tmp_path: Path
+) -> None:
+    folder = tmp_path / "private" / "data"
+    database = folder / "keyguard.db"
+    server = servers("private", settings={"KEYGUARD_DATABASE_URL": f"sqlite:///{database}"})
+    server.create_account("acme")
+    server.start()
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(folder) == 0o700
+    files = [database, database.with_name("keyguard.db-wal"), database.with_name("keyguard.db-shm")]
+    assert {path.name: mode(path) for path in files} == dict.fromkeys(
+        ["keyguard.db", "keyguard.db-wal", "keyguard.db-shm"], 0o600
+    )
+
+
 def answered_alike_by_every_worker(
     server: KeyguardServer, token: str, path: str, status: int
 ) -> None:

@@ -46,6 +46,7 @@ def test_secret_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     first = load_or_create_secret(path)
     assert len(first) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert load_or_create_secret(path) == first
 
 

@@ -6,6 +6,7 @@ writers, so a cache that reads changes by revision never misses one.
 """
 
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -95,14 +96,8 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
             pool_timeout=10,
             connect_args={"connect_timeout": 5},
         )
-    if parsed.database and parsed.database != ":memory:":
-        folder = Path(parsed.database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigurationError(
-                f"Cannot create the database folder {folder}: {error.strerror}."
-            ) from None
+    if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
+        _create_private(Path(parsed.database))
     # A connection per request thread (the server runs up to 40): cheap for SQLite,
     # and opening one costs more than a query.
     engine = create_engine(
@@ -124,6 +119,32 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
+
+
+def _create_private(database: Path) -> None:
+    """Create the database file (0600) and the folders missing above it (0700).
+
+    SQLite would create the file readable by everyone; it gives its ``-wal`` and
+    ``-shm`` files the database file's mode, so they are private too. An existing
+    file or folder keeps its mode.
+    """
+    folder = database.parent
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        for path in reversed(missing):
+            path.mkdir(mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"Cannot create the database folder {folder}: {error.strerror}."
+        ) from None
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing database, or another process created it just now
+    except OSError as error:
+        raise ConfigurationError(
+            f"Cannot create the database file {database}: {error.strerror}."
+        ) from None
 
 
 def _casefold(text: str | None) -> str | None:
