@@ -303,3 +303,18 @@ def test_usage_within_the_settle_time_is_not_rewritten(store: Store) -> None:
     stored = store.get_key(account_id, key.id)
     assert stored is not None
     assert stored.last_used_at == first + timedelta(seconds=60)
+
+
+def test_secret_check_is_absent_until_proposed_and_the_first_proposal_stays(store: Store) -> None:
+    first, second = b"\x01" * 32, b"\x02" * 32
+    assert store.secret_check() is None
+    assert store.secret_check(first) == first
+    assert store.secret_check(second) == first
+    assert store.secret_check() == first
+
+
+def test_recording_the_secret_check_is_no_change_to_keys(store: Store) -> None:
+    _account(store)
+    revision = store.changes_since(0).revision
+    store.secret_check(b"\x01" * 32)
+    assert store.changes_since(revision) == Changes(revision, [], [])

@@ -144,6 +144,14 @@ class Store(Protocol):
     def change_signal(self) -> ChangeSignal | None:
         """A push channel for changes, if the backend has one; polling covers the rest."""
 
+    def secret_check(self, proposed: bytes | None = None) -> bytes | None:
+        """The check value of the server secret the database was set up with.
+
+        If there is none yet and ``proposed`` is given, ``proposed`` becomes it: of
+        processes starting together, the first to propose one wins. It is no change
+        to keys or accounts and moves no revision.
+        """
+
 
 def open_store(url: str, pool_size: int = 5) -> Store:
     """The backend for a database URL: ``postgresql://…``, ``sqlite:///path``, ``memory://``."""

@@ -41,6 +41,7 @@ class MemoryStore:
         self._digests: set[bytes] = set()
         self._audit: list[AuditRecord] = []
         self._revision = 0
+        self._secret_check: bytes | None = None
 
     def migrate(self) -> None:
         pass
@@ -53,6 +54,12 @@ class MemoryStore:
 
     def change_signal(self) -> None:
         return None
+
+    def secret_check(self, proposed: bytes | None = None) -> bytes | None:
+        with self._lock:
+            if self._secret_check is None:
+                self._secret_check = proposed
+            return self._secret_check
 
     # -- accounts -----------------------------------------------------------------
 

@@ -216,6 +216,19 @@ class SQLStore:
         conninfo = self.engine.url.set(drivername="postgresql")
         return PostgresChangeSignal(conninfo.render_as_string(hide_password=False), CHANNEL)
 
+    def secret_check(self, proposed: bytes | None = None) -> bytes | None:
+        with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(keyguard_write=proposed is not None)
+            with connection.begin():
+                if proposed is not None:
+                    connection.execute(
+                        update(meta)
+                        .where(meta.c.secret_check.is_(None))
+                        .values(secret_check=proposed)
+                    )
+                stored = connection.execute(select(meta.c.secret_check)).scalar_one()
+        return None if stored is None else bytes(stored)
+
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
         with self._translate_errors(), self.engine.connect() as connection:
