@@ -3,6 +3,7 @@
 import re
 import shlex
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server import KeyguardServer, Servers
+from tests.server import (
+    HOST,
+    START_TIMEOUT,
+    KeyguardServer,
+    Servers,
+    free_port,
+    keyguard_command,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +104,95 @@ def test_generated_secret_file_is_beside_the_database_and_private(servers: Serve
     assert len(secret) >= 32
     assert secret not in server.stdout
     assert secret not in server.stderr
+
+
+def test_sqlite_database_its_wal_files_and_the_folder_made_for_them_are_private(
+    servers: Servers, tmp_path: Path
+) -> None:
+    folder = tmp_path / "private" / "data"
+    database = folder / "keyguard.db"
+    server = servers("private", settings={"KEYGUARD_DATABASE_URL": f"sqlite:///{database}"})
+    server.create_account("acme")
+    server.start()
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(folder) == 0o700
+    files = [database, database.with_name("keyguard.db-wal"), database.with_name("keyguard.db-shm")]
+    assert {path.name: mode(path) for path in files} == dict.fromkeys(
+        ["keyguard.db", "keyguard.db-wal", "keyguard.db-shm"], 0o600
+    )
+
+
+def keyguard_fails(server: KeyguardServer, *args: str) -> str:
+    """Run a ``keyguard`` command that must stop at once with status 1; its stderr."""
+    done = subprocess.run(
+        [*keyguard_command(), *args],
+        cwd=server.folder,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    return done.stderr
+
+
+def serve_fails(server: KeyguardServer) -> str:
+    return keyguard_fails(server, "serve", "--host", HOST, "--port", str(free_port()))
+
+
+def test_if_the_secret_key_is_not_the_databases_then_every_command_stops_saying_so(
+    servers: Servers,
+) -> None:
+    server = servers("wrong-secret")
+    key = server.create_account("acme")["api_key"]["value"]
+    right = server.env["KEYGUARD_SECRET_KEY"]
+    server.env["KEYGUARD_SECRET_KEY"] = "another-secret-" + "fedcba9876543210" * 3
+
+    stderr = {
+        "serve": serve_fails(server),
+        "migrate": keyguard_fails(server, "migrate"),
+        "keys list": keyguard_fails(server, "keys", "list", "--account", "1"),
+        "accounts create": keyguard_fails(server, "accounts", "create", "minted"),
+    }
+
+    sentence = (
+        "keyguard: KEYGUARD_SECRET_KEY is not the server secret this database was set up "
+        "with, and keys made under one secret cannot be used under another: set it to the "
+        "original.\n"
+    )
+    assert stderr == dict.fromkeys(stderr, sentence)
+    server.env["KEYGUARD_SECRET_KEY"] = right
+    server.start()
+    answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert [item["label"] for item in answer.json()] == ["acme full access"]
+
+
+def test_if_the_secret_file_went_missing_then_serve_stops_until_it_is_restored(
+    servers: Servers,
+) -> None:
+    server = servers("lost-secret", secret_key=None).start()
+    key = printed_key(server.stdout)
+    server.stop()
+    secret_file = server.database.with_name("keyguard.secret")
+    backup = secret_file.read_bytes()
+    secret_file.unlink()
+
+    stderr = serve_fails(server)
+
+    assert stderr == (
+        f"keyguard: The secret file {secret_file} was missing and keyguard generated a new "
+        "one, but this database was set up with another secret, and keys made under one "
+        "secret cannot be used under another: restore the original file from a backup.\n"
+    )
+    secret_file.write_bytes(backup)
+    server.start()
+    answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(key), timeout=10)
+    assert answer.status_code == 200, answer.text
 
 
 def answered_alike_by_every_worker(

@@ -33,10 +33,11 @@ console = Console()
 
 @contextmanager
 def _keyguard() -> Iterator[Keyguard]:
-    """A migrated keyguard for one command, closed afterwards."""
+    """A migrated keyguard, its secret checked, for one command; closed afterwards."""
     runtime = Keyguard(load_settings())
     try:
         runtime.store.migrate()
+        runtime.check_secret()
         yield runtime
     finally:
         runtime.store.close()

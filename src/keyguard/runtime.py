@@ -20,7 +20,7 @@ from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
 from keyguard.usage import UsageRecorder
-from keyguard.vault import Vault, load_or_create_secret
+from keyguard.vault import Vault, load_or_create_secret, verify_secret, wrong_secret
 
 # keyguard's own management API; a key must have full access to use it.
 MANAGEMENT_ROUTES = (
@@ -77,6 +77,9 @@ class Keyguard:
             if store is not None
             else open_store(settings.database_url, settings.database_pool_size)
         )
+        self._secret_generated = (
+            settings.secret_key is None and not settings.resolved_secret_file().exists()
+        )
         self.vault = Vault(server_secret(settings))
         self.metrics = Metrics()
         self.cache = KeyCache(self.store, observe_lag=self.metrics.propagation_seconds.observe)
@@ -113,8 +116,15 @@ class Keyguard:
             ),
         ]
 
+    def check_secret(self) -> None:
+        """Refuse to go on with a server secret other than the database's."""
+        settings = self.settings
+        secret_file = None if settings.secret_key is not None else settings.resolved_secret_file()
+        verify_secret(self.vault, self.store, wrong_secret(secret_file, self._secret_generated))
+
     def start(self) -> None:
-        """Load the snapshot, then keep it and ``last_used_at`` current."""
+        """Check the secret, load the snapshot, then keep it and ``last_used_at`` current."""
+        self.check_secret()
         self.cache.refresh()
         signal = self.store.change_signal()
         if signal is not None:

@@ -16,6 +16,7 @@ from keyguard.domain.fields import (
     KeyChanges,
     is_clean_text,
     parse_create,
+    parse_filter,
     parse_update,
     settings_for_new_key,
 )
@@ -113,11 +114,13 @@ class KeyService:
         return account
 
     def audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
+        parse_filter("action", query.action)
         return self.store.list_audit(query)
 
     # -- keys -------------------------------------------------------------------
 
     def list_keys(self, account_id: int, label: str | None = None) -> list[KeyView]:
+        label = parse_filter("label", label)
         return [self._view(key) for key in self.store.list_keys(account_id, label)]
 
     def get_key(self, account_id: int, key_id: int) -> KeyView:

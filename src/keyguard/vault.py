@@ -1,6 +1,6 @@
 """The server secret and what it protects.
 
-Two keys are derived from the server secret with HKDF-SHA256:
+Three keys are derived from the server secret with HKDF-SHA256:
 
 * a MAC key: ``digest(token)`` is HMAC-SHA256, the value keys are looked up by.
   Keys are random with ~190 bits of entropy, so a fast keyed hash is enough
@@ -8,18 +8,23 @@ Two keys are derived from the server secret with HKDF-SHA256:
   denial-of-service lever.
 * an encryption key: ``seal(token)`` is AES-256-GCM, bound to the key's digest,
   so the secret can be shown again without being stored in plain text.
+* a check key: ``check_value`` is HMAC-SHA256 of a fixed label, kept in the
+  database so that a start with another secret is refused (:func:`verify_secret`).
 """
 
 import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keyguard.errors import ConfigurationError
+from keyguard.storage import Store
 
 MIN_SECRET_BYTES = 32
 _NONCE_BYTES = 12
@@ -44,6 +49,8 @@ class Vault:
         self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in mac_key.ljust(64, b"\0")))
         self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in mac_key.ljust(64, b"\0")))
         self._aead = AESGCM(_derive(secret, b"keyguard key display v1"))
+        check_key = _derive(secret, b"keyguard secret check v1")
+        self.check_value = hmac.digest(check_key, b"keyguard server secret", "sha256")
 
     def digest(self, token: str) -> bytes:
         """HMAC-SHA256 of the token under the derived MAC key."""
@@ -60,6 +67,55 @@ class Vault:
     def unseal(self, sealed: bytes, digest: bytes) -> str:
         nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
         return self._aead.decrypt(nonce, ciphertext, digest).decode()
+
+
+def verify_secret(vault: Vault, store: Store, wrong_secret: str) -> None:
+    """Refuse, with the sentence ``wrong_secret``, a secret other than the database's.
+
+    The database keeps the check value of the secret it was set up with. One from
+    before the check value is judged by a key instead, whose ciphertext opens only
+    under the right secret, and then takes the check value of this secret.
+    """
+    stored = store.secret_check()
+    if stored is None:
+        if not _opens_a_stored_key(vault, store):
+            raise ConfigurationError(wrong_secret)
+        stored = store.secret_check(vault.check_value)
+    if stored is None or not hmac.compare_digest(stored, vault.check_value):
+        raise ConfigurationError(wrong_secret)
+
+
+def wrong_secret(secret_file: Path | None, generated: bool) -> str:
+    """The sentence that stops a start whose secret is not the database's: from
+    ``secret_file``, just ``generated`` there, or from KEYGUARD_SECRET_KEY (None)."""
+    consequence = "keys made under one secret cannot be used under another"
+    if secret_file is None:
+        return (
+            "KEYGUARD_SECRET_KEY is not the server secret this database was set up with, "
+            f"and {consequence}: set it to the original."
+        )
+    found = (
+        "was missing and keyguard generated a new one, but this database was set up with "
+        "another secret"
+        if generated
+        else "does not hold the server secret this database was set up with"
+    )
+    return (
+        f"The secret file {secret_file} {found}, and {consequence}: "
+        "restore the original file from a backup."
+    )
+
+
+def _opens_a_stored_key(vault: Vault, store: Store) -> bool:
+    """Whether the first live key opens under this secret (True if there is none)."""
+    for key in store.changes_since(0).keys:
+        if key.sealed_value:
+            try:
+                vault.unseal(key.sealed_value, key.digest)
+            except InvalidTag:
+                return False
+            return True
+    return True
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from keyguard.config import Settings
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import sql
-from tests.conftest import CLIENT_IP, ClientFactory, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
 
 KEYS = "/v1/api-keys"
 AUDIT = "/v1/audit-log"
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
+PROXY = "10.9.0.1"
 SECRET_FIELDS = {"value", "digest", "sealed_value", "token", "secret"}
 
 
@@ -172,6 +174,33 @@ def test_actor_ip_is_the_address_keyguard_judged_not_one_the_client_claims(
     assert record["actor"] == {"type": "key", "key_id": tenant.key_id, "ip": "2001:db8::7"}
 
 
+class TestBehindATrustedProxy:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(database_url=database_url, secret_key=TEST_SECRET, trusted_proxies=[PROXY])
+
+    @pytest.mark.parametrize(
+        ("forwarded", "recorded"),
+        [
+            pytest.param("z" * 100, "z" * 64, id="longer_than_any_address"),
+            pytest.param("192.0.2.1\x00", "192.0.2.1?", id="nul"),
+            pytest.param("\x1b[31mred", "?[31mred", id="control_character"),
+        ],
+    )
+    def test_if_the_proxy_forwards_no_address_then_the_change_is_made_and_recorded_printable(
+        self, client_from: ClientFactory, tenant: Tenant, forwarded: str, recorded: str
+    ) -> None:
+        proxy = client_from(PROXY)
+
+        created = proxy.post(
+            KEYS, json={"label": "k"}, headers=tenant.headers | {"X-Real-IP": forwarded}
+        )
+
+        assert created.status_code == 200, created.text
+        [record] = items(proxy, tenant, key_id=created.json()["id"])
+        assert record["actor"] == {"type": "key", "key_id": tenant.key_id, "ip": recorded}
+
+
 # -- filters and pages -------------------------------------------------------------------------
 
 
@@ -273,6 +302,11 @@ def test_per_page_may_be_100(client: TestClient, tenant: Tenant) -> None:
         pytest.param({"action": "key.explode"}, "action", id="unknown_action"),
         pytest.param({"from": "yesterday"}, "from", id="from_word"),
         pytest.param({"to": "2026-13-01T00:00:00Z"}, "to", id="to_month_13"),
+        # valid times whose UTC instant is outside years 1-9999, which no database stores
+        pytest.param({"from": "9999-12-31T23:00:00-05:00"}, "from", id="from_after_9999_utc"),
+        pytest.param({"to": "9999-12-31T23:00:00-05:00"}, "to", id="to_after_9999_utc"),
+        pytest.param({"from": "0001-01-01T00:00:00+05:00"}, "from", id="from_before_0001_utc"),
+        pytest.param({"to": "0001-01-01T00:00:00+05:00"}, "to", id="to_before_0001_utc"),
     ],
 )
 def test_if_filter_or_page_is_invalid_then_400_wavix_body(
@@ -284,6 +318,19 @@ def test_if_filter_or_page_is_invalid_then_400_wavix_body(
         400,
         {"success": False, "message": f"Missing or invalid parameter {name}"},
     )
+
+
+def test_times_at_the_ends_of_the_utc_range_are_accepted(
+    client: TestClient, tenant: Tenant
+) -> None:
+    everything = len(items(client, tenant))
+
+    assert len(items(client, tenant, **{"from": "0001-01-01T00:00:00Z"})) == everything
+    assert len(items(client, tenant, **{"from": "0001-01-01T05:00:00+05:00"})) == everything
+    assert len(items(client, tenant, to="9999-12-31T23:59:59Z")) == everything
+    assert len(items(client, tenant, to="9999-12-31T18:59:59-05:00")) == everything
+    assert items(client, tenant, **{"from": "9999-12-31T23:59:59"}) == []
+    assert items(client, tenant, to="0001-01-01T00:00:00") == []
 
 
 # -- who may read it -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Tenant
+from tests.conftest import ClientFactory, Tenant
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -246,6 +246,31 @@ def test_if_permitted_ip_is_an_address_or_cidr_range_then_accepted(
 
 
 @pytest.mark.parametrize(
+    ("entry", "stored"),
+    [
+        pytest.param("::ffff:192.0.2.1", "192.0.2.1", id="address"),
+        pytest.param("::ffff:192.0.2.0/120", "192.0.2.0/24", id="range"),
+    ],
+)
+def test_if_permitted_ip_is_ipv4_mapped_then_stored_as_ipv4_and_matches_that_client(
+    client_from: ClientFactory, client: TestClient, tenant: Tenant, entry: str, stored: str
+) -> None:
+    key = create_key(client, tenant, restricted=True, permitted_ips=[entry])
+    path = f"{KEYS}/{key['id']}"
+
+    def status_from(ip: str) -> int:
+        return (
+            client_from(ip)
+            .get(path, headers={"Authorization": f"Bearer {key['value']}"})
+            .status_code
+        )
+
+    assert key["permitted_ips"] == [stored]
+    assert (status_from("192.0.2.1"), status_from("::ffff:192.0.2.1")) == (200, 200)
+    assert status_from("198.51.100.1") == 403
+
+
+@pytest.mark.parametrize(
     ("fields", "expected"),
     [
         pytest.param({"label": "a" * 255}, {"label": "a" * 255}, id="label_255_chars"),
@@ -390,6 +415,29 @@ def test_if_label_filter_is_longer_than_a_label_then_400(
     client: TestClient, tenant: Tenant
 ) -> None:
     response = client.get(KEYS, params={"label": "a" * 256}, headers=tenant.headers)
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"success": False, "message": invalid("label")},
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("label=a%00b", id="nul"),
+        pytest.param("label=%00", id="only_nul"),
+        pytest.param("label=a%01b", id="control_character"),
+        pytest.param("label=a%09b", id="tab"),
+        pytest.param("label=a%7Fb", id="delete"),
+        pytest.param("label=a%C2%85b", id="c1_control_character"),
+    ],
+)
+def test_if_label_filter_has_a_character_no_label_has_then_400(
+    client: TestClient, tenant: Tenant, query: str
+) -> None:
+    # A label never holds control characters, and PostgreSQL cannot compare NUL.
+    response = client.get(f"{KEYS}?{query}", headers=tenant.headers)
 
     assert (response.status_code, response.json()) == (
         400,

@@ -27,6 +27,31 @@ def test_valid_entries_are_canonical(entry: str, canonical: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("entry", "canonical"),
+    [
+        pytest.param("::ffff:192.0.2.1", "192.0.2.1", id="address"),
+        pytest.param("::FFFF:c000:201", "192.0.2.1", id="address_in_hex"),
+        pytest.param("::ffff:192.0.2.1/128", "192.0.2.1/32", id="single_host_range"),
+        pytest.param("::ffff:10.0.0.0/104", "10.0.0.0/8", id="range"),
+        pytest.param("::ffff:0.0.0.0/96", "0.0.0.0/0", id="every_ipv4_address"),
+    ],
+)
+def test_ipv4_mapped_entries_are_the_ipv4_entries_they_map(entry: str, canonical: str) -> None:
+    # Client addresses are unwrapped the same way (parse_address), so only this
+    # form can ever match.
+    assert canonical_entry(entry) == canonical
+
+
+def test_ipv4_mapped_entry_permits_its_ipv4_client_however_it_connects() -> None:
+    networks = parse_networks([canonical_entry("::ffff:10.0.0.0/104") or ""])
+    for client in ("10.1.2.3", "::ffff:10.1.2.3"):
+        address = parse_address(client)
+        assert address is not None
+        assert is_permitted(address, networks)
+    assert not is_permitted(ip_address("11.0.0.1"), networks)
+
+
+@pytest.mark.parametrize(
     "entry",
     [
         "",
@@ -40,6 +65,7 @@ def test_valid_entries_are_canonical(entry: str, canonical: str) -> None:
         "fe80::1%eth0/64",
         "1.2.3.4/33",
         "*",
+        "::ffff:10.0.0.1/104",
     ],
 )
 def test_invalid_entries_are_refused(entry: str) -> None:

@@ -253,6 +253,25 @@ def test_every_change_is_audited_with_actor_and_without_secrets(store: Store) ->
             assert "secret" not in str(document)
 
 
+@pytest.mark.parametrize(
+    ("given", "recorded"),
+    [
+        pytest.param("2001:db8::7", "2001:db8::7", id="address"),
+        pytest.param("x" * 100, "x" * 64, id="longer_than_any_address"),
+        pytest.param("a\x00b\ud800", "a?b?", id="unprintable"),
+    ],
+)
+def test_actor_address_is_recorded_printable_and_at_most_64_characters(
+    store: Store, given: str, recorded: str
+) -> None:
+    account_id = _account(store)
+    key = store.create_key(
+        account_id, _digest(), b"s", KeySettings(label="k"), Actor("key", 1, given)
+    )
+    [record] = store.list_audit(AuditQuery(account_id, key_id=key.id))[0]
+    assert record.actor == Actor("key", 1, recorded)
+
+
 def test_audit_filters_and_pages(store: Store) -> None:
     account_id = _account(store)
     other = _account(store, "other")
@@ -284,3 +303,18 @@ def test_usage_within_the_settle_time_is_not_rewritten(store: Store) -> None:
     stored = store.get_key(account_id, key.id)
     assert stored is not None
     assert stored.last_used_at == first + timedelta(seconds=60)
+
+
+def test_secret_check_is_absent_until_proposed_and_the_first_proposal_stays(store: Store) -> None:
+    first, second = b"\x01" * 32, b"\x02" * 32
+    assert store.secret_check() is None
+    assert store.secret_check(first) == first
+    assert store.secret_check(second) == first
+    assert store.secret_check() == first
+
+
+def test_recording_the_secret_check_is_no_change_to_keys(store: Store) -> None:
+    _account(store)
+    revision = store.changes_since(0).revision
+    store.secret_check(b"\x01" * 32)
+    assert store.changes_since(revision) == Changes(revision, [], [])

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keyguard.api.schemas import ERROR_RESPONSES, AuditPage, ErrorResponse
 from keyguard.decide import Decision
+from keyguard.errors import InvalidInput
 from keyguard.service import KeyService
 from keyguard.storage import AuditQuery
 from keyguard.wire import audit_object, page
@@ -47,8 +48,8 @@ def audit_router() -> APIRouter:
             account_id=decision.account_id,
             key_id=key_id,
             action=action,
-            since=_utc(since),
-            until=_utc(until),
+            since=_utc(since, "from"),
+            until=_utc(until, "to"),
             offset=(page_number - 1) * per_page,
             limit=per_page,
         )
@@ -60,8 +61,17 @@ def audit_router() -> APIRouter:
     return router
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """A filter time; one without a zone is read as UTC, like every keyguard time."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+def _utc(moment: datetime | None, name: str) -> datetime | None:
+    """A filter time in UTC; one without a zone is read as UTC, like every keyguard time.
+
+    A time whose UTC instant falls outside years 1-9999 (``9999-12-31T23:00:00-05:00``)
+    has no representation in Python or in a database column, so it is refused.
+    """
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput.parameter(name) from None

@@ -90,6 +90,18 @@ def is_clean_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip()) and not _UNCLEAN.search(value)
 
 
+def parse_filter(name: str, value: str | None) -> str | None:
+    """A text filter of a listing (``label``, an audit ``action``), as given.
+
+    Text longer than any stored field, or with a character no stored field holds,
+    is refused rather than matched against nothing: NUL above all, which
+    PostgreSQL can neither store nor compare.
+    """
+    if value is not None and (len(value) > MAX_LABEL_LENGTH or _UNCLEAN.search(value)):
+        raise InvalidInput.parameter(name)
+    return value
+
+
 def _label(value: object) -> str | None:
     if value is None:
         return None

@@ -18,16 +18,28 @@ def canonical_entry(text: str) -> str | None:
     """The canonical spelling of an allow-list entry, or ``None`` if it is not one.
 
     A range with host bits set (``10.0.0.1/8``) is refused rather than silently
-    widened: the user meant something, and guessing what is unsafe.
+    widened: the user meant something, and guessing what is unsafe. An
+    IPv4-mapped IPv6 entry (``::ffff:10.0.0.0/104``) is the IPv4 entry it maps
+    (``10.0.0.0/8``), since that is how client addresses are judged.
     """
     if not text or text != text.strip() or "%" in text:  # no zone ids: not routable
         return None
     try:
         if "/" in text:
-            return str(ip_network(text, strict=True))
-        return str(ip_address(text))
+            network = ip_network(text, strict=True)
+            if isinstance(network, IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+                mapped = network.network_address.ipv4_mapped
+                network = IPv4Network((mapped, network.prefixlen - 96))
+            return str(network)
+        address = ip_address(text)
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return str(address)
     except ValueError:
         return None
+
+
+_IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:

@@ -52,6 +52,21 @@ class AuditQuery:
     limit: int = 25
 
 
+MAX_ADDRESS_LENGTH = 64  # audit_log.ip
+
+
+def recorded_address(ip: str | None) -> str | None:
+    """An actor's address as the audit trail keeps it.
+
+    It is usually an address, but a trusted proxy may forward any text: that is
+    kept as evidence, made printable (PostgreSQL stores no NUL) and cut to the
+    column's length, rather than failing the change it records.
+    """
+    if ip is None:
+        return None
+    return "".join(char if char.isprintable() else "?" for char in ip[:MAX_ADDRESS_LENGTH])
+
+
 class Store(Protocol):
     """Durable accounts, keys and their audit trail. Every method is one transaction,
     and every change writes its audit record in that same transaction."""
@@ -129,6 +144,14 @@ class Store(Protocol):
     def change_signal(self) -> ChangeSignal | None:
         """A push channel for changes, if the backend has one; polling covers the rest."""
 
+    def secret_check(self, proposed: bytes | None = None) -> bytes | None:
+        """The check value of the server secret the database was set up with.
+
+        If there is none yet and ``proposed`` is given, ``proposed`` becomes it: of
+        processes starting together, the first to propose one wins. It is no change
+        to keys or accounts and moves no revision.
+        """
+
 
 def open_store(url: str, pool_size: int = 5) -> Store:
     """The backend for a database URL: ``postgresql://…``, ``sqlite:///path``, ``memory://``."""
@@ -150,4 +173,4 @@ def open_store(url: str, pool_size: int = 5) -> Store:
     )
 
 
-__all__ = ["AuditQuery", "ChangeSignal", "Store", "open_store"]
+__all__ = ["AuditQuery", "ChangeSignal", "Store", "open_store", "recorded_address"]

@@ -18,7 +18,7 @@ from keyguard.domain.records import (
     StoredKey,
     settings_document,
 )
-from keyguard.storage import AuditQuery
+from keyguard.storage import AuditQuery, recorded_address
 
 _ACCOUNT_ACTIONS = {
     AccountStatus.ACTIVE: "account.resume",
@@ -41,6 +41,7 @@ class MemoryStore:
         self._digests: set[bytes] = set()
         self._audit: list[AuditRecord] = []
         self._revision = 0
+        self._secret_check: bytes | None = None
 
     def migrate(self) -> None:
         pass
@@ -53,6 +54,12 @@ class MemoryStore:
 
     def change_signal(self) -> None:
         return None
+
+    def secret_check(self, proposed: bytes | None = None) -> bytes | None:
+        with self._lock:
+            if self._secret_check is None:
+                self._secret_check = proposed
+            return self._secret_check
 
     # -- accounts -----------------------------------------------------------------
 
@@ -257,6 +264,7 @@ class MemoryStore:
         before: Mapping[str, Any] | None = None,
         after: Mapping[str, Any] | None = None,
     ) -> None:
+        actor = replace(actor, ip=recorded_address(actor.ip))
         self._audit.append(
             AuditRecord(
                 len(self._audit) + 1, account_id, _now(), action, key_id, actor, before, after

@@ -6,6 +6,7 @@ writers, so a cache that reads changes by revision never misses one.
 """
 
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -52,7 +53,7 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
-from keyguard.storage import AuditQuery, ChangeSignal
+from keyguard.storage import AuditQuery, ChangeSignal, recorded_address
 from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
 
 CHANNEL = "keyguard_changes"
@@ -95,14 +96,8 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
             pool_timeout=10,
             connect_args={"connect_timeout": 5},
         )
-    if parsed.database and parsed.database != ":memory:":
-        folder = Path(parsed.database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigurationError(
-                f"Cannot create the database folder {folder}: {error.strerror}."
-            ) from None
+    if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
+        _create_private(Path(parsed.database))
     # A connection per request thread (the server runs up to 40): cheap for SQLite,
     # and opening one costs more than a query.
     engine = create_engine(
@@ -124,6 +119,32 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
+
+
+def _create_private(database: Path) -> None:
+    """Create the database file (0600) and the folders missing above it (0700).
+
+    SQLite would create the file readable by everyone; it gives its ``-wal`` and
+    ``-shm`` files the database file's mode, so they are private too. An existing
+    file or folder keeps its mode.
+    """
+    folder = database.parent
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        for path in reversed(missing):
+            path.mkdir(mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"Cannot create the database folder {folder}: {error.strerror}."
+        ) from None
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing database, or another process created it just now
+    except OSError as error:
+        raise ConfigurationError(
+            f"Cannot create the database file {database}: {error.strerror}."
+        ) from None
 
 
 def _casefold(text: str | None) -> str | None:
@@ -197,6 +218,19 @@ class SQLStore:
 
         conninfo = self.engine.url.set(drivername="postgresql")
         return PostgresChangeSignal(conninfo.render_as_string(hide_password=False), CHANNEL)
+
+    def secret_check(self, proposed: bytes | None = None) -> bytes | None:
+        with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(keyguard_write=proposed is not None)
+            with connection.begin():
+                if proposed is not None:
+                    connection.execute(
+                        update(meta)
+                        .where(meta.c.secret_check.is_(None))
+                        .values(secret_check=proposed)
+                    )
+                stored = connection.execute(select(meta.c.secret_check)).scalar_one()
+        return None if stored is None else bytes(stored)
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -539,7 +573,7 @@ def _audit(
             key_id=key_id,
             actor=actor.kind,
             actor_key_id=actor.key_id,
-            ip=actor.ip,
+            ip=recorded_address(actor.ip),
             before=before,
             after=after,
         )

@@ -49,11 +49,14 @@ metadata = MetaData()
 
 # One row: the revision of the newest change to any key. Every write bumps it in
 # its own transaction; the row lock orders writers, so change feeds see no gaps.
+# ``secret_check`` is derived from the server secret the database was set up with
+# (never the secret itself), so that a start with another secret is refused.
 meta = Table(
     "keyguard_meta",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("revision", BigInteger, nullable=False),
+    Column("secret_check", LargeBinary(32), nullable=True),
 )
 
 accounts = Table(
