@@ -193,7 +193,7 @@ class TestBehindATrustedProxy:
         proxy = client_from(PROXY)
 
         created = proxy.post(
-            KEYS, json={"label": "k"}, headers=tenant.headers | {"X-Real-IP": forwarded}
+            KEYS, json={"label": "k"}, headers=tenant.headers | {"X-Forwarded-For": forwarded}
         )
 
         assert created.status_code == 200, created.text
