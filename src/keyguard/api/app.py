@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,6 +29,7 @@ from keyguard.api.errors import (
 )
 from keyguard.api.keys import key_router
 from keyguard.api.schemas import (
+    ERROR_RESPONSES,
     AccountCreateRequest,
     ErrorResponse,
     HealthResponse,
@@ -37,8 +38,9 @@ from keyguard.api.schemas import (
     forward_auth_document,
     update_request_model,
 )
+from keyguard.api.tokens import authenticate
 from keyguard.config import Settings, load_settings
-from keyguard.middleware import KeyguardMiddleware, send_error
+from keyguard.middleware import KeyguardMiddleware, ProxiedRequest, send_error
 from keyguard.runtime import Keyguard
 
 
@@ -85,7 +87,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     async def healthz() -> JSONResponse:
         # Read from the snapshot's own refreshes (every 0.25 s): a health check
         # costs no query, and a database outage does not fail it while the
-        # snapshot can still decide.
+        # snapshot can still decide. Anyone may ask, so it tells no counts.
         cache = runtime.cache
         if cache.age is None:
             return wavix_error(503, "Key snapshot not loaded")
@@ -93,18 +95,28 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
             {
                 "success": True,
                 "database": "ok" if cache.store_reachable else "unreachable",
-                "keys": len(cache),
                 "snapshot_age_seconds": round(cache.age, 3),
             }
         )
+
+    metrics_token = runtime.settings.metrics_token
 
     @app.get(
         "/metrics",
         tags=["Operations"],
         summary="Prometheus metrics of this process",
         response_class=PlainTextResponse,
+        responses={
+            401: {**ERROR_RESPONSES[401], "description": "KEYGUARD_METRICS_TOKEN not presented."},
+            429: ERROR_RESPONSES[429],
+        },
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        # The counts cover every account: when a token is set, only its holder sees them.
+        if metrics_token is not None:
+            headers = request.scope["headers"]
+            client = ProxiedRequest.scan(headers).client(request.scope, runtime.trusted_proxies)
+            authenticate(headers, metrics_token, client, runtime.auth_failures)
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     verify_token = runtime.settings.verify_token
