@@ -508,3 +508,29 @@ def test_every_operator_change_is_in_the_accounts_trail_as_the_operator(
     )
     assert (newest.before, newest.after) == ({"status": "active"}, {"status": "deleted"})
     assert len(records) == len(seen) + 1
+
+
+# -- HEAD ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/{account}", "/{account}/keys", "/999999"])
+def test_head_on_an_operator_route_answers_as_get_without_a_body(
+    client: TestClient, tenant: Tenant, suffix: str
+) -> None:
+    url = f"{ADMIN}/accounts" + suffix.format(account=tenant.account_id)
+    got = client.get(url, headers=OPERATOR)
+
+    head = client.head(url, headers=OPERATOR)
+
+    assert (head.status_code, head.content) == (got.status_code, b"")
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == got.headers["content-length"]
+
+
+def test_head_on_an_operator_route_without_the_token_answers_401_without_a_body(
+    client: TestClient,
+) -> None:
+    response = client.head(f"{ADMIN}/accounts")
+
+    assert (response.status_code, response.content) == (401, b"")
+    assert response.headers["www-authenticate"] == "Bearer"

@@ -9,7 +9,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyguard import __version__
 from keyguard.api.admin import admin_router
@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         protect=_protected,
     )
     forward = ForwardAuth(runtime.decider, runtime.trusted_proxies)
-    return Dispatcher(forward, LastResort(app), runtime.settings.max_header_bytes)
+    return Dispatcher(forward, LastResort(HeadAsGet(app)), runtime.settings.max_header_bytes)
 
 
 class Dispatcher:
@@ -155,6 +155,32 @@ class Dispatcher:
             await self.forward(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """Answer ``HEAD`` as ``GET``, with the headers of the ``GET`` answer and no body.
+
+    Every route that answers ``GET`` answers ``HEAD`` too (RFC 9110 §9.3.2); the
+    framework's routes declare only ``GET``. The app sees a copy of the scope: the
+    server keeps its own, and with it knows to send no body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
 def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
