@@ -71,7 +71,10 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts",
         operation_id="admin_accounts_create",
         summary="Create an account with its first full-access key (shown once)",
-        responses={400: {"model": ErrorResponse, "description": "Invalid name."}},
+        responses={
+            400: {"model": ErrorResponse, "description": "Invalid name."},
+            422: {"model": ErrorResponse, "description": "Name longer than 255 characters."},
+        },
         openapi_extra=request_body(AccountCreateRequest, required=True),
     )
     async def create_account(request: Request, operator: Operator) -> JSONResponse:
