@@ -196,7 +196,7 @@ class Start:
     """One instance's start on a database holding ``keys`` keys."""
 
     keys: int
-    seconds: float  # from process start until /healthz answered with every key
+    seconds: float  # from process start until /metrics counted every key in the snapshot
     rss_mib: float  # of the worker, once started
     peak_mib: float  # the worker's peak resident memory, loading included
 
@@ -423,7 +423,7 @@ def _describe_startup(section: Section, startup: Startup, workers: int) -> None:
 
     section.tables.append(
         table(
-            "4. Start-up on PostgreSQL: process start until /healthz holds every key",
+            "4. Start-up on PostgreSQL: process start until the snapshot holds every key",
             ["keys in the database", "seconds", "worker RSS MiB", "worker peak MiB"],
             [
                 row(one),

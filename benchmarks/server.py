@@ -10,6 +10,7 @@ than one instance on one database: :func:`deployed` prepares the database,
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -156,7 +157,7 @@ def serving(
     process = spawn([*command, "--workers", str(workers)], deployment.env, log_path)
     try:
         base_url = f"http://{HOST}:{port}"
-        wait_until_healthy(process, base_url, log_path, keys, timeout)
+        wait_until_healthy(process, base_url, log_path, keys, timeout, deployment.env)
         elapsed = time.perf_counter() - started
         yield Server(base_url, deployment.tenant, workers, process.pid, elapsed)
     finally:
@@ -177,7 +178,12 @@ def spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subproc
 
 
 def wait_until_healthy(
-    process: subprocess.Popen[bytes], base_url: str, log: Path, keys: int | None, timeout: float
+    process: subprocess.Popen[bytes],
+    base_url: str,
+    log: Path,
+    keys: int | None,
+    timeout: float,
+    env: Mapping[str, str],
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -185,11 +191,25 @@ def wait_until_healthy(
             raise ServerError(f"keyguard serve exited with {process.returncode}:\n{tail(log)}")
         with suppress(httpx.HTTPError):
             response = httpx.get(base_url + "/healthz", timeout=1.0)
-            if response.status_code == 200 and (keys is None or response.json()["keys"] >= keys):
+            if response.status_code == 200 and (
+                keys is None or snapshot_keys(base_url, env) >= keys
+            ):
                 return
         time.sleep(0.05)
     waited = "healthy" if keys is None else f"healthy with {keys:,} keys"
     raise ServerError(f"keyguard serve was not {waited} after {timeout:.0f} s:\n{tail(log)}")
+
+
+def snapshot_keys(base_url: str, env: Mapping[str, str]) -> int:
+    """The keys in the snapshot of the worker that answers, from its ``/metrics``."""
+    token = env.get("KEYGUARD_METRICS_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(base_url + "/metrics", headers=headers, timeout=1.0)
+    response.raise_for_status()
+    found = re.search(r"^keyguard_snapshot_keys\{.*\} (\S+)$", response.text, re.MULTILINE)
+    if found is None:
+        raise ServerError("/metrics carries no keyguard_snapshot_keys")
+    return int(float(found.group(1)))
 
 
 def uvicorn_command(app: str, port: int, workers: int, *, factory: bool = False) -> list[str]:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from keyguard.cli import main
+from keyguard.cli import first_key_file, main
+from keyguard.config import Settings
 from tests.conftest import TEST_SECRET
 from tests.wavix import GROUPS
 
@@ -151,3 +152,34 @@ def test_unsupported_database_url_is_explained(run: Any, monkeypatch: pytest.Mon
     result = run("accounts", "list")
     assert result.exit_code == 1
     assert "Unsupported database URL scheme 'mysql'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "folder"),
+    [
+        pytest.param({"database_url": "sqlite:///{tmp}/db/keyguard.db"}, "db", id="sqlite"),
+        pytest.param(
+            {"database_url": "sqlite:///{tmp}/db/keyguard.db",
+             "secret_file": "{tmp}/secrets/keyguard.secret"},
+            "db",
+            id="sqlite_with_its_secret_elsewhere",
+        ),
+        pytest.param(
+            {"database_url": "postgresql://db.internal/keyguard",
+             "secret_file": "{tmp}/secrets/keyguard.secret"},
+            "secrets",
+            id="postgresql",
+        ),
+        pytest.param({"database_url": "postgresql://db.internal/keyguard"}, "data",
+                     id="postgresql_default_secret_file"),
+    ],
+)  # fmt: skip
+def test_first_key_file_is_beside_the_sqlite_database_else_beside_the_secret_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str], folder: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    given = {name: value.format(tmp=tmp_path) for name, value in settings.items()}
+
+    path = first_key_file(Settings(**given))  # type: ignore[arg-type]
+
+    assert path == tmp_path / folder / "first-key.txt"

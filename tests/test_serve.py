@@ -1,17 +1,22 @@
 """``keyguard serve`` as an operator meets it: first start, restarts, workers."""
 
+import os
+import pty
 import re
-import shlex
+import select
+import signal
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import POSTGRES_URL_VARIABLE, missing, postgres_schema
 from tests.server import (
     HOST,
     START_TIMEOUT,
@@ -45,9 +50,9 @@ def printed_key(stdout: str) -> str:
 
 
 def curl_request(stdout: str) -> httpx.Request:
-    """The request that the printed ``curl`` line would send."""
+    """The request that the printed ``curl`` line would send from a shell."""
     [line] = [line for line in stdout.splitlines() if line.startswith("curl ")]
-    words = shlex.split(line)[1:]
+    words = shell_words(line)[1:]
     headers: dict[str, str] = {}
     urls: list[str] = []
     while words:
@@ -62,12 +67,51 @@ def curl_request(stdout: str) -> httpx.Request:
     return httpx.Request("GET", url, headers=headers)
 
 
-def test_first_serve_on_an_empty_database_prints_a_key_and_a_curl_line_that_works(
+def shell_words(line: str) -> list[str]:
+    """The arguments a POSIX shell would pass for ``line``, ``$(…)`` expanded."""
+    done = subprocess.run(
+        ["/bin/sh", "-c", f"set -- {line}; printf '%s\\0' \"$@\""],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return done.stdout.split("\0")[:-1]
+
+
+def key_file(server: KeyguardServer) -> Path:
+    return server.database.with_name("first-key.txt")
+
+
+def assert_private_key_file(path: Path) -> str:
+    """The key in ``path``, a file only its owner may read or write."""
+    assert path.is_file(), f"no first key at {path}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text().strip()
+    assert TOKEN.fullmatch(key), key
+    return key
+
+
+def test_first_serve_writes_the_key_to_a_private_file_and_prints_only_its_path(
+    servers: Servers,
+) -> None:
+    """A service's standard output goes to its log: the key must not."""
+    server = servers("fresh", secret_key=None).start()
+
+    key = assert_private_key_file(key_file(server))
+
+    assert str(key_file(server)) in server.stdout
+    assert key not in server.stdout
+    assert key not in server.stderr
+    assert TOKEN.search(server.stdout) is None, server.stdout
+
+
+def test_first_serve_prints_a_curl_line_that_works_without_showing_the_key(
     servers: Servers,
 ) -> None:
     server = servers("fresh", secret_key=None).start()
+    key = assert_private_key_file(key_file(server))
 
-    key = printed_key(server.stdout)
     with httpx.Client(timeout=10) as client:
         answer = client.send(curl_request(server.stdout))
 
@@ -76,21 +120,118 @@ def test_first_serve_on_an_empty_database_prints_a_key_and_a_curl_line_that_work
     assert listed["value"] == key
     assert listed["active"] is True
     assert listed["scopes_enabled"] is False
-    assert key not in server.stderr
 
 
-def test_second_serve_on_the_same_database_prints_no_key(servers: Servers) -> None:
+def test_second_serve_on_the_same_database_writes_and_prints_no_key(servers: Servers) -> None:
     server = servers("restarted", secret_key=None).start()
-    key = printed_key(server.stdout)
+    key = assert_private_key_file(key_file(server))
     server.stop()
+    key_file(server).unlink()
 
     server.start()
     answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(key), timeout=10)
 
+    assert not key_file(server).exists()
     assert TOKEN.search(server.stdout) is None, server.stdout
     assert "curl" not in server.stdout
+    assert "first-key" not in server.stdout
     assert TOKEN.search(server.stderr) is None, server.stderr
     assert answer.status_code == 200, "the first key stopped working after a restart"
+
+
+def test_if_a_first_key_file_is_left_over_then_it_is_replaced_and_stays_private(
+    servers: Servers,
+) -> None:
+    server = servers("left-over", secret_key=None)
+    key_file(server).write_text("an older key\n")
+    key_file(server).chmod(0o644)
+
+    server.start()
+
+    key = assert_private_key_file(key_file(server))
+    assert httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(key)).status_code == 200
+
+
+def test_on_postgresql_the_first_key_file_is_beside_the_secret_file(
+    servers: Servers, tmp_path: Path
+) -> None:
+    database = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not database:
+        missing(f"PostgreSQL: set {POSTGRES_URL_VARIABLE} to run this test on PostgreSQL")
+    secrets = tmp_path / "secrets"
+    with postgres_schema(database) as url:
+        settings = {
+            "KEYGUARD_DATABASE_URL": url,
+            "KEYGUARD_SECRET_FILE": str(secrets / "keyguard.secret"),
+        }
+        server = servers("postgres", secret_key=None, settings=settings).start()
+
+        key = assert_private_key_file(secrets / "first-key.txt")
+        answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(key), timeout=10)
+        server.stop()
+
+    assert str(secrets / "first-key.txt") in server.stdout
+    assert key not in server.stdout
+    assert answer.status_code == 200, answer.text
+
+
+def test_first_serve_on_a_terminal_prints_the_key_and_writes_no_file(tmp_path: Path) -> None:
+    """Someone watching a terminal reads the key there, once."""
+    server = KeyguardServer(tmp_path / "terminal", secret_key=None)
+    server.port = free_port()
+    command = [*keyguard_command(), "serve", "--host", HOST, "--port", str(server.port)]
+    controller, terminal = pty.openpty()
+    with (tmp_path / "stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            cwd=server.folder,
+            env=server.env,
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    os.close(terminal)
+    try:
+        shown = read_terminal_until(controller, "curl ", process)
+        wait_until_answering(server.base_url)
+        answer = httpx.get(
+            f"{server.base_url}/v1/api-keys", headers=bearer(printed_key(shown)), timeout=10
+        )
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        os.close(controller)
+
+    assert answer.status_code == 200, answer.text
+    assert not key_file(server).exists()
+    assert "first-key" not in shown
+
+
+def wait_until_answering(base_url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with suppress(httpx.TransportError):
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{base_url} did not answer within {START_TIMEOUT:g} s")
+
+
+def read_terminal_until(controller: int, marker: str, process: subprocess.Popen[bytes]) -> str:
+    """What the process wrote to its terminal, once a line starts with ``marker`` and the
+    server answers; fails after the start timeout."""
+    shown = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"keyguard serve exited: {shown.decode(errors='replace')}"
+        ready, _, _ = select.select([controller], [], [], 0.1)
+        if ready:
+            shown += os.read(controller, 65536)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", shown.decode(errors="replace"))
+        if any(line.startswith(marker) for line in text.splitlines()):
+            return text.replace("\r", "")
+    raise AssertionError(f"no line starting with {marker!r}: {shown.decode(errors='replace')}")
 
 
 def test_generated_secret_file_is_beside_the_database_and_private(servers: Servers) -> None:

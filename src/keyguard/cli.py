@@ -6,17 +6,20 @@ request bodies the HTTP API receives, so both validate alike. Tables for people,
 """
 
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from keyguard.config import load_settings
+from keyguard.config import Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus
 from keyguard.domain.scopes import ScopeGroups
@@ -122,20 +125,54 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     )
 
 
+FIRST_KEY_FILE = "first-key.txt"
+
+
 def _announce_first_key(runtime: Keyguard, host: str, port: int) -> None:
+    """Create the account "default" and hand its key to the operator, once.
+
+    On a terminal the key is printed. Anywhere else standard output usually ends
+    up in a service's log, so the key goes to a file only its owner can read, and
+    only the file's path is printed.
+    """
     _account, view = runtime.service.create_account("default")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"  # an IPv6 address in a URL
-    console.print("[bold]Created account 'default'. Its full-access key, shown only now:[/bold]")
-    console.print(view.value, markup=False, highlight=False)
-    console.print("Try it:")
-    console.print(
-        f'curl -H "Authorization: Bearer {view.value}" http://{shown_host}:{port}/v1/api-keys',
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    url = f"http://{shown_host}:{port}/v1/api-keys"
+    if sys.stdout.isatty():
+        console.print(
+            "[bold]Created account 'default'. Its full-access key, shown only now:[/bold]"
+        )
+        console.print(view.value, markup=False, highlight=False)
+        credential = view.value
+    else:
+        path = _write_first_key(runtime.settings, view.value)
+        click.echo(f"Created account 'default'. Its full-access key is in {path} (mode 0600);")
+        click.echo("keep it somewhere safe, then delete that file.")
+        credential = f"$(cat {shlex.quote(str(path))})"
+    click.echo("Try it:")
+    click.echo(f'curl -H "Authorization: Bearer {credential}" {url}')
+
+
+def first_key_file(settings: Settings) -> Path:
+    """Where a first key goes: beside the SQLite database, else beside the server secret's file."""
+    url = settings.database_url
+    if url.startswith("sqlite:///") and url != "sqlite:///":
+        return Path(url.removeprefix("sqlite:///")).resolve().parent / FIRST_KEY_FILE
+    return settings.resolved_secret_file().resolve().parent / FIRST_KEY_FILE
+
+
+def _write_first_key(settings: Settings, key: str) -> Path:
+    """Write ``key`` to :func:`first_key_file`, readable by this user only."""
+    path = first_key_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not through a link someone else planted; and 0600 even if the file was there before.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(key + "\n")
+    return path
 
 
 @main.command()

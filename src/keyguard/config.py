@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         default=None,
         description="Enables the operator API under /admin/v1/ for callers presenting it.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, GET /metrics requires it as a bearer token."
+    )
     auth_failures_per_minute: int = Field(
         default=30, ge=0, description="Failed authentications per client IP; 0 = no limit."
     )
@@ -82,7 +85,7 @@ class Settings(BaseSettings):
         "(its right-most address that is not a trusted proxy) or x-real-ip.",
     )
 
-    @field_validator("admin_token", "verify_token")
+    @field_validator("admin_token", "metrics_token", "verify_token")
     @classmethod
     def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:

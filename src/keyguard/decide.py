@@ -47,7 +47,7 @@ SAMPLE_EVERY = 64
 _ALLOWED_LIMIT = 65_536
 # Upstreams may route such a path differently from how keyguard would judge it.
 _AMBIGUOUS_PATH = "Ambiguous path (encoded separator, dot segment, backslash or the like)"
-_TOO_MANY = "Too many failed authentications from this address; retry in {} seconds"
+TOO_MANY_FAILURES = "Too many failed authentications from this address; retry in {} seconds"
 
 
 class Decider:
@@ -136,12 +136,12 @@ class Decider:
     def _unauthorized(self, charge: str | None) -> Decision:
         failures = self._failures
         if failures is not None:
-            client = _client_of(charge)
+            client = failure_unit(charge)
             wait = failures.retry_after(client) if failures.blocked else None
             if wait is None:
                 wait = failures.hit(client)
             if wait is not None:
-                return Decision(False, 429, _TOO_MANY.format(wait), retry_after=wait)
+                return Decision(False, 429, TOO_MANY_FAILURES.format(wait), retry_after=wait)
         return UNAUTHORIZED
 
     def _refusal(self, key: CachedKey, route: Route | None) -> str | None:
@@ -167,8 +167,12 @@ class Decider:
         return None
 
 
-def _client_of(ip: str | None) -> str | None:
-    """The unit the failure limit counts: an IPv4 address, or an IPv6 /64."""
+def failure_unit(ip: str | None) -> str | None:
+    """The unit the failure limit counts: an IPv4 address, or an IPv6 /64.
+
+    Keys and keyguard's own tokens (operator, metrics, verify) count against one
+    limit in this unit.
+    """
     if ip is None or ":" not in ip:
         return ip
     address = parse_address(ip)

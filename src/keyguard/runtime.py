@@ -90,13 +90,15 @@ class Keyguard:
         self.routes = load_route_map(settings.routes, settings.unknown_routes)
         self.trusted_proxies: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
         self.client_ip_header = settings.client_ip_header
+        # Failed authentications per client, by key or by operator token alike.
+        self.auth_failures = _limiter(settings.auth_failures_per_minute)
         self.decider = Decider(
             self.vault,
             self.cache,
             self.routes,
             self.usage,
             observe_latency=self.metrics.decision_seconds.observe,
-            failures=_limiter(settings.auth_failures_per_minute),
+            failures=self.auth_failures,
         )
         self.management_writes = _limiter(settings.management_writes_per_minute)
         self.service = KeyService(

@@ -18,12 +18,13 @@ from starlette.testclient import TestClient
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
 
 ADMIN = "/admin/v1"
 KEYS = "/v1/api-keys"
 ADMIN_TOKEN = "operator-" + "7" * 32
 OPERATOR = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+OTHER_IP = "198.51.100.20"
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 NOT_FOUND = {"success": False, "message": "Record not found"}
 MASKED = re.compile(r"kg_\*{8}[0-9A-Za-z]{4}")
@@ -125,6 +126,98 @@ def test_if_operator_token_is_missing_or_wrong_then_401_and_nothing_changes(
     for response in (suspend, create):
         assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
     assert (stored(keyguard, tenant.account_id), keyguard.store.list_accounts()) == before
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        pytest.param([ADMIN_TOKEN, ADMIN_TOKEN], id="right_twice"),
+        pytest.param([ADMIN_TOKEN, "operator-" + "8" * 32], id="right_first"),
+        pytest.param(["operator-" + "8" * 32, ADMIN_TOKEN], id="right_second"),
+    ],
+)
+def test_if_two_authorization_headers_are_sent_then_401_and_nothing_changes(
+    client: TestClient, keyguard: Keyguard, tenant: Tenant, tokens: list[str]
+) -> None:
+    """A proxy and keyguard might each read a different header: neither is believed."""
+    before = stored(keyguard, tenant.account_id), keyguard.store.list_accounts()
+    headers = [("Authorization", f"Bearer {token}") for token in tokens]
+
+    suspend = client.post(f"{ADMIN}/accounts/{tenant.account_id}/suspend", headers=headers)
+    listed = client.get(f"{ADMIN}/accounts", headers=headers)
+
+    for response in (suspend, listed):
+        assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert (stored(keyguard, tenant.account_id), keyguard.store.list_accounts()) == before
+
+
+class TestFailedAuthenticationLimit:
+    LIMIT = 3
+
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(
+            database_url=database_url,
+            secret_key=TEST_SECRET,
+            admin_token=SecretStr(ADMIN_TOKEN),
+            auth_failures_per_minute=self.LIMIT,
+        )
+
+    def test_if_wrong_operator_tokens_pass_the_limit_then_429_even_for_the_right_token(
+        self, client_from: ClientFactory, keyguard: Keyguard, tenant: Tenant
+    ) -> None:
+        guesser, operator = client_from("203.0.113.66"), client_from(OTHER_IP)
+        before = stored(keyguard, tenant.account_id)
+        url = f"{ADMIN}/accounts/{tenant.account_id}/suspend"
+        for attempt in range(self.LIMIT):
+            response = guesser.post(url, headers=bearer(f"operator-{attempt}" + "9" * 32))
+            assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+
+        refused = [
+            guesser.post(url, headers=bearer("operator-" + "9" * 32)),
+            guesser.post(url, headers=OPERATOR),
+            guesser.get(KEYS, headers=bearer("kg_nonsense")),  # one limit for keys and tokens
+        ]
+
+        for response in refused:
+            assert_too_many(response)
+        assert stored(keyguard, tenant.account_id) == before
+        # A valid key is never refused by the limit, whoever's address it comes from.
+        assert guesser.get(KEYS, headers=tenant.headers).status_code == 200
+        assert operator.get(f"{ADMIN}/accounts", headers=OPERATOR).status_code == 200
+
+    def test_if_wrong_keys_pass_the_limit_then_the_operator_token_gets_429(
+        self, client_from: ClientFactory
+    ) -> None:
+        guesser = client_from("203.0.113.67")
+        for _attempt in range(self.LIMIT + 1):
+            guesser.get(KEYS, headers=bearer("kg_nonsense"))
+
+        assert_too_many(guesser.get(f"{ADMIN}/accounts", headers=OPERATOR))
+
+    def test_if_duplicate_authorization_headers_are_sent_then_they_count_as_failures(
+        self, client_from: ClientFactory
+    ) -> None:
+        guesser = client_from("203.0.113.68")
+        doubled = [("Authorization", f"Bearer {ADMIN_TOKEN}")] * 2
+        for _attempt in range(self.LIMIT):
+            assert guesser.get(f"{ADMIN}/accounts", headers=doubled).status_code == 401
+
+        assert_too_many(guesser.get(f"{ADMIN}/accounts", headers=doubled))
+        assert_too_many(guesser.get(f"{ADMIN}/accounts", headers=OPERATOR))
+
+
+def assert_too_many(response: httpx2.Response) -> None:
+    """The failure limit's 429, as a client presenting wrong keys gets it."""
+    assert response.status_code == 429, response.text
+    retry_after = response.headers["retry-after"]
+    assert 1 <= int(retry_after) <= 60
+    assert response.json() == {
+        "success": False,
+        "message": f"Too many failed authentications from this address; retry in {retry_after} "
+        "seconds",
+    }
 
 
 @pytest.mark.parametrize(
@@ -417,3 +510,29 @@ def test_every_operator_change_is_in_the_accounts_trail_as_the_operator(
     )
     assert (newest.before, newest.after) == ({"status": "active"}, {"status": "deleted"})
     assert len(records) == len(seen) + 1
+
+
+# -- HEAD ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/{account}", "/{account}/keys", "/999999"])
+def test_head_on_an_operator_route_answers_as_get_without_a_body(
+    client: TestClient, tenant: Tenant, suffix: str
+) -> None:
+    url = f"{ADMIN}/accounts" + suffix.format(account=tenant.account_id)
+    got = client.get(url, headers=OPERATOR)
+
+    head = client.head(url, headers=OPERATOR)
+
+    assert (head.status_code, head.content) == (got.status_code, b"")
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == got.headers["content-length"]
+
+
+def test_head_on_an_operator_route_without_the_token_answers_401_without_a_body(
+    client: TestClient,
+) -> None:
+    response = client.head(f"{ADMIN}/accounts")
+
+    assert (response.status_code, response.content) == (401, b"")
+    assert response.headers["www-authenticate"] == "Bearer"

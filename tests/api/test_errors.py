@@ -4,15 +4,20 @@ No framework default (``{"detail": ...}``, an HTML page, an empty body) may reac
 a client: not for unknown routes, wrong methods, hostile requests, nor bugs.
 """
 
-from collections.abc import Callable, Iterator
+import json
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import httpx2
 import pytest
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from keyguard.errors import StorageUnavailable
 from keyguard.runtime import Keyguard
 from tests.conftest import Tenant
+from tests.server import HOST, KeyguardServer, Servers
 
 KEYS = "/v1/api-keys"
 MAX_BODY = 64 * 1024
@@ -107,8 +112,8 @@ def test_if_method_is_not_allowed_then_405_wavix_body(
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        pytest.param("", {"GET", "POST"}, id="collection"),
-        pytest.param("/{id}", {"GET", "PATCH", "DELETE"}, id="key"),
+        pytest.param("", {"GET", "HEAD", "POST"}, id="collection"),
+        pytest.param("/{id}", {"GET", "HEAD", "PATCH", "DELETE"}, id="key"),
         pytest.param("/{id}/activate", {"PATCH"}, id="activate"),
     ],
 )
@@ -119,7 +124,125 @@ def test_if_method_is_not_allowed_then_allow_header_lists_every_method(
     response = client.put(KEYS + path.format(id=tenant.key_id), headers=tenant.headers)
 
     assert response.status_code == 405
-    assert {method.strip() for method in response.headers["allow"].split(",")} == allowed
+    assert allowed_methods(response.headers) == allowed
+
+
+def allowed_methods(headers: Mapping[str, str]) -> set[str]:
+    return {method.strip() for method in headers["allow"].split(",")}
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/healthz"])
+def test_if_method_is_not_allowed_on_an_operations_route_then_allow_names_get_and_head(
+    client: TestClient, path: str
+) -> None:
+    response = client.put(path)
+
+    assert_wavix_error(response, 405, "Method not allowed")
+    assert allowed_methods(response.headers) == {"GET", "HEAD"}
+
+
+# -- HEAD is GET without a body ----------------------------------------------------------
+
+HEAD_PATHS = [
+    pytest.param(KEYS, id="list_keys"),
+    pytest.param(KEYS + "?label=acme", id="list_keys_by_label"),
+    pytest.param(KEYS + "/{id}", id="get_key"),
+    pytest.param(KEYS + "/999999", id="missing_key"),
+    pytest.param("/v1/audit-log", id="audit_log"),
+    pytest.param("/healthz", id="health"),
+    pytest.param("/metrics", id="metrics"),
+    pytest.param("/openapi.json", id="openapi"),
+    pytest.param("/nope", id="unknown_route"),
+]
+
+
+@pytest.mark.parametrize("path", HEAD_PATHS)
+def test_head_answers_with_the_status_and_headers_of_get_and_no_body(
+    client: TestClient, tenant: Tenant, path: str
+) -> None:
+    url = path.format(id=tenant.key_id)
+    client.get(url, headers=tenant.headers)  # from now on, last_used_at has its length
+    got = client.get(url, headers=tenant.headers)
+
+    head = client.head(url, headers=tenant.headers)
+
+    assert head.status_code == got.status_code
+    assert head.headers["content-type"] == got.headers["content-type"]
+    if path not in ("/healthz", "/metrics"):  # their figures move between two requests
+        assert head.headers["content-length"] == got.headers["content-length"]
+    assert head.content == b""
+
+
+def test_head_without_a_key_answers_401_without_a_body(client: TestClient) -> None:
+    response = client.head(KEYS)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.content == b""
+
+
+# -- methods that HTTP clients never send but a raw request can ----------------------------
+
+
+def raw_request(
+    client: TestClient, method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request straight to the app: HTTP clients upper-case every method."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("203.0.113.10", 50000),
+        "server": ("testserver", 80),
+    }
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    assert client.portal is not None, "the client runs the app's lifespan"
+    client.portal.call(client.app, scope, receive, send)
+    start, *bodies = messages
+    headers_out = {name.decode(): value.decode() for name, value in start["headers"]}
+    return start["status"], headers_out, b"".join(body.get("body", b"") for body in bodies)
+
+
+ODD_METHODS = [
+    pytest.param("get", id="lowercase_get"),
+    pytest.param("head", id="lowercase_head"),
+    pytest.param("Get", id="mixed_case_get"),
+    pytest.param("FOO", id="unknown"),
+    pytest.param("PROPFIND", id="webdav"),
+]
+ODD_PATHS = [
+    pytest.param(KEYS, {"GET", "HEAD", "POST"}, id="keys"),
+    pytest.param("/healthz", {"GET", "HEAD"}, id="health"),
+    pytest.param("/docs", {"GET", "HEAD"}, id="docs"),
+]
+
+
+@pytest.mark.parametrize("method", ODD_METHODS)
+@pytest.mark.parametrize(("path", "allowed"), ODD_PATHS)
+def test_if_method_is_lowercase_or_unknown_then_405_wavix_body_and_allow(
+    client: TestClient, tenant: Tenant, method: str, path: str, allowed: set[str]
+) -> None:
+    authorization = (b"authorization", f"Bearer {tenant.token}".encode())
+
+    status, headers, body = raw_request(client, method, path, [authorization])
+
+    assert (status, headers["content-type"]) == (405, "application/json")
+    assert json.loads(body) == METHOD_NOT_ALLOWED
+    assert allowed_methods(headers) == allowed
 
 
 # -- hostile requests ----------------------------------------------------------------------
@@ -245,3 +368,83 @@ def test_if_database_is_unavailable_then_503_wavix_body(
 
     assert_wavix_error(response, 503)
     assert "secret/path" not in response.text
+
+
+# -- the same over a real server -------------------------------------------------------------
+
+# What uvicorn's HTTP parser answers to a request line it cannot parse (httptools
+# refuses every method it does not know, lowercase ones too). Such a request never
+# reaches keyguard, so keyguard cannot give it a Wavix body.
+PARSER_REFUSAL = (400, b"Invalid HTTP request received.")
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def raw_http(server: KeyguardServer, method: str, path: str, token: str) -> Answer:
+    """One request as its bytes, over a new connection that the server closes."""
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    received = b""
+    with socket.create_connection((HOST, server.port), timeout=10) as connection:
+        connection.sendall(request.encode())
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Answer(int(status_line.split()[1]), headers, body)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeyguardServer, str]]:
+    """``keyguard serve`` over TCP, and the full-access key of its one account."""
+    with Servers(tmp_path_factory.mktemp("served")) as servers:
+        server = servers()
+        token: str = server.create_account("acme")["api_key"]["value"]
+        yield server.start(), token
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [KEYS, "/healthz"])
+def test_over_a_real_server_head_answers_as_get_without_a_body(
+    served: tuple[KeyguardServer, str], path: str
+) -> None:
+    server, token = served
+    raw_http(server, "GET", path, token)  # from now on, last_used_at has its length
+    got = raw_http(server, "GET", path, token)
+
+    head = raw_http(server, "HEAD", path, token)
+
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+    if path == KEYS:
+        assert head.headers["content-length"] == got.headers["content-length"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "allowed"), ODD_PATHS)
+def test_over_a_real_server_every_odd_method_that_reaches_keyguard_gets_405_wavix_body(
+    served: tuple[KeyguardServer, str], path: str, allowed: set[str]
+) -> None:
+    server, token = served
+    reached = []
+
+    for method in ("get", "head", "Get", "FOO", "PROPFIND", "PURGE"):
+        answer = raw_http(server, method, path, token)
+        if (answer.status, answer.body) == PARSER_REFUSAL:
+            continue
+        reached.append(method)
+        assert (answer.status, answer.headers["content-type"]) == (405, "application/json")
+        assert json.loads(answer.body) == METHOD_NOT_ALLOWED
+        assert allowed_methods(answer.headers) == allowed
+
+    assert "PROPFIND" in reached  # a registered method passes every HTTP/1.1 parser

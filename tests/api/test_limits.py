@@ -334,6 +334,29 @@ class TestVerifyCallerWithToken:
         assert verify(client, "kg_nope", "198.51.100.99", **backend)["status"] == 401
         assert verify(client, tenant.token, OTHER_IP, **backend)["allowed"] is True
 
+    def test_wrong_verify_tokens_count_against_the_caller(
+        self, client: TestClient, tenant: Tenant
+    ) -> None:
+        body = {"key": tenant.token, "method": "GET", "path": "/v1/numbers"}
+        statuses = [
+            client.post("/auth/verify", json=body, headers=bearer("wrong-token")).status_code
+            for _ in range(LIMIT + 1)
+        ]
+
+        assert statuses == [401] * LIMIT + [429]
+        assert_too_many(client.post("/auth/verify", json=body, headers=bearer(VERIFY_TOKEN)))
+
+    def test_two_authorization_headers_are_refused_even_if_both_hold_the_token(
+        self, client: TestClient, tenant: Tenant
+    ) -> None:
+        body = {"key": tenant.token, "method": "GET", "path": "/v1/numbers"}
+        twice = [("Authorization", f"Bearer {VERIFY_TOKEN}")] * 2
+
+        response = client.post("/auth/verify", json=body, headers=twice)
+
+        assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+        assert response.headers["www-authenticate"] == "Bearer"
+
 
 # -- changes per account ---------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """``/admin/v1/``: the operator API of the platform that runs keyguard.
 
-Enabled only when ``KEYGUARD_ADMIN_TOKEN`` is set; callers present it as a bearer
-token, compared in constant time. It manages accounts and reads any account's
-keys, never their secrets.
+Enabled only when ``KEYGUARD_ADMIN_TOKEN`` is set; callers present it as their one
+bearer token, compared in constant time, and a wrong token counts against the
+caller's failed-authentication limit (:mod:`keyguard.api.tokens`). It manages
+accounts and reads any account's keys, never their secrets.
 """
 
-import hmac
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -24,6 +24,7 @@ from keyguard.api.schemas import (
     key_model,
     request_body,
 )
+from keyguard.api.tokens import authenticate
 from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus, Actor
 from keyguard.domain.scopes import ScopeGroups
@@ -41,17 +42,18 @@ def _runtime(request: Request) -> Keyguard:
     return runtime
 
 
-def _operator(request: Request) -> Actor:
-    """The operator behind a request, or a 401 for anyone else."""
+async def _operator(request: Request) -> Actor:
+    """The operator behind a request; a 401 for anyone else, a 429 for a caller that
+    failed to authenticate too often."""
     runtime = _runtime(request)
     expected = runtime.settings.admin_token
-    presented = keys.bearer_token(request.headers.get("authorization")) or ""
-    if expected is None or not hmac.compare_digest(
-        presented.encode(), expected.get_secret_value().encode()
-    ):
+    if expected is None:
         raise Unauthorized()
-    facts = ProxiedRequest.scan(request.scope["headers"], runtime.client_ip_header)
-    return Actor("operator", None, facts.client(request.scope, runtime.trusted_proxies))
+    headers = request.scope["headers"]
+    facts = ProxiedRequest.scan(headers, runtime.client_ip_header)
+    client = facts.client(request.scope, runtime.trusted_proxies)
+    authenticate(headers, expected, client, runtime.auth_failures)
+    return Actor("operator", None, client)
 
 
 Operator = Annotated[Actor, Depends(_operator)]
@@ -70,7 +72,10 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts",
         operation_id="admin_accounts_create",
         summary="Create an account with its first full-access key (shown once)",
-        responses={400: {"model": ErrorResponse, "description": "Invalid name."}},
+        responses={
+            400: {"model": ErrorResponse, "description": "Invalid name."},
+            422: {"model": ErrorResponse, "description": "Name longer than 255 characters."},
+        },
         openapi_extra=request_body(AccountCreateRequest, required=True),
     )
     async def create_account(request: Request, operator: Operator) -> JSONResponse:

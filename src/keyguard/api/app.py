@@ -4,12 +4,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyguard import __version__
 from keyguard.api.admin import admin_router
@@ -29,6 +29,7 @@ from keyguard.api.errors import (
 )
 from keyguard.api.keys import key_router
 from keyguard.api.schemas import (
+    ERROR_RESPONSES,
     AccountCreateRequest,
     ErrorResponse,
     HealthResponse,
@@ -37,8 +38,9 @@ from keyguard.api.schemas import (
     forward_auth_document,
     update_request_model,
 )
+from keyguard.api.tokens import authenticate
 from keyguard.config import Settings, load_settings
-from keyguard.middleware import KeyguardMiddleware, send_error
+from keyguard.middleware import KeyguardMiddleware, ProxiedRequest, send_error
 from keyguard.runtime import Keyguard
 
 
@@ -85,7 +87,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     async def healthz() -> JSONResponse:
         # Read from the snapshot's own refreshes (every 0.25 s): a health check
         # costs no query, and a database outage does not fail it while the
-        # snapshot can still decide.
+        # snapshot can still decide. Anyone may ask, so it tells no counts.
         cache = runtime.cache
         if cache.age is None:
             return wavix_error(503, "Key snapshot not loaded")
@@ -93,23 +95,33 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
             {
                 "success": True,
                 "database": "ok" if cache.store_reachable else "unreachable",
-                "keys": len(cache),
                 "snapshot_age_seconds": round(cache.age, 3),
             }
         )
+
+    metrics_token = runtime.settings.metrics_token
 
     @app.get(
         "/metrics",
         tags=["Operations"],
         summary="Prometheus metrics of this process",
         response_class=PlainTextResponse,
+        responses={
+            401: {**ERROR_RESPONSES[401], "description": "KEYGUARD_METRICS_TOKEN not presented."},
+            429: ERROR_RESPONSES[429],
+        },
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        # The counts cover every account: when a token is set, only its holder sees them.
+        if metrics_token is not None:
+            headers = request.scope["headers"]
+            facts = ProxiedRequest.scan(headers, runtime.client_ip_header)
+            client = facts.client(request.scope, runtime.trusted_proxies)
+            authenticate(headers, metrics_token, client, runtime.auth_failures)
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    verify_token = runtime.settings.verify_token
     app.include_router(
-        verify_router(runtime.decider, verify_token.get_secret_value() if verify_token else None)
+        verify_router(runtime.decider, runtime.settings.verify_token, runtime.auth_failures)
     )
     _document(app, runtime)
     app.add_middleware(
@@ -120,7 +132,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         protect=_protected,
     )
     forward = ForwardAuth(runtime.decider, runtime.trusted_proxies, runtime.client_ip_header)
-    return Dispatcher(forward, LastResort(app), runtime.settings.max_header_bytes)
+    return Dispatcher(forward, LastResort(HeadAsGet(app)), runtime.settings.max_header_bytes)
 
 
 class Dispatcher:
@@ -144,6 +156,32 @@ class Dispatcher:
             await self.forward(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """Answer ``HEAD`` as ``GET``, with the headers of the ``GET`` answer and no body.
+
+    Every route that answers ``GET`` answers ``HEAD`` too (RFC 9110 §9.3.2); the
+    framework's routes declare only ``GET``. The app sees a copy of the scope: the
+    server keeps its own, and with it knows to send no body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
 def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:

@@ -11,22 +11,21 @@ original path appended to ``/auth/forward``).
 keyguard directly.
 """
 
-import hmac
 import logging
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from keyguard.api.errors import wavix_error
 from keyguard.api.keys import read_json
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
+from keyguard.api.tokens import authenticate
 from keyguard.decide import Decider, Decision
-from keyguard.domain.keys import bearer_token
 from keyguard.domain.network import ClientIPHeader, Network
 from keyguard.errors import InvalidInput
+from keyguard.limits import WindowLimiter
 from keyguard.middleware import ProxiedRequest, send_decision
 
 log = logging.getLogger("keyguard.api")
@@ -130,8 +129,13 @@ class VerifyResponse(BaseModel):
     retry_after: int | None = Field(description="For 429: seconds until the client may retry.")
 
 
-def verify_router(decider: Decider, token: str | None) -> APIRouter:
-    """``POST /auth/verify``; when ``token`` is set, callers must present it."""
+def verify_router(
+    decider: Decider, token: SecretStr | None, failures: WindowLimiter | None
+) -> APIRouter:
+    """``POST /auth/verify``; when ``token`` is set, callers must present it.
+
+    A wrong token is a failed authentication of the caller, counted in ``failures``.
+    """
     router = APIRouter(tags=["Authorization"])
 
     @router.post(
@@ -143,14 +147,14 @@ def verify_router(decider: Decider, token: str | None) -> APIRouter:
             400: {"model": ErrorResponse, "description": "Invalid body."},
             401: ERROR_RESPONSES[401],
             413: {"model": ErrorResponse, "description": "The body is too large."},
+            429: ERROR_RESPONSES[429],
         },
         openapi_extra=request_body(VerifyRequest, required=True),
     )
     async def verify(request: Request) -> JSONResponse:
+        caller = request.client.host if request.client else None
         if token is not None:  # the caller first, then its body
-            presented = bearer_token(request.headers.get("authorization")) or ""
-            if not hmac.compare_digest(presented.encode(), token.encode()):
-                return wavix_error(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+            authenticate(request.scope["headers"], token, caller, failures)
         body = await read_json(request, required=True)
         try:
             asked = VerifyRequest.model_validate(body)
@@ -160,7 +164,6 @@ def verify_router(decider: Decider, token: str | None) -> APIRouter:
         # Failed authentications are charged to the address the caller reports only
         # when the caller proved it is the configured backend; an anonymous caller is
         # charged itself, so that it cannot lock other clients out.
-        caller = request.client.host if request.client else None
         charge = asked.ip if token is not None else caller
         decision = decider.decide(asked.key, asked.ip, asked.method, asked.path, charge=charge)
         return JSONResponse(

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.routing import compile_path
+from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyguard.errors import (
@@ -77,11 +77,23 @@ async def _http(request: Request, error: Exception) -> JSONResponse:
 
 
 def _methods_for(request: Request) -> list[str]:
-    """The methods of every documented route whose template matches the path."""
+    """The methods of every route whose template matches the path: documented
+    routes, undocumented ones (``/docs``), and ``HEAD`` wherever ``GET`` is
+    (see :class:`keyguard.api.app.HeadAsGet`)."""
+    path = request.url.path
     methods: set[str] = set()
     for template, item in request.app.openapi()["paths"].items():
-        if compile_path(template)[0].match(request.url.path):
+        if compile_path(template)[0].match(path):
             methods.update(method.upper() for method in item)
+    for route in request.app.routes:
+        if (
+            isinstance(route, Route)
+            and not route.include_in_schema
+            and route.path_regex.match(path)
+        ):
+            methods.update(route.methods or ())
+    if "GET" in methods:
+        methods.add("HEAD")
     return sorted(methods)
 
 

@@ -47,7 +47,6 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     success: Literal[True]
     database: Literal["ok", "unreachable"]
-    keys: int = Field(description="Live keys in this process's snapshot.")
     snapshot_age_seconds: float = Field(description="Since the snapshot last caught up.")
 
 

@@ -1,0 +1,178 @@
+"""``/metrics`` and ``/healthz``: what a process tells about itself, and to whom.
+
+Metrics count every account's keys and decisions: with ``KEYGUARD_METRICS_TOKEN``
+set, only a caller presenting it sees them. ``/healthz`` answers anyone, so it
+carries no count at all.
+"""
+
+import re
+
+import httpx2
+import pytest
+from pydantic import SecretStr
+from starlette.testclient import TestClient
+
+from keyguard.config import Settings, load_settings
+from keyguard.errors import ConfigurationError
+from tests.conftest import TEST_SECRET, ClientFactory, Tenant
+
+METRICS_TOKEN = "prometheus-" + "5" * 32
+LIMIT = 3  # failed authentications per address per minute
+OTHER_IP = "198.51.100.20"
+UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
+SNAPSHOT_KEYS = re.compile(r'^keyguard_snapshot_keys\{pid="\d+"\} (\S+)$', re.MULTILINE)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        refresh_interval=0.05,
+        usage_flush_interval=0.05,
+        metrics_token=SecretStr(METRICS_TOKEN),
+        auth_failures_per_minute=LIMIT,
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_unauthorized(response: httpx2.Response) -> None:
+    assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "keyguard_" not in response.text
+
+
+def assert_too_many(response: httpx2.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json() == {
+        "success": False,
+        "message": "Too many failed authentications from this address; "
+        f"retry in {response.headers['retry-after']} seconds",
+    }
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+# -- /metrics ------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("tenant", "other_tenant")
+def test_if_metrics_token_is_presented_then_metrics_are_shown(client: TestClient) -> None:
+    response = client.get("/metrics", headers=bearer(METRICS_TOKEN))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert SNAPSHOT_KEYS.findall(response.text) == ["2.0"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param(bearer("prometheus-" + "6" * 32), id="wrong_token"),
+        pytest.param(bearer(METRICS_TOKEN[:-1]), id="token_less_its_last_character"),
+        pytest.param(bearer(METRICS_TOKEN + "5"), id="token_and_one_more_character"),
+        pytest.param({"Authorization": f"Basic {METRICS_TOKEN}"}, id="other_scheme"),
+        pytest.param({"Authorization": METRICS_TOKEN}, id="no_scheme"),
+        pytest.param({"X-Metrics-Token": METRICS_TOKEN}, id="other_header"),
+    ],
+)
+def test_if_metrics_token_is_missing_or_wrong_then_401_wavix_body(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    assert_unauthorized(client.get("/metrics", headers=headers))
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        pytest.param([METRICS_TOKEN, METRICS_TOKEN], id="right_twice"),
+        pytest.param([METRICS_TOKEN, "wrong"], id="right_first"),
+        pytest.param(["wrong", METRICS_TOKEN], id="right_second"),
+    ],
+)
+def test_if_two_authorization_headers_are_sent_then_metrics_answer_401(
+    client: TestClient, tokens: list[str]
+) -> None:
+    headers = [("Authorization", f"Bearer {token}") for token in tokens]
+
+    assert_unauthorized(client.get("/metrics", headers=headers))
+
+
+def test_if_a_tenants_key_is_presented_then_metrics_answer_401(
+    client: TestClient, tenant: Tenant
+) -> None:
+    assert_unauthorized(client.get("/metrics", headers=tenant.headers))
+
+
+def test_if_wrong_metrics_tokens_pass_the_failure_limit_then_429_even_for_the_right_one(
+    client_from: ClientFactory, tenant: Tenant
+) -> None:
+    guesser, bystander = client_from("203.0.113.77"), client_from(OTHER_IP)
+    for _attempt in range(LIMIT):
+        assert_unauthorized(guesser.get("/metrics", headers=bearer("guess-" + "0" * 32)))
+
+    assert_too_many(guesser.get("/metrics", headers=bearer("guess-" + "1" * 32)))
+    assert_too_many(guesser.get("/metrics", headers=bearer(METRICS_TOKEN)))
+    # One limit for keys and tokens alike: the guesser's wrong keys are throttled too,
+    # and, as for anyone, a valid key is never refused by the limit.
+    assert_too_many(guesser.get("/v1/api-keys", headers=bearer("kg_nonsense")))
+    assert guesser.get("/v1/api-keys", headers=tenant.headers).status_code == 200
+    assert bystander.get("/metrics", headers=bearer(METRICS_TOKEN)).status_code == 200
+
+
+def test_if_wrong_keys_pass_the_failure_limit_then_the_metrics_token_gets_429(
+    client_from: ClientFactory,
+) -> None:
+    guesser = client_from("203.0.113.78")
+    for _attempt in range(LIMIT + 1):
+        guesser.get("/v1/api-keys", headers=bearer("kg_nonsense"))
+
+    assert_too_many(guesser.get("/metrics", headers=bearer(METRICS_TOKEN)))
+
+
+class TestWithoutMetricsToken:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(database_url=database_url, secret_key=TEST_SECRET)
+
+    @pytest.mark.usefixtures("tenant")
+    def test_metrics_are_open_to_every_caller(self, client: TestClient) -> None:
+        response = client.get("/metrics")
+
+        assert response.status_code == 200
+        assert SNAPSHOT_KEYS.findall(response.text) == ["1.0"]
+
+
+@pytest.mark.parametrize("token", ["", "x" * 31])
+def test_if_metrics_token_is_shorter_than_32_characters_then_keyguard_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("KEYGUARD_METRICS_TOKEN", token)
+
+    with pytest.raises(ConfigurationError, match=r"KEYGUARD_METRICS_TOKEN: .*at least 32"):
+        load_settings()
+
+
+# -- /healthz ------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("tenant", "other_tenant")
+def test_health_tells_anyone_whether_the_process_can_serve_but_no_counts(
+    client: TestClient,
+) -> None:
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"success", "database", "snapshot_age_seconds"}
+    assert (body["success"], body["database"]) == (True, "ok")
+    assert 0 <= body["snapshot_age_seconds"] < 1
+
+
+def test_health_schema_documents_no_counts(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["HealthResponse"]
+
+    assert set(schema["properties"]) == {"success", "database", "snapshot_age_seconds"}
