@@ -70,7 +70,11 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts",
         operation_id="admin_accounts_create",
         summary="Create an account with its first full-access key (shown once)",
-        responses={400: {"model": ErrorResponse, "description": "Invalid name."}},
+        responses={
+            400: {"model": ErrorResponse, "description": "Missing or invalid name or body."},
+            413: {"model": ErrorResponse, "description": "The body is too large (64 KiB)."},
+            422: {"model": ErrorResponse, "description": "The name is too long."},
+        },
         openapi_extra=request_body(AccountCreateRequest, required=True),
     )
     async def create_account(request: Request, operator: Operator) -> JSONResponse:
