@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit fuzz bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/keyguard serve
@@ -19,6 +19,16 @@ typecheck: $(VENV)/.dev-installed
 
 unit: $(VENV)/.dev-installed
 	$(BIN)/pytest
+
+# A longer fuzz run from a random seed, printed so that a failure can be replayed:
+# make fuzz KEYGUARD_TEST_FUZZ_SEED=<seed> [KEYGUARD_TEST_FUZZ_EXAMPLES=<examples per operation>]
+fuzz: $(VENV)/.dev-installed
+	@seed=$${KEYGUARD_TEST_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	examples=$${KEYGUARD_TEST_FUZZ_EXAMPLES:-200}; \
+	echo "fuzz seed $$seed, $$examples examples per operation;" \
+		"replay: make fuzz KEYGUARD_TEST_FUZZ_SEED=$$seed KEYGUARD_TEST_FUZZ_EXAMPLES=$$examples"; \
+	KEYGUARD_TEST_FUZZ_SEED=$$seed KEYGUARD_TEST_FUZZ_EXAMPLES=$$examples \
+		$(BIN)/pytest tests/test_fuzz.py
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks

@@ -73,8 +73,9 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         operation_id="admin_accounts_create",
         summary="Create an account with its first full-access key (shown once)",
         responses={
-            400: {"model": ErrorResponse, "description": "Invalid name."},
-            422: {"model": ErrorResponse, "description": "Name longer than 255 characters."},
+            400: {"model": ErrorResponse, "description": "Missing or invalid name or body."},
+            413: {"model": ErrorResponse, "description": "The body is too large (64 KiB)."},
+            422: {"model": ErrorResponse, "description": "The name is too long."},
         },
         openapi_extra=request_body(AccountCreateRequest, required=True),
     )

@@ -17,6 +17,7 @@ from keyguard.domain.fields import (
     MAX_PERMITTED_IPS,
 )
 from keyguard.domain.scopes import ScopeGroups
+from keyguard.service import MAX_ACCOUNT_NAME_LENGTH
 
 LevelName = Literal["none", "read", "write"]
 
@@ -139,7 +140,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "Too many failed authentications from this address, or too many "
         "changes by this account.",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+        "headers": {
+            "Retry-After": {
+                "schema": {"type": "integer"},
+                "required": True,
+                "description": "Seconds.",
+            }
+        },
     },
     431: {"model": ErrorResponse, "description": "The request headers are too large."},
     500: {"model": ErrorResponse, "description": "Unexpected error."},
@@ -191,6 +198,14 @@ def forward_auth_document() -> dict[str, Any]:
                     "content": {"application/json": {"schema": unauthorized}}},
             "403": {"description": "The key may not make this request.",
                     "content": {"application/json": {"schema": error}}},
+            "429": {"description": "Too many failed authentications from this address.",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}, "required": True,
+                                                "description": "Seconds."}},
+                    "content": {"application/json": {"schema": error}}},
+            "431": {"description": "The request headers are too large.",
+                    "content": {"application/json": {"schema": error}}},
+            "500": {"description": "Unexpected error.",
+                    "content": {"application/json": {"schema": error}}},
         },
     }  # fmt: skip
     return {"get": {**operation, "operationId": "auth_forward"}}
@@ -241,5 +256,7 @@ class AccountsPage(BaseModel):
 
 class AccountCreateRequest(BaseModel):
     name: str = Field(
-        min_length=1, max_length=255, json_schema_extra={"pattern": CLEAN_TEXT_PATTERN}
+        min_length=1,
+        max_length=MAX_ACCOUNT_NAME_LENGTH,
+        json_schema_extra={"pattern": CLEAN_TEXT_PATTERN},
     )
