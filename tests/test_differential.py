@@ -52,11 +52,8 @@ from starlette.types import ASGIApp, Message
 from keyguard import KeyguardMiddleware
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
-from tests import test_caddy
-from tests.proxied import bearer, known_account, with_addresses
-from tests.server import HOST, SECRET, KeyguardServer, Servers, free_port
-from tests.test_caddy import Caddy
-from tests.test_nginx import Nginx, example_config
+from tests.proxied import Caddy, Nginx, ReverseProxy, bearer, known_account, start_example
+from tests.server import HOST, SECRET, KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
 
@@ -325,10 +322,9 @@ def nginx(
     tmp_path_factory: pytest.TempPathFactory,
     keyguard_server: KeyguardServer,
     upstream: UvicornThread,
-) -> Iterator[Nginx]:
-    port = free_port()
-    config = example_config(f"{HOST}:{keyguard_server.port}", upstream.address, f"{HOST}:{port}")
-    server = Nginx(tmp_path_factory.mktemp("nginx"), config, port).start()
+) -> Iterator[ReverseProxy]:
+    folder = tmp_path_factory.mktemp("nginx")
+    server = start_example(Nginx, folder, keyguard_server, upstream.address)
     try:
         yield server
     finally:
@@ -340,15 +336,9 @@ def caddy(
     tmp_path_factory: pytest.TempPathFactory,
     keyguard_server: KeyguardServer,
     upstream: UvicornThread,
-) -> Iterator[Caddy]:
-    port = free_port()
-    moves = {
-        test_caddy.KEYGUARD_ADDRESS: f"{HOST}:{keyguard_server.port}",
-        test_caddy.API_ADDRESS: upstream.address,
-        test_caddy.CADDY_ADDRESS: f"{HOST}:{port}",
-    }
-    config = with_addresses(test_caddy.EXAMPLE, moves)
-    server = Caddy(tmp_path_factory.mktemp("caddy"), config, port).start()
+) -> Iterator[ReverseProxy]:
+    folder = tmp_path_factory.mktemp("caddy")
+    server = start_example(Caddy, folder, keyguard_server, upstream.address)
     try:
         yield server
     finally:

@@ -1,135 +1,44 @@
-"""nginx in front of an API, with keyguard deciding every request.
+"""A reverse proxy in front of an API, with keyguard deciding every request.
 
-The configuration is ``examples/nginx/nginx.conf`` itself, with only its three
-addresses moved to free ports: what a reader copies is what these tests run.
-Every request goes through nginx; the API behind it echoes what it received and
-counts the requests that reached it.
+Each test runs through every example proxy: nginx (``auth_request``, with
+``examples/nginx/nginx.conf``) and Caddy (``forward_auth``, with
+``examples/caddy/Caddyfile``), each its example itself with only its three
+addresses moved to free ports (tests/proxied.py). Every request goes through the
+proxy; the API behind it echoes what it received and counts the requests that
+reached it.
 """
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from keyguard.domain.keys import generate
-from tests.conftest import missing
-from tests.proxied import EchoAPI, bearer, known_account, with_addresses
-from tests.server import HOST, KeyguardServer, Servers, free_port
+from tests.proxied import (
+    PROXIES,
+    EchoAPI,
+    Nginx,
+    ReverseProxy,
+    bearer,
+    known_account,
+    start_example,
+)
+from tests.server import KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nginx" / "nginx.conf"
-# The example's addresses for keyguard, the API and nginx itself.
-KEYGUARD_ADDRESS = "127.0.0.1:8080"
-API_ADDRESS = "127.0.0.1:9000"
-NGINX_ADDRESS = "127.0.0.1:8000"
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
-
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 OUTSIDE_127_0_0_1 = "10.0.0.0/8"
-
-
-def nginx_binary() -> str:
-    # /usr/sbin is not on every user's PATH, but it is where Debian installs nginx.
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which("nginx", path=path)
-    if found is None:
-        missing(
-            "nginx is not installed, and these tests run the example configuration in a real"
-            " nginx: install it with `apt-get install nginx` (as root), or run .ci/run."
-        )
-    return found
-
-
-def example_config(keyguard: str, api: str, nginx: str) -> str:
-    """The example configuration, with its three addresses and nothing else changed."""
-    return with_addresses(
-        EXAMPLE, {KEYGUARD_ADDRESS: keyguard, API_ADDRESS: api, NGINX_ADDRESS: nginx}
-    )
-
-
-class Nginx:
-    """``nginx -p PREFIX -c PREFIX/nginx.conf -g "daemon off;"`` in the foreground."""
-
-    def __init__(self, prefix: Path, config: str, port: int) -> None:
-        self.prefix = prefix
-        self.port = port
-        (prefix / "temp").mkdir(parents=True)
-        (prefix / "nginx.conf").write_text(config)
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def stderr(self) -> str:
-        return (self.prefix / "nginx.stderr").read_text(errors="replace")
-
-    @property
-    def access_log(self) -> str:
-        path = self.prefix / "access.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self) -> "Nginx":
-        command = [nginx_binary(), "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")]
-        with (self.prefix / "nginx.stderr").open("wb") as stderr:
-            self._process = subprocess.Popen(
-                [*command, "-g", "daemon off;"],
-                cwd=self.prefix,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                start_new_session=True,  # its workers share its process group
-            )
-        self._wait_until_listening()
-        return self
-
-    def _wait_until_listening(self) -> None:
-        process = self._require_process()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"nginx exited with status {process.returncode} before it listened on"
-                    f" port {self.port}.\n--- stderr ---\n{self.stderr}"
-                )
-            with suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise AssertionError(
-            f"nginx did not listen on port {self.port} within {START_TIMEOUT:g} s."
-            f"\n--- stderr ---\n{self.stderr}"
-        )
-
-    def stop(self) -> None:
-        """SIGQUIT (graceful), then SIGTERM (fast), then SIGKILL to every nginx process."""
-        process = self._require_process()
-        for stop in (signal.SIGQUIT, signal.SIGTERM):
-            with suppress(ProcessLookupError):
-                process.send_signal(stop)
-            with suppress(subprocess.TimeoutExpired):
-                process.wait(STOP_TIMEOUT / 2)
-                break
-        # The master leads its own process group: no worker outlives it.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(STOP_TIMEOUT)
-
-    def _require_process(self) -> "subprocess.Popen[bytes]":
-        assert self._process is not None, "nginx was never started"
-        return self._process
+NOT_FROM_127_0_0_1 = {
+    "success": False,
+    "message": "IP address 127.0.0.1 is not permitted for this API key",
+}
+CONFLICTING = "Conflicting original-request headers: the request cannot be judged"
+NUMBERS_WRITE_REQUIRED = "API key scope numbers: write access required"
+# The style of original-request headers each proxy sets itself (replacing the client's).
+OWN_STYLE = {"nginx": "nginx_style", "caddy": "traefik_style"}
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +56,15 @@ def api() -> Iterator[EchoAPI]:
         started.stop()
 
 
-@pytest.fixture(scope="module")
-def nginx(
-    tmp_path_factory: pytest.TempPathFactory, keyguard: KeyguardServer, api: EchoAPI
-) -> Iterator[Nginx]:
-    port = free_port()
-    config = example_config(f"{HOST}:{keyguard.port}", api.address, f"{HOST}:{port}")
-    server = Nginx(tmp_path_factory.mktemp("nginx"), config, port).start()
+@pytest.fixture(scope="module", params=list(PROXIES))
+def proxy(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    keyguard: KeyguardServer,
+    api: EchoAPI,
+) -> Iterator[ReverseProxy]:
+    kind = PROXIES[request.param]
+    server = start_example(kind, tmp_path_factory.mktemp(kind.name), keyguard, api.address)
     try:
         yield server
     finally:
@@ -162,7 +73,6 @@ def nginx(
 
 @pytest.fixture(scope="module")
 def account(keyguard: KeyguardServer) -> dict[str, Any]:
-    """The account and its first, full-access key, once the server knows them."""
     return known_account(keyguard)
 
 
@@ -179,10 +89,10 @@ def management(keyguard: KeyguardServer, full_access: str) -> Iterator[httpx.Cli
         yield c
 
 
-@pytest.fixture(scope="module")
-def client(nginx: Nginx) -> Iterator[httpx.Client]:
-    """A client of nginx, from 127.0.0.1."""
-    with httpx.Client(base_url=nginx.base_url, timeout=10) as c:
+@pytest.fixture
+def client(proxy: ReverseProxy) -> Iterator[httpx.Client]:
+    """A client of the proxy, from 127.0.0.1."""
+    with httpx.Client(base_url=proxy.base_url, timeout=10) as c:
         yield c
 
 
@@ -190,11 +100,12 @@ KeyFactory = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
-def create_key(management: httpx.Client) -> KeyFactory:
+def create_key(management: httpx.Client, proxy: ReverseProxy) -> KeyFactory:
     """``POST /v1/api-keys`` with the given fields; the new key object."""
 
     def create(**fields: Any) -> dict[str, Any]:
-        answer = management.post("/v1/api-keys", json={"label": "nginx test", **fields})
+        body = {"label": f"{proxy.name} test", **fields}
+        answer = management.post("/v1/api-keys", json=body)
         assert answer.status_code == 200, answer.text
         created: dict[str, Any] = answer.json()
         return created
@@ -286,6 +197,7 @@ def test_unusable_key_is_401_with_the_wavix_body_and_never_reaches_the_api(
     assert answer.status_code == 401
     assert answer.json() == UNAUTHORIZED
     assert answer.headers["content-type"] == "application/json"
+    assert answer.headers.get_list("www-authenticate") == ["Bearer"]
     assert api.hits == hits
 
 
@@ -297,13 +209,6 @@ def test_the_apis_own_refusal_reaches_the_client_unchanged(
 
     assert answer.status_code == status
     assert answer.json()["path"] == f"/v1/numbers?status={status}"
-
-
-def test_401_challenges_the_client_once_for_a_bearer_token(client: httpx.Client) -> None:
-    answer = client.get("/v1/numbers")
-
-    assert answer.status_code == 401
-    assert answer.headers.get_list("www-authenticate") == ["Bearer"]
 
 
 def test_scoped_key_writing_where_it_may_only_read_is_403(
@@ -326,34 +231,23 @@ def test_scoped_key_writing_where_it_may_only_read_is_403(
 
 # The proxy replaces its own style of these headers; the other style, sent by the
 # client, disagrees with them, and a request with disagreeing headers is refused.
-@pytest.mark.parametrize(
-    ("claims", "message"),
-    [
-        (
-            {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/numbers"},
-            "Conflicting original-request headers: the request cannot be judged",
-        ),
-        (
-            {"X-Original-Method": "GET", "X-Original-URI": "/v1/numbers"},
-            "API key scope numbers: write access required",
-        ),
-    ],
-    ids=["traefik_style", "nginx_style"],
-)
+CLAIMS = {
+    "traefik_style": {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/numbers"},
+    "nginx_style": {"X-Original-Method": "GET", "X-Original-URI": "/v1/numbers"},
+}
+
+
+@pytest.mark.parametrize("style", list(CLAIMS))
 def test_client_sent_original_request_headers_cannot_change_what_is_judged(
-    client: httpx.Client,
-    api: EchoAPI,
-    create_key: KeyFactory,
-    claims: dict[str, str],
-    message: str,
+    client: httpx.Client, api: EchoAPI, create_key: KeyFactory, proxy: ReverseProxy, style: str
 ) -> None:
     token = create_key(scopes_enabled=True, numbers={"allow": "read"})["value"]
     hits = api.hits
 
-    answer = client.patch("/v1/numbers", headers={**bearer(token), **claims}, json={})
+    answer = client.patch("/v1/numbers", headers={**bearer(token), **CLAIMS[style]}, json={})
 
-    assert answer.status_code == 403
-    assert answer.json() == {"success": False, "message": message}
+    message = NUMBERS_WRITE_REQUIRED if OWN_STYLE[proxy.name] == style else CONFLICTING
+    assert (answer.status_code, answer.json()) == (403, {"success": False, "message": message})
     assert api.hits == hits
 
 
@@ -365,11 +259,7 @@ def test_restricted_key_from_an_address_outside_its_range_is_403(
 
     answer = client.get("/v1/numbers", headers=bearer(token))
 
-    assert answer.status_code == 403
-    assert answer.json() == {
-        "success": False,
-        "message": "IP address 127.0.0.1 is not permitted for this API key",
-    }
+    assert (answer.status_code, answer.json()) == (403, NOT_FROM_127_0_0_1)
     assert api.hits == hits
 
 
@@ -384,56 +274,37 @@ def test_restricted_key_from_its_permitted_address_reaches_the_api(
     assert answer.json()["headers"]["x-keyguard-key-id"] == str(key["id"])
 
 
-@pytest.mark.parametrize(
-    "spoof",
-    [
-        {"X-Forwarded-For": "10.1.2.3"},
-        {"X-Real-IP": "10.1.2.3"},
-        {"X-Forwarded-For": "10.1.2.3, 10.4.5.6", "X-Real-IP": "10.1.2.3"},
-    ],
-    ids=["x_forwarded_for", "x_real_ip", "both"],
-)
-def test_forwarding_headers_sent_by_the_client_do_not_lift_an_ip_restriction(
+# What a client sends to choose its address. Both proxies replace X-Forwarded-For (it
+# trusts no proxy in front of it) and pass X-Real-IP on untouched: keyguard must believe
+# only the first.
+SPOOFS = {
+    "x_real_ip": {"X-Real-IP": "10.1.2.3"},
+    "x_forwarded_for": {"X-Forwarded-For": "10.1.2.3"},
+    "both": {"X-Forwarded-For": "10.4.5.6, 10.1.2.3", "X-Real-IP": "10.1.2.3"},
+}
+
+
+@pytest.mark.parametrize("spoof", list(SPOOFS.values()), ids=list(SPOOFS))
+def test_address_headers_sent_by_the_client_do_not_lift_an_ip_restriction(
     client: httpx.Client, api: EchoAPI, create_key: KeyFactory, spoof: dict[str, str]
 ) -> None:
-    token = create_key(restricted=True, permitted_ips=[OUTSIDE_127_0_0_1])["value"]
+    permits_the_claims = ["10.1.2.3", "10.4.5.6"]
+    token = create_key(restricted=True, permitted_ips=permits_the_claims)["value"]
     hits = api.hits
 
     answer = client.get("/v1/numbers", headers={**bearer(token), **spoof})
 
-    assert answer.status_code == 403
-    assert answer.json()["message"] == "IP address 127.0.0.1 is not permitted for this API key"
+    assert (answer.status_code, answer.json()) == (403, NOT_FROM_127_0_0_1)
     assert api.hits == hits
 
 
-# What a client sends to choose its address: nginx overwrites X-Forwarded-For and
-# passes X-Real-IP on, so keyguard must believe only the first.
-CLAIMS = {"X-Real-IP": "198.51.100.7", "X-Forwarded-For": "198.51.100.8, 198.51.100.9"}
-
-
-def test_client_sent_x_real_ip_and_forged_x_forwarded_for_cannot_choose_the_address(
-    client: httpx.Client, api: EchoAPI, create_key: KeyFactory
-) -> None:
-    permits_the_claims = ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
-    token = create_key(restricted=True, permitted_ips=permits_the_claims)["value"]
-    hits = api.hits
-
-    answer = client.get("/v1/numbers", headers={**bearer(token), **CLAIMS})
-
-    assert answer.status_code == 403
-    assert answer.json() == {
-        "success": False,
-        "message": "IP address 127.0.0.1 is not permitted for this API key",
-    }
-    assert api.hits == hits
-
-
-def test_client_sent_address_headers_do_not_lock_out_its_own_address(
-    client: httpx.Client, create_key: KeyFactory
+@pytest.mark.parametrize("spoof", list(SPOOFS.values()), ids=list(SPOOFS))
+def test_address_headers_sent_by_the_client_do_not_lock_out_its_own_address(
+    client: httpx.Client, create_key: KeyFactory, spoof: dict[str, str]
 ) -> None:
     key = create_key(restricted=True, permitted_ips=["127.0.0.1"])
 
-    answer = client.get("/v1/numbers", headers={**bearer(key["value"]), **CLAIMS})
+    answer = client.get("/v1/numbers", headers={**bearer(key["value"]), **spoof})
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["headers"]["x-keyguard-key-id"] == str(key["id"])
@@ -448,9 +319,12 @@ def test_appid_query_parameter_is_a_key(
     assert answer.json()["headers"]["x-keyguard-key-id"] == str(account["api_key"]["id"])
 
 
-def test_access_log_names_the_path_and_key_id_but_never_the_query(
-    client: httpx.Client, nginx: Nginx, create_key: KeyFactory
+@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)
+def test_nginx_access_log_names_the_path_and_key_id_but_never_the_query(
+    client: httpx.Client, proxy: ReverseProxy, create_key: KeyFactory
 ) -> None:
+    assert isinstance(proxy, Nginx)
+    nginx = proxy
     key = create_key()
     marker = f"/v1/numbers/log-{key['id']}"
 
