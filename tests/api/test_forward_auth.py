@@ -85,7 +85,8 @@ def test_two_authorization_headers_are_401(proxy: TestClient, tenant: Tenant) ->
             ("X-Original-URI", "/v1/numbers"),
         ],
     )
-    assert response.status_code == 401
+    assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+    assert response.headers["x-keyguard-message"] == "Unauthorized"
 
 
 def test_missing_scope_is_403(proxy: TestClient, keyguard: Keyguard, tenant: Tenant) -> None:
