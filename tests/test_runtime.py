@@ -92,9 +92,12 @@ def test_bad_setting_fails_loudly_naming_the_variable(
         load_settings()
 
 
-def test_short_secret_key_is_refused(tmp_path: Path) -> None:
+def test_short_secret_file_is_refused(tmp_path: Path) -> None:
+    secret_file = tmp_path / "keyguard.secret"
+    secret_file.write_text("short")
+    secret_file.chmod(0o600)
     with pytest.raises(ConfigurationError, match="at least 32 bytes"):
-        Keyguard(_settings(tmp_path, secret_key="short"))
+        Keyguard(_settings(tmp_path, secret_key=None))
 
 
 def test_generated_secret_lives_beside_the_database(tmp_path: Path) -> None:

@@ -317,7 +317,7 @@ def test_if_the_secret_file_went_missing_then_serve_stops_until_it_is_restored(
     servers: Servers,
 ) -> None:
     server = servers("lost-secret", secret_key=None).start()
-    key = printed_key(server.stdout)
+    key = assert_private_key_file(key_file(server))
     server.stop()
     secret_file = server.database.with_name("keyguard.secret")
     backup = secret_file.read_bytes()
