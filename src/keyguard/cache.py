@@ -54,6 +54,7 @@ class KeyCache:
         self._lock = threading.Lock()
         self._by_digest: dict[bytes, CachedKey] = {}
         self._revisions: dict[int, int] = {}  # key id -> revision held, tombstones too
+        self._digests: dict[int, bytes] = {}  # key id -> digest it is held under
         self._account_revisions: dict[int, int] = {}
         # Accounts whose keys must fail: suspended or deleted. Decisions check it.
         self.blocked_accounts: set[int] = set()
@@ -117,10 +118,16 @@ class KeyCache:
         if self._revisions.get(key.id, -1) >= key.revision:
             return False
         self._revisions[key.id] = key.revision
+        # A rotation of the server secret gives a key a new digest: the entry under
+        # the old one must go, or the old digest would keep answering for the key.
+        held = self._digests.pop(key.id, None)
+        if held is not None and held != key.digest:
+            self._by_digest.pop(held, None)
         if key.deleted:
             self._by_digest.pop(key.digest, None)
         else:
             self._by_digest[key.digest] = CachedKey.of(key)
+            self._digests[key.id] = key.digest
         return True
 
 

@@ -23,10 +23,11 @@ from keyguard.config import Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus
 from keyguard.domain.scopes import ScopeGroups
-from keyguard.errors import InvalidInput, KeyguardError
+from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError
 from keyguard.runtime import Keyguard
 from keyguard.service import KeyView
 from keyguard.storage import AuditQuery
+from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,6 +183,48 @@ def migrate() -> None:
     with _keyguard():
         pass
     click.echo("Database schema is up to date.")
+
+
+@main.command("rotate-secret")
+@click.option(
+    "--batch-size",
+    default=ROTATION_BATCH,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Keys rewritten per transaction.",
+)
+@_fail_cleanly
+def rotate_secret(batch_size: int) -> None:
+    """Rewrite every key from the previous server secret to the current one, online.
+
+    Run it with the servers' settings, once every instance runs with the new
+    secret as KEYGUARD_SECRET_KEY (or in the secret file) and the old one as
+    KEYGUARD_PREVIOUS_SECRET_KEY (or KEYGUARD_PREVIOUS_SECRET_FILE): they answer
+    for every key throughout. When it is done the database expects the new
+    secret alone; then remove the previous one from every instance. Interrupted,
+    it resumes where it stopped when run again.
+    """
+    with _keyguard() as runtime:
+        if runtime.vault.previous is None:
+            raise ConfigurationError(
+                "rotate-secret moves keys from the previous server secret to the current one, "
+                "and no previous secret is set: set KEYGUARD_PREVIOUS_SECRET_KEY (or "
+                "KEYGUARD_PREVIOUS_SECRET_FILE) to the secret being replaced, and "
+                "KEYGUARD_SECRET_KEY (or the secret file) to the new one, as on every instance."
+            )
+        reported = 0
+
+        def report(moved: int) -> None:
+            nonlocal reported
+            if moved - reported >= 10_000:
+                click.echo(f"{moved} keys rewritten so far", err=True)
+                reported = moved
+
+        moved = rotate(runtime.vault, runtime.store, batch_size, report)
+    click.echo(
+        f"Rewrote {moved} keys under the current server secret; the database now expects it "
+        "alone. Remove the previous secret from every instance and restart them."
+    )
 
 
 # -- accounts ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyguard.domain import keys
@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     )
     secret_file: Path | None = Field(
         default=None, description="Where a generated secret lives; default: beside the database."
+    )
+    previous_secret_key: SecretStr | None = Field(
+        default=None,
+        description="While the server secret is rotated: the secret being replaced, still "
+        "accepted for keys not yet rewritten.",
+    )
+    previous_secret_file: Path | None = Field(
+        default=None, description="The previous secret in a file (mode 0600) instead."
     )
     secret_display: SecretDisplay = SecretDisplay.FULL
     key_prefix: str = "kg"
@@ -99,11 +107,18 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-16 lowercase letters or digits")
         return value
 
-    @field_validator("secret_key")
+    @field_validator("secret_key", "previous_secret_key")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("previous_secret_file")
+    @classmethod
+    def _one_previous_secret(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("previous_secret_key") is not None:
+            raise ValueError("set either KEYGUARD_PREVIOUS_SECRET_KEY or this, not both")
         return value
 
     @field_validator("trusted_proxies", mode="before")

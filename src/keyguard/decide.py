@@ -63,6 +63,9 @@ class Decider:
         failures: WindowLimiter | None = None,
     ) -> None:
         self._vault = vault
+        # While the server secret is rotated, a key not yet rewritten is found by
+        # its digest under the previous secret; without one, a miss is a miss.
+        self._previous = vault.previous
         self._cache = cache
         self._routes = routes
         self._usage = usage
@@ -111,6 +114,8 @@ class Decider:
         if token is None or not is_well_formed(token):
             return self._unauthorized(charge)
         key = self._cache.get(self._vault.digest(token))
+        if key is None and self._previous is not None:
+            key = self._cache.get(self._previous.digest(token))
         if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
             return self._unauthorized(charge)
         if key.networks is not None:

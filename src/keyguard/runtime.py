@@ -20,7 +20,7 @@ from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
 from keyguard.usage import UsageRecorder
-from keyguard.vault import Vault, load_or_create_secret, verify_secret, wrong_secret
+from keyguard.vault import Vault, load_or_create_secret, read_secret, verify_secret, wrong_secret
 
 # keyguard's own management API; a key must have full access to use it.
 MANAGEMENT_ROUTES = (
@@ -67,6 +67,24 @@ def server_secret(settings: Settings) -> bytes:
     return load_or_create_secret(settings.resolved_secret_file())
 
 
+def previous_server_secret(settings: Settings) -> bytes | None:
+    """The secret being rotated away from, if one is configured (never generated)."""
+    if settings.previous_secret_key is not None:
+        return settings.previous_secret_key.get_secret_value().encode()
+    if settings.previous_secret_file is not None:
+        return read_secret(settings.previous_secret_file, "previous secret file")
+    return None
+
+
+def previous_secret_name(settings: Settings) -> str | None:
+    """Where the previous secret comes from, as errors name it."""
+    if settings.previous_secret_key is not None:
+        return "KEYGUARD_PREVIOUS_SECRET_KEY"
+    if settings.previous_secret_file is not None:
+        return f"the previous secret file {settings.previous_secret_file}"
+    return None
+
+
 class Keyguard:
     """The parts of a running keyguard, and their background tasks."""
 
@@ -80,7 +98,7 @@ class Keyguard:
         self._secret_generated = (
             settings.secret_key is None and not settings.resolved_secret_file().exists()
         )
-        self.vault = Vault(server_secret(settings))
+        self.vault = Vault(server_secret(settings), previous_server_secret(settings))
         self.metrics = Metrics()
         self.cache = KeyCache(self.store, observe_lag=self.metrics.propagation_seconds.observe)
         # Uses are whole seconds: a key is rewritten once its stored time is a full
@@ -122,7 +140,8 @@ class Keyguard:
         """Refuse to go on with a server secret other than the database's."""
         settings = self.settings
         secret_file = None if settings.secret_key is not None else settings.resolved_secret_file()
-        verify_secret(self.vault, self.store, wrong_secret(secret_file, self._secret_generated))
+        wrong = wrong_secret(secret_file, self._secret_generated, previous_secret_name(settings))
+        verify_secret(self.vault, self.store, wrong)
 
     def start(self) -> None:
         """Check the secret, load the snapshot, then keep it and ``last_used_at`` current."""

@@ -16,7 +16,7 @@ from keyguard.domain.records import (
     KeySettings,
 )
 from keyguard.domain.scopes import Level
-from keyguard.storage import AuditQuery, Store, open_store
+from keyguard.storage import AuditQuery, KeyRewrite, Store, open_store
 
 _digests = count(1)
 
@@ -317,4 +317,95 @@ def test_recording_the_secret_check_is_no_change_to_keys(store: Store) -> None:
     _account(store)
     revision = store.changes_since(0).revision
     store.secret_check(b"\x01" * 32)
+    assert store.changes_since(revision) == Changes(revision, [], [])
+
+
+# -- rewriting keys under a new server secret ------------------------------------
+
+
+def test_a_rewritten_key_has_its_new_digest_and_sealed_value_in_the_feed_and_nothing_else_changes(
+    store: Store,
+) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"old-sealed", KeySettings(label="k"))
+    store.record_usage({key.id: datetime(2026, 6, 1, 9, 0, 0, tzinfo=UTC)})
+    used = store.get_key(account_id, key.id)
+    assert used is not None
+    audited = store.list_audit(AuditQuery(account_id))[1]
+    new_digest = _digest()
+
+    assert store.rewrite_keys([KeyRewrite(key.id, key.digest, new_digest, b"new-sealed")]) == 1
+
+    rewritten = store.get_key(account_id, key.id)
+    assert rewritten is not None
+    assert (rewritten.digest, rewritten.sealed_value) == (new_digest, b"new-sealed")
+    assert rewritten.revision > key.revision
+    assert rewritten == replace(
+        used,
+        digest=new_digest,
+        sealed_value=b"new-sealed",
+        revision=rewritten.revision,
+        changed_at=rewritten.changed_at,
+    )
+    assert store.changes_since(key.revision).keys == [rewritten]
+    assert store.list_audit(AuditQuery(account_id))[1] == audited
+
+
+def test_one_rewrite_of_several_keys_is_one_revision(store: Store) -> None:
+    account_id = _account(store)
+    keys = [store.create_key(account_id, _digest(), b"s", KeySettings(label="k")) for _ in range(3)]
+    start = store.changes_since(0).revision
+
+    rewrites = [KeyRewrite(key.id, key.digest, _digest(), b"n") for key in keys]
+    assert store.rewrite_keys(rewrites) == 3
+
+    changes = store.changes_since(start)
+    assert changes.revision == start + 1
+    assert sorted((key.id, key.digest, key.revision) for key in changes.keys) == [
+        (rewrite.key_id, rewrite.digest, start + 1) for rewrite in rewrites
+    ]
+
+
+def test_a_key_deleted_or_rewritten_since_it_was_read_is_left_alone(store: Store) -> None:
+    account_id = _account(store)
+    deleted = store.create_key(account_id, _digest(), b"s", KeySettings(label="deleted"))
+    moved = store.create_key(account_id, _digest(), b"s", KeySettings(label="moved"))
+    store.delete_key(account_id, deleted.id)
+    assert store.rewrite_keys([KeyRewrite(moved.id, moved.digest, _digest(), b"first")]) == 1
+    start = store.changes_since(0).revision
+
+    stale = [
+        KeyRewrite(deleted.id, deleted.digest, _digest(), b"revived"),
+        KeyRewrite(moved.id, moved.digest, _digest(), b"second"),
+    ]
+    assert store.rewrite_keys(stale) == 0
+
+    assert store.get_key(account_id, deleted.id) is None
+    assert deleted.id not in [key.id for key in store.changes_since(0).keys]
+    current = store.get_key(account_id, moved.id)
+    assert current is not None
+    assert current.sealed_value == b"first"
+    assert store.changes_since(start).keys == []
+
+
+def test_after_a_rewrite_the_new_digest_is_taken_and_the_old_one_is_free(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    new_digest = _digest()
+    store.rewrite_keys([KeyRewrite(key.id, key.digest, new_digest, b"n")])
+
+    store.create_key(account_id, key.digest, b"s", KeySettings(label="old digest"))
+    with pytest.raises(Exception):  # noqa: B017,PT011 - each backend raises its own integrity error
+        store.create_key(account_id, new_digest, b"s", KeySettings(label="new digest"))
+
+
+def test_replacing_the_secret_check_replaces_it_and_is_no_change_to_keys(store: Store) -> None:
+    _account(store)
+    store.secret_check(b"\x01" * 32)
+    revision = store.changes_since(0).revision
+
+    store.replace_secret_check(b"\x02" * 32)
+
+    assert store.secret_check() == b"\x02" * 32
+    assert store.secret_check(b"\x03" * 32) == b"\x02" * 32
     assert store.changes_since(revision) == Changes(revision, [], [])

@@ -5,7 +5,7 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 (``tests/storage/test_contract.py``).
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -50,6 +50,16 @@ class AuditQuery:
     until: datetime | None = None
     offset: int = 0
     limit: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRewrite:
+    """A key's digest and sealed value under a new server secret, replacing ``old_digest``."""
+
+    key_id: int
+    old_digest: bytes
+    digest: bytes
+    sealed_value: bytes
 
 
 MAX_ADDRESS_LENGTH = 64  # audit_log.ip
@@ -152,6 +162,18 @@ class Store(Protocol):
         to keys or accounts and moves no revision.
         """
 
+    def replace_secret_check(self, value: bytes) -> None:
+        """Make ``value`` the check value, whatever it was: the end of a secret rotation."""
+
+    def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
+        """Give keys their digest and sealed value under a new server secret, in one
+        transaction that moves the revision, so change feeds carry the new digests.
+
+        A key is rewritten only while it is live and still has ``old_digest``; one
+        deleted or rewritten meanwhile is left alone. Returns how many were rewritten.
+        Settings, ``last_used_at`` and the audit trail are untouched: the key is the same.
+        """
+
 
 def open_store(url: str, pool_size: int = 5) -> Store:
     """The backend for a database URL: ``postgresql://…``, ``sqlite:///path``, ``memory://``."""
@@ -173,4 +195,11 @@ def open_store(url: str, pool_size: int = 5) -> Store:
     )
 
 
-__all__ = ["AuditQuery", "ChangeSignal", "Store", "open_store", "recorded_address"]
+__all__ = [
+    "AuditQuery",
+    "ChangeSignal",
+    "KeyRewrite",
+    "Store",
+    "open_store",
+    "recorded_address",
+]

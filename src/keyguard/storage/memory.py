@@ -1,7 +1,7 @@
 """An in-memory :class:`~keyguard.storage.Store`, for tests and throwaway runs."""
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from keyguard.domain.records import (
     StoredKey,
     settings_document,
 )
-from keyguard.storage import AuditQuery, recorded_address
+from keyguard.storage import AuditQuery, KeyRewrite, recorded_address
 
 _ACCOUNT_ACTIONS = {
     AccountStatus.ACTIVE: "account.resume",
@@ -60,6 +60,10 @@ class MemoryStore:
             if self._secret_check is None:
                 self._secret_check = proposed
             return self._secret_check
+
+    def replace_secret_check(self, value: bytes) -> None:
+        with self._lock:
+            self._secret_check = value
 
     # -- accounts -----------------------------------------------------------------
 
@@ -209,6 +213,30 @@ class MemoryStore:
             ]
             keys.sort(key=lambda key: key.revision)
             return Changes(self._revision, keys, accounts)
+
+    def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
+        with self._lock:
+            applied = [
+                (key, rewrite)
+                for rewrite in rewrites
+                if (key := self._keys.get(rewrite.key_id)) is not None
+                and not key.deleted
+                and key.digest == rewrite.old_digest
+            ]
+            if any(rewrite.digest in self._digests for _key, rewrite in applied):
+                raise ValueError("duplicate key digest")  # and nothing was changed
+            self._revision += 1
+            for key, rewrite in applied:
+                self._digests.discard(key.digest)
+                self._digests.add(rewrite.digest)
+                self._keys[key.id] = replace(
+                    key,
+                    digest=rewrite.digest,
+                    sealed_value=rewrite.sealed_value,
+                    revision=self._revision,
+                    changed_at=datetime.now(UTC),
+                )
+            return len(applied)
 
     def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ writers, so a cache that reads changes by revision never misses one.
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -53,7 +53,7 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
-from keyguard.storage import AuditQuery, ChangeSignal, recorded_address
+from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
 from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
 
 CHANNEL = "keyguard_changes"
@@ -231,6 +231,12 @@ class SQLStore:
                     )
                 stored = connection.execute(select(meta.c.secret_check)).scalar_one()
         return None if stored is None else bytes(stored)
+
+    def replace_secret_check(self, value: bytes) -> None:
+        with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(keyguard_write=True)
+            with connection.begin():
+                connection.execute(update(meta).values(secret_check=value))
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -509,6 +515,35 @@ class SQLStore:
             found = [_key(row) for row in key_rows]
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
             return Changes(newest, found, [_account(row) for row in account_rows])
+
+    def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
+        if not rewrites:
+            return 0
+        with self._writing() as (connection, revision):
+            result = connection.execute(
+                update(api_keys)
+                .where(
+                    api_keys.c.id == bindparam("key_id"),
+                    api_keys.c.digest == bindparam("old_digest"),
+                    api_keys.c.deleted_at.is_(None),
+                )
+                .values(
+                    digest=bindparam("new_digest"),
+                    sealed_value=bindparam("new_sealed_value"),
+                    revision=revision,
+                    changed_at=datetime.now(UTC),
+                ),
+                [
+                    {
+                        "key_id": rewrite.key_id,
+                        "old_digest": rewrite.old_digest,
+                        "new_digest": rewrite.digest,
+                        "new_sealed_value": rewrite.sealed_value,
+                    }
+                    for rewrite in rewrites
+                ],
+            )
+            return result.rowcount
 
     def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         """One ``UPDATE … FROM (VALUES …)`` per 1,000 keys, in one transaction
