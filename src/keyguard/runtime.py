@@ -5,6 +5,7 @@ recorder, the decider and the management service from a :class:`Settings`.
 The CLI and the app factory build one; nothing else constructs these parts.
 """
 
+import secrets
 from importlib.resources import files
 from pathlib import Path
 
@@ -63,9 +64,17 @@ def _limiter(per_minute: int) -> WindowLimiter | None:
     return WindowLimiter(per_minute, 60.0) if per_minute > 0 else None
 
 
+def in_memory(settings: Settings) -> bool:
+    """Whether keys live in this process only (``memory://``)."""
+    return settings.database_url.partition(":")[0] == "memory"
+
+
 def server_secret(settings: Settings) -> bytes:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
+    if in_memory(settings):
+        # Nothing it protects outlives the process, so nothing is written for it.
+        return secrets.token_urlsafe(48).encode()
     return load_or_create_secret(settings.resolved_secret_file())
 
 
