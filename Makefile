@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint typecheck unit fuzz bench clean
 
+# make run [HOST=0.0.0.0] [PORT=9000]; only the command line sets them, not the environment.
+HOST = 127.0.0.1
+PORT = 8080
+
 run: $(VENV)/.installed
-	$(BIN)/keyguard serve
+	$(BIN)/keyguard serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev-installed lint typecheck unit
 

@@ -8,7 +8,9 @@ from keyguard.config import Settings, load_settings
 from keyguard.domain.network import ClientIPHeader
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
-from keyguard.runtime import Keyguard
+from keyguard.runtime import Keyguard, not_set_up
+from keyguard.storage.migrations import upgrade
+from keyguard.storage.sql import SQLStore
 from tests.conftest import TEST_SECRET
 
 SHOP_ROUTES = (
@@ -103,3 +105,48 @@ def test_short_secret_file_is_refused(tmp_path: Path) -> None:
 def test_generated_secret_lives_beside_the_database(tmp_path: Path) -> None:
     Keyguard(_settings(tmp_path, secret_key=None))
     assert (tmp_path / "keyguard.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_start_on_a_database_keyguard_never_set_up_stops_naming_what_to_run(
+    settings: Settings,
+) -> None:
+    """An app that embeds keyguard with the wrong KEYGUARD_DATABASE_URL gets a new, empty
+    database: it must not start refusing every key, nor set that database up."""
+    keyguard = Keyguard(settings)
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            keyguard.start()
+        assert keyguard.store.needs_migration()
+    finally:
+        keyguard.stop()
+    assert caught.value.message.startswith("The database ")
+    assert caught.value.message.endswith(
+        "has no keyguard schema, or an older one. Give this process the keyguard service's "
+        "own database and server secret (its KEYGUARD_DATABASE_URL, and KEYGUARD_SECRET_KEY "
+        "or KEYGUARD_SECRET_FILE), and run `keyguard migrate` with them."
+    )
+
+
+def test_start_on_an_older_schema_stops_and_after_migrate_starts(settings: Settings) -> None:
+    keyguard = Keyguard(settings)
+    sql = keyguard.store
+    assert isinstance(sql, SQLStore)
+    with sql.engine.begin() as connection:
+        upgrade(connection, "0003")
+    try:
+        with pytest.raises(ConfigurationError, match="run `keyguard migrate`"):
+            keyguard.start()
+        keyguard.store.migrate()
+        keyguard.start()
+        assert not keyguard.store.needs_migration()
+    finally:
+        keyguard.stop()
+
+
+def test_the_sentence_shows_where_a_relative_sqlite_path_points_and_hides_passwords() -> None:
+    relative = not_set_up("sqlite:///./data/keyguard.db")
+    remote = not_set_up("postgresql://keyguard:hunter2@db.internal/keyguard")
+
+    assert f"sqlite:///./data/keyguard.db ({Path('data/keyguard.db').resolve()})" in relative
+    assert "hunter2" not in remote
+    assert "postgresql://keyguard:***@db.internal/keyguard" in remote

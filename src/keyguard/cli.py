@@ -24,7 +24,7 @@ from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError
-from keyguard.runtime import Keyguard
+from keyguard.runtime import Keyguard, in_memory
 from keyguard.service import KeyView
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
@@ -36,9 +36,9 @@ console = Console()
 
 
 @contextmanager
-def _keyguard() -> Iterator[Keyguard]:
+def _keyguard(settings: Settings | None = None) -> Iterator[Keyguard]:
     """A migrated keyguard, its secret checked, for one command; closed afterwards."""
-    runtime = Keyguard(load_settings())
+    runtime = Keyguard(settings or load_settings())
     try:
         runtime.store.migrate()
         runtime.check_secret()
@@ -101,18 +101,23 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Migrate the database and serve the HTTP API.
 
     On an empty database, creates the account "default" and prints its first
-    key once.
+    key once. With memory:// everything lives in one process: one worker only.
     """
     import uvicorn
 
     from keyguard.logs import uvicorn_log_config
 
-    with _keyguard() as runtime:
-        if not runtime.service.list_accounts():
-            _announce_first_key(runtime, host, port)
+    settings = load_settings()
+    app: Any = "keyguard.api.app:create_app"
+    if in_memory(settings):
+        app = _in_memory_app(settings, host, port, workers)
+    else:
+        with _keyguard(settings) as runtime:
+            if not runtime.service.list_accounts():
+                _announce_first_key(runtime, host, port)
     uvicorn.run(
-        "keyguard.api.app:create_app",
-        factory=True,
+        app,
+        factory=isinstance(app, str),
         host=host,
         port=port,
         workers=workers,
@@ -124,6 +129,24 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
         # FORWARDED_ALLOW_IPS) would believe X-Forwarded-For first.
         proxy_headers=False,
     )
+
+
+def _in_memory_app(settings: Settings, host: str, port: int, workers: int) -> Any:
+    """The app for memory://, its first key made in the process that serves it.
+
+    Another process (a second worker, or this command before it hands over to
+    uvicorn's factory) would hold keys of its own that the server never sees.
+    """
+    from keyguard.api.app import create_app
+
+    if workers > 1:
+        raise ConfigurationError(
+            "memory:// keeps every key inside one process: serve it with --workers 1, or give "
+            "the workers a database they share (sqlite:///path/to/keyguard.db or postgresql://…)."
+        )
+    runtime = Keyguard(settings)
+    _announce_first_key(runtime, host, port)
+    return create_app(keyguard=runtime)
 
 
 FIRST_KEY_FILE = "first-key.txt"

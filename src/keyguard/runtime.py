@@ -5,8 +5,11 @@ recorder, the decider and the management service from a :class:`Settings`.
 The CLI and the app factory build one; nothing else constructs these parts.
 """
 
+import secrets
 from importlib.resources import files
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from keyguard.cache import ChangeFollower, KeyCache
 from keyguard.config import Settings
@@ -61,9 +64,17 @@ def _limiter(per_minute: int) -> WindowLimiter | None:
     return WindowLimiter(per_minute, 60.0) if per_minute > 0 else None
 
 
+def in_memory(settings: Settings) -> bool:
+    """Whether keys live in this process only (``memory://``)."""
+    return settings.database_url.partition(":")[0] == "memory"
+
+
 def server_secret(settings: Settings) -> bytes:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
+    if in_memory(settings):
+        # Nothing it protects outlives the process, so nothing is written for it.
+        return secrets.token_urlsafe(48).encode()
     return load_or_create_secret(settings.resolved_secret_file())
 
 
@@ -83,6 +94,18 @@ def previous_secret_name(settings: Settings) -> str | None:
     if settings.previous_secret_file is not None:
         return f"the previous secret file {settings.previous_secret_file}"
     return None
+
+
+def not_set_up(database_url: str) -> str:
+    """The sentence that stops a start on a database without keyguard's current schema."""
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///":
+        shown = f"{shown} ({Path(database_url.removeprefix('sqlite:///')).resolve()})"
+    return (
+        f"The database {shown} has no keyguard schema, or an older one. Give this process "
+        "the keyguard service's own database and server secret (its KEYGUARD_DATABASE_URL, "
+        "and KEYGUARD_SECRET_KEY or KEYGUARD_SECRET_FILE), and run `keyguard migrate` with them."
+    )
 
 
 class Keyguard:
@@ -144,7 +167,14 @@ class Keyguard:
         verify_secret(self.vault, self.store, wrong)
 
     def start(self) -> None:
-        """Check the secret, load the snapshot, then keep it and ``last_used_at`` current."""
+        """Check the schema and the secret, load the snapshot, then keep it and
+        ``last_used_at`` current.
+
+        It never sets up a database: an app that embeds keyguard uses the keyguard
+        service's, which ``keyguard serve`` and ``keyguard migrate`` keep up to date.
+        """
+        if self.store.needs_migration():
+            raise ConfigurationError(not_set_up(self.settings.database_url))
         self.check_secret()
         self.cache.refresh()
         signal = self.store.change_signal()

@@ -2,11 +2,14 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         version=__version__,
         summary="API keys with scopes and IP allow-lists, wire-compatible with Wavix.",
         lifespan=lifespan,
+        docs_url=None,
         redoc_url=None,
     )
     app.state.keyguard = runtime
@@ -124,6 +128,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         verify_router(runtime.decider, runtime.settings.verify_token, runtime.auth_failures)
     )
     _document(app, runtime)
+    _documentation_page(app)
     app.add_middleware(
         KeyguardMiddleware,
         decider=runtime.decider,
@@ -189,6 +194,41 @@ def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
     for name, value in headers:  # a plain loop: twice as fast as sum() over a generator
         total += len(name) + len(value)
     return total
+
+
+# Swagger UI's distribution files, as the fastapi-offline package ships them.
+DOCS_ASSETS = "/docs/assets"
+_ASSET_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
+
+
+def _documentation_page(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its assets served by keyguard itself.
+
+    FastAPI's own page loads them from a CDN, and shows a blank page on a machine
+    without internet access.
+    """
+    folder = Path(str(files("fastapi_offline").joinpath("static")))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if name not in _ASSET_TYPES:
+            raise HTTPException(404)
+        return FileResponse(folder / name, media_type=_ASSET_TYPES[name])
 
 
 def _document(app: FastAPI, runtime: Keyguard) -> None:

@@ -84,6 +84,13 @@ class Store(Protocol):
     def migrate(self) -> None:
         """Bring the schema up to date."""
 
+    def needs_migration(self) -> bool:
+        """Whether ``migrate`` has work to do: no schema yet, or an older one.
+
+        A newer schema than this version knows is no reason: migrations keep the
+        running version working during a rolling deploy.
+        """
+
     def ping(self) -> None:
         """Return when the database answers; raise ``StorageUnavailable`` if not."""
 

@@ -46,6 +46,9 @@ class MemoryStore:
     def migrate(self) -> None:
         pass
 
+    def needs_migration(self) -> bool:
+        return False
+
     def ping(self) -> None:
         pass
 

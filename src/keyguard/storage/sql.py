@@ -178,6 +178,12 @@ class SQLStore:
                     connection.execute(text("SELECT pg_advisory_xact_lock(7365221)"))
                 upgrade(connection)
 
+    def needs_migration(self) -> bool:
+        from keyguard.storage.migrations import is_behind
+
+        with self._reading() as connection:
+            return is_behind(connection)
+
     def ping(self) -> None:
         with self._translate_errors(), self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
