@@ -2,7 +2,10 @@
 with its data intact."""
 
 import multiprocessing
+import sqlite3
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +125,24 @@ def test_a_database_at_an_earlier_revision_upgrades_with_its_keys_working(
         assert new_key.id == 2
     finally:
         store.close()
+
+
+def test_a_new_sqlite_database_opens_while_another_connection_holds_a_write_lock(
+    tmp_path: Path,
+) -> None:
+    """Switching to WAL gets no busy timeout from SQLite: keyguard waits for it itself."""
+    database = tmp_path / "keyguard.db"
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE unrelated (a)")  # a database still in rollback mode
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, holder.execute, args=("COMMIT",))
+    release.start()
+    store = open_store(f"sqlite:///{database}")
+    try:
+        store.migrate()
+        account, _ = store.create_account("acme", b"d" * 32, b"s", KeySettings(label="k"))
+    finally:
+        store.close()
+        release.join()
+        holder.close()
+    assert account.id == 1

@@ -7,7 +7,9 @@ writers, so a cache that reads changes by revision never misses one.
 
 import json
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
@@ -73,6 +75,9 @@ def database_url(url: str) -> URL:
     return parsed
 
 
+_SQLITE_BUSY_SECONDS = 30  # how long a SQLite connection waits for another's lock
+
+
 def create_engine_for(url: str, pool_size: int = 5) -> Engine:
     """An engine with keyguard's settings for the URL's dialect.
 
@@ -101,7 +106,11 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
     # A connection per request thread (the server runs up to 40): cheap for SQLite,
     # and opening one costs more than a query.
     engine = create_engine(
-        parsed, hide_parameters=True, pool_size=40, max_overflow=0, connect_args={"timeout": 30}
+        parsed,
+        hide_parameters=True,
+        pool_size=40,
+        max_overflow=0,
+        connect_args={"timeout": _SQLITE_BUSY_SECONDS},
     )
 
     @event.listens_for(engine, "connect")
@@ -109,7 +118,8 @@ def create_engine_for(url: str, pool_size: int = 5) -> Engine:
         dbapi_connection.isolation_level = None  # keyguard issues BEGIN itself
         dbapi_connection.create_function("keyguard_casefold", 1, _casefold, deterministic=True)
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+        _enter_wal_mode(cursor)
+        for pragma in ("synchronous=FULL", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -145,6 +155,24 @@ def _create_private(database: Path) -> None:
         raise ConfigurationError(
             f"Cannot create the database file {database}: {error.strerror}."
         ) from None
+
+
+def _enter_wal_mode(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for the moment of exclusive access it needs.
+
+    SQLite answers "database is locked" at once, without its busy timeout, when
+    another connection holds a lock while a database is switched to WAL: processes
+    that open a new database together (instances starting side by side) retry.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _casefold(text: str | None) -> str | None:
