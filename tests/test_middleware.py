@@ -1,5 +1,7 @@
 """KeyguardMiddleware protecting another app in-process, as the README shows."""
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -94,3 +96,17 @@ def test_behind_a_proxy_that_sets_x_real_ip_only_that_header_names_the_client(
         403,
         {"success": False, "message": "IP address 10.9.0.1 is not permitted for this API key"},
     )
+
+
+def test_importing_the_middleware_loads_neither_the_database_layer_nor_the_service() -> None:
+    """An app that embeds the middleware pays for the decision path only."""
+    probe = (
+        "import sys\n"
+        "from keyguard import KeyguardMiddleware\n"
+        "heavy = ('sqlalchemy', 'keyguard.service', 'fastapi')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert loaded.stdout.strip() == "[]"

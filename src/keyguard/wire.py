@@ -6,15 +6,6 @@ from keyguard.domain.records import Account, AuditRecord
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.service import KeyView
 
-UNAUTHORIZED_BODY: dict[str, Any] = {"success": False, "error": True, "message": "Unauthorized"}
-
-
-def error_body(status: int, message: str) -> dict[str, Any]:
-    """The Wavix body of an error response."""
-    if status == 401:
-        return UNAUTHORIZED_BODY
-    return {"success": False, "message": message}
-
 
 def _timestamp(value: Any) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -28,8 +28,8 @@ from keyguard.api.tokens import authenticate
 from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus, Actor
 from keyguard.domain.scopes import ScopeGroups
+from keyguard.edge import ProxiedRequest
 from keyguard.errors import Unauthorized
-from keyguard.middleware import ProxiedRequest
 from keyguard.runtime import Keyguard
 from keyguard.service import KeyService
 from keyguard.wire import account_object, key_object, page

@@ -17,13 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyguard import __version__
 from keyguard.api.admin import admin_router
 from keyguard.api.audit import audit_router
-from keyguard.api.auth import (
-    FORWARD_PATH,
-    ForwardAuth,
-    VerifyRequest,
-    is_forward_auth,
-    verify_router,
-)
 from keyguard.api.errors import (
     HTTP_MESSAGES,
     LastResort,
@@ -42,8 +35,11 @@ from keyguard.api.schemas import (
     update_request_model,
 )
 from keyguard.api.tokens import authenticate
+from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
-from keyguard.middleware import KeyguardMiddleware, ProxiedRequest, send_error
+from keyguard.edge import ProxiedRequest, send_error
+from keyguard.forward import FORWARD_PATH, ForwardAuth, is_forward_auth
+from keyguard.middleware import KeyguardMiddleware
 from keyguard.runtime import Keyguard
 
 

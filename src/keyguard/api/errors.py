@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyguard.edge import error_body
 from keyguard.errors import (
     InvalidInput,
     NotFound,
@@ -23,7 +24,6 @@ from keyguard.errors import (
     StorageUnavailable,
     Unauthorized,
 )
-from keyguard.wire import error_body
 
 log = logging.getLogger("keyguard.api")
 

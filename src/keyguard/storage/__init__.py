@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy.exc import ArgumentError
-
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     CLI,
@@ -190,6 +188,8 @@ def open_store(url: str, pool_size: int = 5) -> Store:
 
         return MemoryStore()
     if scheme in ("sqlite", "postgresql", "postgres"):
+        from sqlalchemy.exc import ArgumentError
+
         from keyguard.storage.sql import SQLStore
 
         try:

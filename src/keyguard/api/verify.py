@@ -1,0 +1,88 @@
+"""``POST /auth/verify``: the decision as JSON, for backends that ask keyguard directly.
+
+The same question as ``/auth/forward`` (:mod:`keyguard.forward`), asked with a body.
+"""
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from keyguard.api.keys import read_json
+from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
+from keyguard.api.tokens import authenticate
+from keyguard.decide import Decider
+from keyguard.errors import InvalidInput
+from keyguard.limits import WindowLimiter
+
+
+class VerifyRequest(BaseModel):
+    """A request to judge, as the backend that received it saw it."""
+
+    key: str | None = Field(default=None, max_length=1024, description="The presented key.")
+    ip: str | None = Field(default=None, max_length=64, description="The client address.")
+    method: str = Field(min_length=1, max_length=16, examples=["POST"])
+    path: str = Field(min_length=1, max_length=8192, examples=["/v3/messages"])
+
+
+class VerifyResponse(BaseModel):
+    allowed: bool
+    status: Literal[200, 401, 403, 429]
+    message: str
+    account_id: int | None
+    key_id: int | None
+    scope: str | None = Field(description='What the request needed: "messages:write", "full".')
+    retry_after: int | None = Field(description="For 429: seconds until the client may retry.")
+
+
+def verify_router(
+    decider: Decider, token: SecretStr | None, failures: WindowLimiter | None
+) -> APIRouter:
+    """``POST /auth/verify``; when ``token`` is set, callers must present it.
+
+    A wrong token is a failed authentication of the caller, counted in ``failures``.
+    """
+    router = APIRouter(tags=["Authorization"])
+
+    @router.post(
+        "/auth/verify",
+        operation_id="auth_verify",
+        summary="Decide whether a key may make a request",
+        response_model=VerifyResponse,
+        responses={
+            400: {"model": ErrorResponse, "description": "Invalid body."},
+            401: ERROR_RESPONSES[401],
+            413: {"model": ErrorResponse, "description": "The body is too large."},
+            429: ERROR_RESPONSES[429],
+        },
+        openapi_extra=request_body(VerifyRequest, required=True),
+    )
+    async def verify(request: Request) -> JSONResponse:
+        caller = request.client.host if request.client else None
+        if token is not None:  # the caller first, then its body
+            authenticate(request.scope["headers"], token, caller, failures)
+        body = await read_json(request, required=True)
+        try:
+            asked = VerifyRequest.model_validate(body)
+        except ValidationError as error:
+            location = error.errors()[0].get("loc", ())
+            raise InvalidInput.parameter(str(location[0]) if location else "body") from None
+        # Failed authentications are charged to the address the caller reports only
+        # when the caller proved it is the configured backend; an anonymous caller is
+        # charged itself, so that it cannot lock other clients out.
+        charge = asked.ip if token is not None else caller
+        decision = decider.decide(asked.key, asked.ip, asked.method, asked.path, charge=charge)
+        return JSONResponse(
+            {
+                "allowed": decision.allowed,
+                "status": decision.status,
+                "message": decision.message,
+                "account_id": decision.account_id,
+                "key_id": decision.key_id,
+                "scope": decision.scope,
+                "retry_after": decision.retry_after,
+            }
+        )
+
+    return router
