@@ -73,6 +73,7 @@ OPERATIONS = [
     "POST /admin/v1/accounts/{account_id}/suspend",
     "POST /admin/v1/accounts/{account_id}/resume",
     "GET /admin/v1/accounts/{account_id}/keys",
+    "GET /admin/v1/audit-log",
     "GET /healthz",
     "GET /metrics",
     "POST /auth/verify",

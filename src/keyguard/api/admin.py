@@ -3,7 +3,8 @@
 Enabled only when ``KEYGUARD_ADMIN_TOKEN`` is set; callers present it as their one
 bearer token, compared in constant time, and a wrong token counts against the
 caller's failed-authentication limit (:mod:`keyguard.api.tokens`). It manages
-accounts and reads any account's keys, never their secrets.
+accounts, reads any account's keys (never their secrets) and every account's
+audit trail, deleted accounts' included.
 """
 
 from dataclasses import replace
@@ -13,12 +14,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from keyguard.api.audit import Filters, audit_page
 from keyguard.api.keys import read_json
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     AccountCreateRequest,
     AccountObject,
     AccountsPage,
+    AuditPage,
     ErrorResponse,
     SuccessResponse,
     key_model,
@@ -146,6 +149,28 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         views = await run_in_threadpool(keyguard.list_keys, account_id)
         masked = [replace(view, value=keys.mask(view.value)) for view in views]
         return JSONResponse([key_object(view, groups) for view in masked])
+
+    @router.get(
+        "/audit-log",
+        operation_id="admin_audit_log_list",
+        summary="List every account's audit trail",
+        description="Every change to every account and its keys, newest first, the "
+        "operator's own included; `account_id` narrows it to one account, also after "
+        "that account was deleted. Filters and pages as `GET /v1/audit-log`.",
+        responses={
+            200: {"model": AuditPage},
+            400: {"model": ErrorResponse, "description": "Invalid filter."},
+        },
+    )
+    async def audit_log(
+        request: Request,
+        _operator: Operator,
+        filters: Filters,
+        account_id: Annotated[
+            int | None, Query(ge=1, le=2**63 - 1, description="Only this account's trail.")
+        ] = None,
+    ) -> JSONResponse:
+        return await audit_page(request, filters, account_id)
 
     return router
 

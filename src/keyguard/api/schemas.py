@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from keyguard.domain.audit import Action
 from keyguard.domain.fields import (
     CLEAN_TEXT_PATTERN,
     FLAG_ALIASES,
@@ -226,11 +227,9 @@ class AuditActor(BaseModel):
 
 class AuditEntry(BaseModel):
     id: int
+    account_id: int
     occurred_at: datetime
-    action: Literal[
-        "account.create", "account.suspend", "account.resume", "account.delete",
-        "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
-    ]  # fmt: skip
+    action: Action
     key_id: int | None
     actor: AuditActor
     before: dict[str, Any] | None = Field(description="Settings before; never a secret.")
