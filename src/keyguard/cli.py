@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,6 +29,7 @@ from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.records import AccountStatus
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import InvalidInput, KeyguardError, NotFound
+from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard
 from keyguard.service import KeyView, SecretDisplay
 from keyguard.storage import AuditQuery
@@ -144,20 +146,44 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     with _keyguard() as runtime:
         if not runtime.service.list_accounts():
             _announce_first_key(runtime, host, port)
-    uvicorn.run(
-        "keyguard.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-        log_config=uvicorn_log_config(),
-        server_header=False,
-        # keyguard alone decides the client address, from KEYGUARD_TRUSTED_PROXIES and
-        # KEYGUARD_CLIENT_IP_HEADER; uvicorn's own (on by default, for 127.0.0.1 or
-        # FORWARDED_ALLOW_IPS) would believe X-Forwarded-For first.
-        proxy_headers=False,
-    )
+    with _shared_metrics(workers):
+        uvicorn.run(
+            "keyguard.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            log_config=uvicorn_log_config(),
+            server_header=False,
+            # keyguard alone decides the client address, from KEYGUARD_TRUSTED_PROXIES and
+            # KEYGUARD_CLIENT_IP_HEADER; uvicorn's own (on by default, for 127.0.0.1 or
+            # FORWARDED_ALLOW_IPS) would believe X-Forwarded-For first.
+            proxy_headers=False,
+        )
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh folder in which they keep their metrics, so that
+    any one of them answers a scrape for all; removed when the server stops.
+
+    Fresh for every serve: counts a previous run left would be added to this one's.
+    The workers, started after this, read it from the environment.
+    """
+    if workers == 1:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="keyguard-metrics-") as folder:
+        previous = os.environ.get(MULTIPROCESS_DIR)
+        os.environ[MULTIPROCESS_DIR] = folder
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ[MULTIPROCESS_DIR]
+            else:
+                os.environ[MULTIPROCESS_DIR] = previous
 
 
 FIRST_KEY_FILE = "first-key.txt"

@@ -15,7 +15,7 @@ from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
 from keyguard.errors import ConfigurationError
 from keyguard.limits import WindowLimiter
-from keyguard.metrics import Metrics
+from keyguard.metrics import EXPORT_INTERVAL, Metrics
 from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
@@ -117,6 +117,10 @@ class Keyguard:
                 "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
             ),
         ]
+        if self.metrics.shared:  # one of several workers: keep its figures current for all
+            self._tasks.append(
+                Periodic("metrics export", self.metrics.export, EXPORT_INTERVAL, run_on_stop=True)
+            )
 
     def check_secret(self) -> None:
         """Refuse to go on with a server secret other than the database's."""

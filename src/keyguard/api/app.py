@@ -104,9 +104,22 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     @app.get(
         "/metrics",
         tags=["Operations"],
-        summary="Prometheus metrics of this process",
+        summary="Prometheus metrics of the whole server",
+        description="Decisions, snapshot and database figures in the Prometheus text format. "
+        "One scrape covers every worker of `keyguard serve --workers N`: counters and "
+        "histograms are totals, gauges are per worker (label `pid`). "
+        "`X-Keyguard-Worker` names the worker that answered. With KEYGUARD_METRICS_TOKEN "
+        "set, only callers presenting it as a bearer token may read them.",
         response_class=PlainTextResponse,
         responses={
+            200: {
+                "headers": {
+                    "X-Keyguard-Worker": {
+                        "schema": {"type": "string"},
+                        "description": "The pid of the worker that answered.",
+                    }
+                }
+            },
             401: {**ERROR_RESPONSES[401], "description": "KEYGUARD_METRICS_TOKEN not presented."},
             429: ERROR_RESPONSES[429],
         },
@@ -118,7 +131,9 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
             facts = ProxiedRequest.scan(headers, runtime.client_ip_header)
             client = facts.client(request.scope, runtime.trusted_proxies)
             authenticate(headers, metrics_token, client, runtime.auth_failures)
-        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        exposition = await run_in_threadpool(runtime.metrics.render)  # reads files when shared
+        worker = {"X-Keyguard-Worker": str(runtime.metrics.pid)}
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST, headers=worker)
 
     app.include_router(
         verify_router(runtime.decider, runtime.settings.verify_token, runtime.auth_failures)
