@@ -1,15 +1,27 @@
 """The CLI, run in-process against a real SQLite database."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
-from keyguard.cli import first_key_file, main
-from keyguard.config import Settings
+from keyguard.cli import _announce_first_key, first_key_file, main
+from keyguard.config import Settings, load_settings
+from keyguard.domain import keys
+from keyguard.domain.records import AccountStatus, Actor
+from keyguard.runtime import Keyguard
 from tests.conftest import TEST_SECRET
+from tests.server import keyguard_command
 from tests.wavix import GROUPS
 
 
@@ -91,6 +103,10 @@ def test_key_table_masks_secrets(run: Any) -> None:
     ("args", "message"),
     [
         (["keys", "list", "--account", "1"], None),
+        (["keys", "list", "--account", "999"], "keyguard: Record not found"),
+        (["keys", "update", "1", "--account", "999", "--label", "x"], "keyguard: Record not found"),
+        (["audit", "--account", "999"], "keyguard: Record not found"),
+        (["accounts", "suspend", "999"], "keyguard: Record not found"),
         (["keys", "delete", "99", "--account", "1"], "keyguard: Record not found"),
         (["keys", "create", "--account", "1", "--label", "x", "--scopes-enabled",
           "--scope", "calls=admin"],
@@ -133,6 +149,232 @@ def test_refusals_print_one_sentence_and_exit_1(
     assert result.stderr.strip() == message
     assert "Traceback" not in result.output
     assert run("keys", "list", "--account", "1", "--json").stdout == before
+
+
+def test_accounts_list_shows_each_accounts_status(run: Any) -> None:
+    run("accounts", "create", "acme", "--json")
+    run("accounts", "create", "globex", "--json")
+    assert run("accounts", "suspend", "1").exit_code == 0
+
+    listed = _json(run("accounts", "list", "--json"))
+    table = run("accounts", "list").stdout
+
+    assert [(a["name"], a["status"]) for a in listed] == [
+        ("acme", "suspended"),
+        ("globex", "active"),
+    ]
+    assert re.search(r"\bacme\b.*\bsuspended\b", table)
+    assert re.search(r"\bglobex\b.*\bactive\b", table)
+
+
+# -- output that is not a terminal -----------------------------------------------------------
+
+LONG_LABEL = "nightly export to the warehouse, " * 4 + "end"
+
+
+def test_tables_written_to_a_file_keep_every_character(run: Any) -> None:
+    account = _json(run("accounts", "create", "acme", "--json"))["account"]["id"]
+    created = run("keys", "create", "--account", str(account), "--label", LONG_LABEL)
+    masked = keys.mask(created.stdout.rpartition("Secret: ")[2].strip())
+
+    listed = run("keys", "list", "--account", str(account)).stdout
+
+    assert created.exit_code == 0
+    assert LONG_LABEL in created.stdout
+    assert LONG_LABEL in listed
+    assert masked in listed
+    assert "…" not in listed
+
+
+def test_piped_output_keeps_every_character(tmp_path: Path) -> None:
+    """The real command, its standard output a pipe, with no terminal anywhere to measure."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")}
+    env.pop("COLUMNS", None)
+    env["KEYGUARD_DATABASE_URL"] = f"sqlite:///{tmp_path}/cli.db"
+    env["KEYGUARD_SECRET_KEY"] = TEST_SECRET.get_secret_value()
+
+    def keyguard(*args: str) -> str:
+        done = subprocess.run(
+            [*keyguard_command(), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    keyguard("accounts", "create", LONG_LABEL)
+    created = keyguard("keys", "create", "--account", "1", "--label", LONG_LABEL)
+    secret = created.rpartition("Secret: ")[2].strip()
+    listed = keyguard("keys", "list", "--account", "1")
+    trail = keyguard("audit")
+
+    assert keys.is_well_formed(secret)
+    assert f"Secret: {secret}\n" in created
+    assert LONG_LABEL in created
+    assert LONG_LABEL in listed
+    assert keys.mask(secret) in listed
+    assert f"label: - -> {LONG_LABEL};" in trail
+
+
+# -- the first key -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("display", "promise"),
+    [
+        pytest.param("masked", "shown only now", id="masked"),
+        pytest.param(
+            "full", "also shown in full by GET /v1/api-keys (KEYGUARD_SECRET_DISPLAY=full)",
+            id="full",
+        ),
+    ],
+)  # fmt: skip
+def test_a_new_accounts_key_is_announced_as_the_display_mode_shows_it(
+    run: Any, monkeypatch: pytest.MonkeyPatch, display: str, promise: str
+) -> None:
+    monkeypatch.setenv("KEYGUARD_SECRET_DISPLAY", display)
+
+    created = run("accounts", "create", "acme")
+
+    assert created.stdout.splitlines()[0] == f"Created account 1 (acme). Its key, {promise}:"
+
+
+@pytest.mark.parametrize(
+    ("display", "promise"),
+    [
+        pytest.param("masked", "shown only now", id="masked"),
+        pytest.param(
+            "full", "also shown in full by GET /v1/api-keys (KEYGUARD_SECRET_DISPLAY=full)",
+            id="full",
+        ),
+    ],
+)  # fmt: skip
+def test_the_first_key_on_a_terminal_is_announced_as_the_display_mode_shows_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    display: str,
+    promise: str,
+) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/cli.db",
+        secret_key=TEST_SECRET,
+        secret_display=display,  # type: ignore[arg-type]
+    )
+    runtime = Keyguard(settings)
+    runtime.store.migrate()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+
+    _announce_first_key(runtime, "127.0.0.1", 8080)
+
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert shown.splitlines()[0] == (f"Created account 'default'. Its full-access key, {promise}:")
+    runtime.store.close()
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+def test_audit_takes_the_apis_times_as_from_and_to(run: Any) -> None:
+    run("accounts", "create", "acme", "--json")
+    [record] = _json(run("audit", "--account", "1", "--action", "account.create", "--json"))
+    moment = datetime.strptime(record["occurred_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    second = timedelta(seconds=1)
+
+    def found(*window: str) -> int:
+        return len(_json(run("audit", "--action", "account.create", "--json", *window)))
+
+    assert found("--from", record["occurred_at"]) == 1
+    assert found("--from", (moment + second).strftime("%Y-%m-%dT%H:%M:%SZ")) == 0
+    assert found("--to", record["occurred_at"]) == 0
+    assert found("--to", (moment + second).isoformat()) == 1
+    east = timezone(timedelta(hours=2))
+    assert found("--from", moment.astimezone(east).isoformat()) == 1
+    assert found("--from", moment.replace(tzinfo=None).isoformat()) == 1  # UTC
+    # the older names still work, and are no longer shown
+    assert found("--since", (moment + second).isoformat()) == 0
+    assert found("--until", (moment + second).isoformat()) == 1
+    help_text = run("audit", "--help").stdout
+    assert "--from" in help_text
+    assert "--since" not in help_text
+
+
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2026-13-01T00:00:00Z", "9999-12-31T23:00:00-05:00"]
+)
+def test_audit_refuses_a_time_the_api_refuses(run: Any, value: str) -> None:
+    result = run("audit", "--from", value)
+
+    assert result.exit_code == 2
+    assert f"Invalid value for '--from': {value!r} is not a time" in result.stderr
+
+
+def test_audit_without_account_shows_every_accounts_records_operators_included(
+    run: Any,
+) -> None:
+    run("accounts", "create", "acme", "--json")
+    run("accounts", "create", "globex", "--json")
+    with _runtime() as runtime:
+        runtime.service.set_account_status(
+            1, AccountStatus.SUSPENDED, Actor("operator", ip="192.0.2.9")
+        )
+
+    records = _json(run("audit", "--json"))
+    table = run("audit").stdout
+
+    assert [(r["account_id"], r["action"], r["actor"]["type"]) for r in records] == [
+        (1, "account.suspend", "operator"),
+        (2, "key.create", "cli"),
+        (2, "account.create", "cli"),
+        (1, "key.create", "cli"),
+        (1, "account.create", "cli"),
+    ]
+    assert re.search(r"\baccount\.suspend\b.*\boperator\b.*192\.0\.2\.9", table)
+    assert "5 records" in table
+
+
+def test_audit_shows_a_deleted_accounts_trail(run: Any) -> None:
+    run("accounts", "create", "acme", "--json")
+    with _runtime() as runtime:
+        runtime.service.set_account_status(1, AccountStatus.DELETED, Actor("operator"))
+
+    result = run("audit", "--account", "1", "--json")
+
+    assert [r["action"] for r in _json(result)] == [
+        "account.delete", "key.create", "account.create",
+    ]  # fmt: skip
+    assert run("keys", "list", "--account", "1").exit_code == 1
+
+
+@contextmanager
+def _runtime() -> Iterator[Keyguard]:
+    """The CLI's database, opened in-process as another keyguard process would."""
+    runtime = Keyguard(load_settings())
+    try:
+        yield runtime
+    finally:
+        runtime.store.close()
+
+
+# -- help -----------------------------------------------------------------------------------
+
+
+def test_every_command_and_option_has_help() -> None:
+    commands: list[tuple[str, ...]] = [()]
+    for path in commands:
+        command: Any = main
+        for name in path:
+            command = command.commands[name]
+        for name in getattr(command, "commands", {}):
+            commands.append((*path, name))
+        assert command.help, f"keyguard {' '.join(path)} has no help"
+        for option in command.params:
+            if isinstance(option, click.Option) and not option.hidden:
+                assert option.help, f"keyguard {' '.join(path)} {option.opts[0]} has no help"
+    assert len(commands) == 14
 
 
 def test_migrate_is_idempotent(run: Any) -> None:

@@ -5,8 +5,15 @@ set, only a caller presenting it sees them. ``/healthz`` answers anyone, so it
 carries no count at all.
 """
 
+import os
 import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
 
+import httpx
 import httpx2
 import pytest
 from pydantic import SecretStr
@@ -15,12 +22,20 @@ from starlette.testclient import TestClient
 from keyguard.config import Settings, load_settings
 from keyguard.errors import ConfigurationError
 from tests.conftest import TEST_SECRET, ClientFactory, Tenant
+from tests.server import KeyguardServer, Servers
 
 METRICS_TOKEN = "prometheus-" + "5" * 32
 LIMIT = 3  # failed authentications per address per minute
 OTHER_IP = "198.51.100.20"
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 SNAPSHOT_KEYS = re.compile(r'^keyguard_snapshot_keys\{pid="\d+"\} (\S+)$', re.MULTILINE)
+GAUGES = (
+    "keyguard_snapshot_keys",
+    "keyguard_snapshot_age_seconds",
+    "keyguard_snapshot_revision",
+    "keyguard_usage_backlog",
+    "keyguard_database_up",
+)
 
 
 @pytest.fixture
@@ -133,6 +148,31 @@ def test_if_wrong_keys_pass_the_failure_limit_then_the_metrics_token_gets_429(
     assert_too_many(guesser.get("/metrics", headers=bearer(METRICS_TOKEN)))
 
 
+def samples(text: str, name: str) -> dict[str, float]:
+    """The samples of one metric, by their labels as written."""
+    found = re.findall(rf"^{name}(\{{.*\}})? (\S+)$", text, re.MULTILINE)
+    return {labels: float(value) for labels, value in found}
+
+
+@pytest.mark.usefixtures("tenant")
+def test_decisions_are_counted_by_outcome_and_gauges_name_the_process(
+    client: TestClient, tenant: Tenant
+) -> None:
+    for token in (tenant.token, tenant.token, "kg_nonsense"):
+        client.get("/auth/forward", headers=bearer(token) | {"X-Original-URI": "/v1/numbers"})
+
+    response = client.get("/metrics", headers=bearer(METRICS_TOKEN))
+
+    pid = str(os.getpid())
+    assert response.headers["x-keyguard-worker"] == pid
+    decisions = samples(response.text, "keyguard_decisions_total")
+    assert decisions['{outcome="allowed"}'] >= 2  # the management calls of fixtures count too
+    assert decisions['{outcome="unauthorized"}'] == 1
+    for gauge in GAUGES:
+        assert list(samples(response.text, gauge)) == [f'{{pid="{pid}"}}'], gauge
+    assert samples(response.text, "keyguard_decision_seconds_count") == {"": 0.0}  # 1 in 64
+
+
 class TestWithoutMetricsToken:
     @pytest.fixture
     def settings(self, database_url: str) -> Settings:
@@ -176,3 +216,84 @@ def test_health_schema_documents_no_counts(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()["components"]["schemas"]["HealthResponse"]
 
     assert set(schema["properties"]) == {"success", "database", "snapshot_age_seconds"}
+
+
+# -- several workers ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    with Servers(tmp_path) as started:
+        yield started
+
+
+def pinned_workers(server: KeyguardServer, stack: ExitStack) -> dict[str, httpx.Client]:
+    """A keep-alive connection to each worker, by the pid that answers on it.
+
+    The kernel hands each new connection to some worker, often the same one;
+    connections are opened until every worker has one.
+    """
+    found: dict[str, httpx.Client] = {}
+    deadline = time.monotonic() + 5.0
+    while len(found) < server.workers:
+        assert time.monotonic() < deadline, f"reached only workers {sorted(found)}"
+        client = stack.enter_context(
+            httpx.Client(
+                base_url=server.base_url, limits=httpx.Limits(max_connections=1), timeout=5
+            )
+        )
+        found.setdefault(client.get("/metrics").headers["x-keyguard-worker"], client)
+    return found
+
+
+def scrape_until(client: httpx.Client, done: Callable[[str], bool], timeout: float = 5.0) -> str:
+    """Scrape until ``done(text)`` holds: other workers export every second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = client.get("/metrics").text
+        if done(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def forward(client: httpx.Client, token: str) -> int:
+    headers = bearer(token) | {"X-Original-URI": "/v1/numbers"}
+    return client.get("/auth/forward", headers=headers).status_code
+
+
+@pytest.mark.slow
+def test_one_scrape_covers_every_worker_of_the_server(servers: Servers, tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    server = servers(workers=2, settings={"TMPDIR": str(scratch)})
+    token = server.create_account("acme")["api_key"]["value"]
+    server.start()
+    with ExitStack() as stack:
+        (first, one), (second, other) = pinned_workers(server, stack).items()
+        assert [forward(one, token) for _ in range(3)] == [200] * 3
+        assert [forward(other, "kg_nonsense") for _ in range(5)] == [401] * 5
+
+        def both_counted(text: str) -> bool:
+            decisions = samples(text, "keyguard_decisions_total")
+            return decisions.get('{outcome="unauthorized"}') == 5
+
+        text = scrape_until(one, both_counted)
+
+        assert samples(text, "keyguard_decisions_total") == {
+            '{outcome="allowed"}': 3.0,
+            '{outcome="unauthorized"}': 5.0,
+        }
+        for gauge in GAUGES:
+            assert set(samples(text, gauge)) == {f'{{pid="{first}"}}', f'{{pid="{second}"}}'}
+        assert set(samples(text, "keyguard_snapshot_keys").values()) == {1.0}
+        [folder] = scratch.iterdir()
+        assert folder.name.startswith("keyguard-metrics-")
+
+        # A worker that dies takes its gauges along; its counts stay in the totals.
+        os.kill(int(second), signal.SIGKILL)
+        text = scrape_until(one, lambda text: f'pid="{second}"' not in text)
+
+        assert f'pid="{second}"' not in text
+        assert samples(text, "keyguard_decisions_total")['{outcome="unauthorized"}'] == 5.0
+    server.stop()
+    assert list(scratch.iterdir()) == []  # the metrics folder goes with the server

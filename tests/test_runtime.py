@@ -1,5 +1,6 @@
 """Composition: settings become a running keyguard, or a sentence that says what to fix."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,70 @@ def test_broken_route_map_stops_the_start_naming_file_and_line(tmp_path: Path) -
     with pytest.raises(ConfigurationError) as caught:
         Keyguard(_settings(tmp_path, routes=routes))
     assert caught.value.message == f"Invalid route map: {routes}:4: unknown scope group 'reportz'"
+
+
+def test_route_map_with_spaces_for_tabs_stops_the_start_saying_so(tmp_path: Path) -> None:
+    routes = tmp_path / "shop.tsv"
+    routes.write_text(SHOP_ROUTES + "GET     /v1/reports     reports     read\n")
+
+    with pytest.raises(ConfigurationError) as caught:
+        Keyguard(_settings(tmp_path, routes=routes))
+
+    assert caught.value.message == (
+        f"Invalid route map: {routes}:4: columns must be separated by tabs, not spaces"
+    )
+
+
+def _keys_on_wavix_map(tmp_path: Path, *grants: dict[str, object]) -> None:
+    """An account on Wavix's map, with a scoped key for each of ``grants``."""
+    keyguard = Keyguard(_settings(tmp_path))
+    keyguard.store.migrate()
+    account, _first = keyguard.service.create_account("acme")
+    for grant in grants:
+        keyguard.service.create_key(account.id, {"label": "k", "scopes_enabled": True, **grant})
+    keyguard.store.close()
+
+
+def _started(settings: Settings) -> None:
+    keyguard = Keyguard(settings)
+    keyguard.start()
+    keyguard.stop()
+
+
+def test_if_keys_grant_groups_the_new_route_map_lacks_then_the_start_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _keys_on_wavix_map(
+        tmp_path,
+        {"numbers": {"allow": "read"}},
+        {"numbers": {"allow": "write"}, "messages": {"allow": "write"}},
+        {},  # scoped, granting nothing
+    )
+    routes = tmp_path / "shop.tsv"
+    routes.write_text(SHOP_ROUTES)
+
+    with caplog.at_level(logging.WARNING, logger="keyguard"):
+        _started(_settings(tmp_path, routes=routes))
+
+    assert [record.getMessage() for record in caplog.records] == [
+        f"2 keys grant scope groups that the route map {routes} does not have "
+        "(messages, numbers): those grants allow nothing until the map declares the "
+        "groups again"
+    ]
+
+
+def test_if_every_granted_group_is_in_the_route_map_then_the_start_is_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _keys_on_wavix_map(tmp_path, {"numbers": {"allow": "read"}})
+    routes = tmp_path / "numbers.tsv"
+    routes.write_text("groups\tnumbers\nGET\t/v1/numbers\tnumbers\tread\n")
+
+    with caplog.at_level(logging.WARNING, logger="keyguard"):
+        _started(_settings(tmp_path, routes=routes))
+        _started(_settings(tmp_path))
+
+    assert caplog.records == []
 
 
 def test_missing_route_map_is_explained(tmp_path: Path) -> None:

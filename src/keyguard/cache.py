@@ -68,6 +68,11 @@ class KeyCache:
     def get(self, digest: bytes) -> CachedKey | None:
         return self._by_digest.get(digest)
 
+    def live_keys(self) -> list[CachedKey]:
+        """Every live key in the snapshot, as of now."""
+        with self._lock:
+            return list(self._by_digest.values())
+
     def put(self, key: StoredKey) -> None:
         """Take in a key written by this process; older copies are ignored."""
         with self._lock:

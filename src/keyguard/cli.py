@@ -2,37 +2,71 @@
 
 A thin shell over :class:`~keyguard.service.KeyService`: it builds the same
 request bodies the HTTP API receives, so both validate alike. Tables for people,
-``--json`` for scripts. Errors print one sentence to stderr and exit with 1.
+``--json`` for scripts; written anywhere but a terminal, nothing is cut to fit a
+width. Errors print one sentence to stderr and exit with 1; a command line that
+does not parse is click's usage error (exit status 2).
 """
 
 import json
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from keyguard.config import Settings, load_settings
 from keyguard.domain import keys
+from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.records import AccountStatus
 from keyguard.domain.scopes import ScopeGroups
-from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError
+from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
+from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView
+from keyguard.service import KeyView, SecretDisplay
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
+# Wide enough for any row: a file or a pipe has no width, and a cut secret or label is lost.
+UNLIMITED_WIDTH = 1_000_000
+
+
+def _console() -> Console:
+    """Rich output to standard output: fitted to a terminal, never cut anywhere else."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=UNLIMITED_WIDTH, soft_wrap=True)
+
+
+def _table(*headers: str, title: str | None = None) -> Table:
+    """A table whose cells wrap on a narrow terminal rather than lose characters."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def _print_secret(*parts: str) -> None:
+    """A secret on one line of its own, however narrow the terminal: copied, it stays whole."""
+    _console().print(*parts, markup=False, highlight=False, soft_wrap=True)
+
+
+def _key_shown(display: SecretDisplay) -> str:
+    """What the operator may rely on about a new key's secret, for the display mode in force."""
+    if display is SecretDisplay.MASKED:
+        return "shown only now"
+    return "also shown in full by GET /v1/api-keys (KEYGUARD_SECRET_DISPLAY=full)"
 
 
 @contextmanager
@@ -82,13 +116,15 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port."
+)
 @click.option(
     "--workers",
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Worker processes; each keeps its own key snapshot.",
+    help="Worker processes; each keeps its own key snapshot, and /metrics covers them all.",
 )
 @click.option(
     "--access-log/--no-access-log",
@@ -100,8 +136,10 @@ def main() -> None:
 def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Migrate the database and serve the HTTP API.
 
-    On an empty database, creates the account "default" and prints its first
-    key once. With memory:// everything lives in one process: one worker only.
+    On an empty database, creates the account "default" with a full-access key:
+    printed on a terminal, otherwise written to first-key.txt (mode 0600) and
+    only the file's path printed. With memory:// everything lives in one process:
+    one worker only.
     """
     import uvicorn
 
@@ -115,20 +153,44 @@ def serve(host: str, port: int, workers: int, access_log: bool) -> None:
         with _keyguard(settings) as runtime:
             if not runtime.service.list_accounts():
                 _announce_first_key(runtime, host, port)
-    uvicorn.run(
-        app,
-        factory=isinstance(app, str),
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-        log_config=uvicorn_log_config(),
-        server_header=False,
-        # keyguard alone decides the client address, from KEYGUARD_TRUSTED_PROXIES and
-        # KEYGUARD_CLIENT_IP_HEADER; uvicorn's own (on by default, for 127.0.0.1 or
-        # FORWARDED_ALLOW_IPS) would believe X-Forwarded-For first.
-        proxy_headers=False,
-    )
+    with _shared_metrics(workers):
+        uvicorn.run(
+            app,
+            factory=isinstance(app, str),
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            log_config=uvicorn_log_config(),
+            server_header=False,
+            # keyguard alone decides the client address, from KEYGUARD_TRUSTED_PROXIES and
+            # KEYGUARD_CLIENT_IP_HEADER; uvicorn's own (on by default, for 127.0.0.1 or
+            # FORWARDED_ALLOW_IPS) would believe X-Forwarded-For first.
+            proxy_headers=False,
+        )
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh folder in which they keep their metrics, so that
+    any one of them answers a scrape for all; removed when the server stops.
+
+    Fresh for every serve: counts a previous run left would be added to this one's.
+    The workers, started after this, read it from the environment.
+    """
+    if workers == 1:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="keyguard-metrics-") as folder:
+        previous = os.environ.get(MULTIPROCESS_DIR)
+        os.environ[MULTIPROCESS_DIR] = folder
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ[MULTIPROCESS_DIR]
+            else:
+                os.environ[MULTIPROCESS_DIR] = previous
 
 
 def _in_memory_app(settings: Settings, host: str, port: int, workers: int) -> Any:
@@ -165,10 +227,12 @@ def _announce_first_key(runtime: Keyguard, host: str, port: int) -> None:
         shown_host = f"[{shown_host}]"  # an IPv6 address in a URL
     url = f"http://{shown_host}:{port}/v1/api-keys"
     if sys.stdout.isatty():
-        console.print(
-            "[bold]Created account 'default'. Its full-access key, shown only now:[/bold]"
+        shown = _key_shown(runtime.settings.secret_display)
+        _console().print(
+            f"[bold]Created account 'default'. Its full-access key, {shown}:[/bold]",
+            soft_wrap=True,
         )
-        console.print(view.value, markup=False, highlight=False)
+        _print_secret(view.value)
         credential = view.value
     else:
         path = _write_first_key(runtime.settings, view.value)
@@ -255,7 +319,7 @@ def rotate_secret(batch_size: int) -> None:
 
 @main.group()
 def accounts() -> None:
-    """Create and list accounts."""
+    """Create, list, suspend and resume accounts."""
 
 
 @accounts.command("create")
@@ -263,31 +327,34 @@ def accounts() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @_fail_cleanly
 def accounts_create(name: str, as_json: bool) -> None:
-    """Create an account and print its first, full-access key (shown only once)."""
+    """Create an account and print its first, full-access key in full."""
     with _keyguard() as runtime:
         account, view = runtime.service.create_account(name)
         if as_json:
             groups = runtime.service.groups
             _echo_json({"account": account_object(account), "api_key": key_object(view, groups)})
             return
-    console.print(f"Created account {account.id} ({account.name}). Its key, shown only now:")
-    console.print(view.value, markup=False, highlight=False)
+        shown = _key_shown(runtime.settings.secret_display)
+    click.echo(f"Created account {account.id} ({account.name}). Its key, {shown}:")
+    _print_secret(view.value)
 
 
 @accounts.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @_fail_cleanly
 def accounts_list(as_json: bool) -> None:
-    """List every account."""
+    """List every account that is not deleted, with its status."""
     with _keyguard() as runtime:
         found = runtime.service.list_accounts()
     if as_json:
         _echo_json([account_object(account) for account in found])
         return
-    table = Table("id", "name", "created")
+    table = _table("id", "name", "status", "created")
     for account in found:
-        table.add_row(str(account.id), account.name, _when(account.created_at))
-    console.print(table)
+        table.add_row(
+            str(account.id), account.name, account.status.value, _when(account.created_at)
+        )
+    _console().print(table)
 
 
 # -- keys ----------------------------------------------------------------------
@@ -323,7 +390,8 @@ def _key_options(function: F) -> F:
             "--permitted-ip",
             "permitted_ips",
             multiple=True,
-            help="An IPv4/IPv6 address or CIDR range; repeat for several.",
+            help="An IPv4/IPv6 address or CIDR range; repeat for several. On update, the "
+            "addresses given replace the key's list.",
         ),
         click.option(
             "--scopes-enabled/--full-access",
@@ -335,7 +403,8 @@ def _key_options(function: F) -> F:
             "scopes",
             multiple=True,
             metavar="GROUP=LEVEL",
-            help="A scope grant such as messages=write; repeat for several.",
+            help="A scope grant such as messages=write (or =none); repeat for several. On "
+            "update, groups not named keep their level.",
         ),
     ]
     for option in reversed(options):
@@ -388,7 +457,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
     if as_json:
         _echo_json([key_object(view, groups) for view in views])
         return
-    table = Table("id", "label", "key", "active", "ips", "scopes", "last used", "created")
+    table = _table("id", "label", "key", "active", "ips", "scopes", "last used", "created")
     for view in views:
         settings = view.key.settings
         scopes = (
@@ -407,7 +476,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
             _when(view.last_used_at),
             _when(view.key.created_at),
         )
-    console.print(table)
+    _console().print(table)
 
 
 @keys_group.command("list")
@@ -416,8 +485,13 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
 @_json_option
 @_fail_cleanly
 def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
-    """List an account's keys; tables show secrets masked."""
+    """List an account's keys.
+
+    Tables mask secrets; --json shows them as KEYGUARD_SECRET_DISPLAY says (in
+    full by default).
+    """
     with _keyguard() as runtime:
+        runtime.service.get_account(account_id)
         views = runtime.service.list_keys(account_id, label)
         _print_keys(views, runtime, as_json)
 
@@ -428,14 +502,14 @@ def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
 @_json_option
 @_fail_cleanly
 def keys_create(account_id: int, as_json: bool, **fields: Any) -> None:
-    """Create a key and print it; its secret is shown in full this once."""
+    """Create a key and print it, with its secret in full."""
     with _keyguard() as runtime:
         view = runtime.service.create_key(account_id, _key_body(runtime.service.groups, **fields))
         if as_json:
             _echo_json(key_object(view, runtime.service.groups))
             return
         _print_keys([view], runtime, as_json=False)
-    console.print("Secret:", view.value, markup=False, highlight=False)
+    _print_secret("Secret:", view.value)
 
 
 @keys_group.command("update")
@@ -469,51 +543,111 @@ def keys_delete(key_id: int, account_id: int) -> None:
 # -- audit -----------------------------------------------------------------------
 
 
+class _Time(click.ParamType[datetime, "str | datetime"]):
+    """A time as ``GET /v1/audit-log`` takes ``from`` and ``to``, parsed by the same parser.
+
+    ISO 8601 (``2026-11-01``, ``2026-11-01T00:00:00Z``, ``…+01:00``) or Unix
+    seconds; UTC when no offset is given.
+    """
+
+    name = "TIME"
+
+    def convert(
+        self, value: str | datetime, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        try:
+            moment = utc_bound(TypeAdapter(datetime).validate_python(value), "time")
+        except (ValidationError, InvalidInput):
+            self.fail(f"{value!r} is not a time such as 2026-11-01T00:00:00Z", param, ctx)
+        assert moment is not None
+        return moment
+
+
 @main.command()
-@_account_option
+@click.option(
+    "--account",
+    "account_id",
+    type=int,
+    help="Only this account's records, also after it was deleted; default: every account.",
+)
 @click.option("--key", "key_id", type=int, help="Only changes to this key.")
-@click.option("--action", help="Only this action, e.g. key.delete or account.suspend.")
-@click.option("--since", type=click.DateTime(), help="From this UTC time on.")
-@click.option("--until", type=click.DateTime(), help="Before this UTC time.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--action", type=click.Choice(ACTIONS), help="Only this action.")
+@click.option(
+    "--from",
+    "since",
+    type=_Time(),
+    help="From this time on, e.g. 2026-11-01T00:00:00Z (ISO 8601; UTC without an offset).",
+)
+@click.option("--to", "until", type=_Time(), help="Before this time, in the same form.")
+@click.option("--since", "old_since", type=_Time(), hidden=True)  # --from's older name
+@click.option("--until", "old_until", type=_Time(), hidden=True)  # --to's older name
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="How many records to show, newest first.",
+)
 @_json_option
 @_fail_cleanly
 def audit(
-    account_id: int,
+    account_id: int | None,
     key_id: int | None,
     action: str | None,
     since: datetime | None,
     until: datetime | None,
+    old_since: datetime | None,
+    old_until: datetime | None,
     limit: int,
     as_json: bool,
 ) -> None:
-    """Show an account's audit trail, newest first."""
+    """Show the audit trail, newest first: every account's, or one account's.
+
+    Changes to keys and accounts, by keys, operators and this command line, with
+    the settings before and after (never a secret).
+    """
     query = AuditQuery(
         account_id=account_id,
         key_id=key_id,
         action=action,
-        since=since.replace(tzinfo=UTC) if since else None,
-        until=until.replace(tzinfo=UTC) if until else None,
+        # The current name wins when both are given, as in the API's bodies.
+        since=since if since is not None else old_since,
+        until=until if until is not None else old_until,
         limit=limit,
     )
     with _keyguard() as runtime:
-        runtime.service.get_account(account_id)
+        if account_id is not None:
+            _require_trail(runtime, account_id)
         records, total = runtime.service.audit(query)
     if as_json:
         _echo_json([audit_object(record) for record in records])
         return
-    table = Table("when", "action", "key", "by", "from", "changed", title=f"{total} records")
+    headers = ["when", "action", "key", "by", "from", "changed"]
+    if account_id is None:
+        headers.insert(1, "account")
+    table = _table(*headers, title=f"{total} records")
     for record in records:
         actor = record.actor.kind + (f" {record.actor.key_id}" if record.actor.key_id else "")
-        table.add_row(
+        row = [
             _when(record.occurred_at),
             record.action,
             str(record.key_id or "-"),
             actor,
             record.actor.ip or "-",
             _difference(record.before, record.after),
-        )
-    console.print(table)
+        ]
+        if account_id is None:
+            row.insert(1, str(record.account_id))
+        table.add_row(*row)
+    _console().print(table)
+
+
+def _require_trail(runtime: Keyguard, account_id: int) -> None:
+    """Refuse an account that never existed; a deleted one still has its trail."""
+    if runtime.store.get_account(account_id) is None:
+        _records, total = runtime.service.audit(AuditQuery(account_id, limit=1))
+        if total == 0:
+            raise NotFound()
 
 
 def _difference(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> str:

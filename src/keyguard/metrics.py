@@ -1,88 +1,149 @@
-"""Prometheus metrics of one keyguard process, served at ``/metrics``.
+"""Prometheus metrics of a keyguard server, served at ``/metrics``.
 
 The hot path only bumps plain counters and, for one decision in 64, reads the
-clock; everything else is read from the running parts when Prometheus scrapes.
-With ``--workers N`` each worker answers for itself (``pid`` label).
+clock; :meth:`Metrics.export` copies the running parts' figures into the metrics.
+
+One scrape covers the whole server. With one process, each scrape exports and
+renders that process. With ``keyguard serve --workers N``, ``serve`` gives the
+workers a fresh folder in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+multiprocess mode): each worker exports into its files every second and
+whenever it is scraped, and whichever worker takes a scrape answers for all of
+them. Decisions and histograms are totals over every worker that ran; gauges
+are per live worker, labelled ``pid``.
 """
 
 import os
+import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from keyguard.runtime import Keyguard
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+EXPORT_INTERVAL = 1.0  # seconds: how stale another worker's figures may be in a scrape
 OUTCOMES = {200: "allowed", 401: "unauthorized", 403: "forbidden", 429: "throttled"}
 
 
 class Metrics:
-    """The registry, the two histograms, and a collector for everything else."""
+    """This process's metrics, and the scrape that reports the server's."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        # Set by ``serve`` before the workers start, and read by prometheus_client
+        # when it is first imported: both agree on whether metrics live in files.
+        folder = os.environ.get(MULTIPROCESS_DIR) or None
+        self.shared_dir = Path(folder) if folder is not None else None
+        self.pid = os.getpid()
+        self._registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._keyguard: Keyguard | None = None
+        self._exported: dict[int, int] = {}
         self.decision_seconds = Histogram(
             "keyguard_decision_seconds",
             "Time to decide one request (sampled: one decision in 64).",
             buckets=(1e-6, 2e-6, 3e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3),
-            registry=self.registry,
+            registry=self._registry,
         )
         self.propagation_seconds = Histogram(
             "keyguard_propagation_seconds",
             "Time from a key change's commit until this process enforces it.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=self.registry,
+            registry=self._registry,
         )
-
-    def watch(self, keyguard: "Keyguard") -> None:
-        self.registry.register(_RuntimeCollector(keyguard))
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-class _RuntimeCollector(Collector):
-    def __init__(self, keyguard: "Keyguard") -> None:
-        self._keyguard = keyguard
-        self._pid = str(os.getpid())
-
-    def collect(self) -> Iterable[Metric]:
-        keyguard, pid = self._keyguard, self._pid
-        decisions = CounterMetricFamily(
-            "keyguard_decisions", "Decisions by outcome.", labels=["outcome", "pid"]
+        self._decisions = Counter(
+            "keyguard_decisions", "Decisions by outcome.", ["outcome"], registry=self._registry
         )
-        for status, count in keyguard.decider.outcomes.items():
-            decisions.add_metric([OUTCOMES[status], pid], count)
-        yield decisions
-        cache = keyguard.cache
-        yield _gauge("keyguard_snapshot_keys", "Live keys in the snapshot.", len(cache), pid)
-        yield _gauge(
+        self._snapshot_keys = self._gauge("keyguard_snapshot_keys", "Live keys in the snapshot.")
+        self._snapshot_age = self._gauge(
             "keyguard_snapshot_age_seconds",
             "Seconds since the snapshot last caught up with the database.",
-            cache.age if cache.age is not None else float("nan"),
-            pid,
         )
-        yield _gauge(
-            "keyguard_snapshot_revision", "Newest change in the snapshot.", cache.revision, pid
+        self._snapshot_revision = self._gauge(
+            "keyguard_snapshot_revision", "Newest change in the snapshot."
         )
-        yield _gauge(
-            "keyguard_usage_backlog",
-            "Keys whose last_used_at awaits the next flush.",
-            keyguard.usage.backlog,
-            pid,
+        self._usage_backlog = self._gauge(
+            "keyguard_usage_backlog", "Keys whose last_used_at awaits the next flush."
         )
-        yield _gauge(
-            "keyguard_database_up",
-            "1 if the last snapshot refresh reached the database.",
-            1.0 if cache.store_reachable else 0.0,
-            pid,
+        self._database_up = self._gauge(
+            "keyguard_database_up", "1 if the last snapshot refresh reached the database."
         )
+        self._scrape = self._registry
+        if self.shared_dir is not None:
+            self._scrape = CollectorRegistry()
+            self._scrape.register(_Workers(self.shared_dir, str(self.pid)))
+
+    @property
+    def shared(self) -> bool:
+        """Whether this process is one of several workers that report together."""
+        return self.shared_dir is not None
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        """A gauge of this process, labelled with its pid."""
+        if self.shared_dir is not None:
+            # The multiprocess collector labels each worker's series with its pid,
+            # and "live" drops a worker's series once the worker is gone.
+            return Gauge(name, documentation, registry=self._registry, multiprocess_mode="liveall")
+        return Gauge(name, documentation, ["pid"], registry=self._registry).labels(str(self.pid))
+
+    def watch(self, keyguard: "Keyguard") -> None:
+        """Report on the parts of this running keyguard."""
+        self._keyguard = keyguard
+
+    def export(self) -> None:
+        """Copy the running parts' figures into the metrics (into the files, when shared)."""
+        keyguard = self._keyguard
+        if keyguard is None:
+            return
+        cache = keyguard.cache
+        with self._lock:
+            for status, count in keyguard.decider.outcomes.items():
+                new = count - self._exported.get(status, 0)
+                if new > 0:
+                    self._decisions.labels(OUTCOMES[status]).inc(new)
+                    self._exported[status] = count
+            self._snapshot_keys.set(len(cache))
+            self._snapshot_age.set(cache.age if cache.age is not None else float("nan"))
+            self._snapshot_revision.set(cache.revision)
+            self._usage_backlog.set(keyguard.usage.backlog)
+            self._database_up.set(1.0 if cache.store_reachable else 0.0)
+
+    def render(self) -> bytes:
+        """The exposition of a scrape: this process's, or every worker's when shared."""
+        self.export()
+        if self.shared_dir is not None:
+            _forget_dead_workers(self.shared_dir)
+        return generate_latest(self._scrape)
 
 
-def _gauge(name: str, documentation: str, value: float, pid: str) -> GaugeMetricFamily:
-    gauge = GaugeMetricFamily(name, documentation, labels=["pid"])
-    gauge.add_metric([pid], value)
-    return gauge
+class _Workers(Collector):
+    """Every worker's metrics from the shared folder; the scraped worker's gauges first."""
+
+    def __init__(self, folder: Path, pid: str) -> None:
+        self._files = MultiProcessCollector(None, path=str(folder))  # type: ignore[no-untyped-call]
+        self._pid = pid
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._files.collect():  # type: ignore[no-untyped-call]
+            metric.samples.sort(key=lambda sample: sample.labels.get("pid") != self._pid)
+            yield metric
+
+
+def _forget_dead_workers(folder: Path) -> None:
+    """Drop the gauges of workers that are gone (crashed, or replaced by the server).
+
+    Their counts stay: a total must never go down while the server runs.
+    """
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, as another user
+            pass

@@ -5,6 +5,7 @@ recorder, the decider and the management service from a :class:`Settings`.
 The CLI and the app factory build one; nothing else constructs these parts.
 """
 
+import logging
 import secrets
 from importlib.resources import files
 from pathlib import Path
@@ -18,12 +19,14 @@ from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
 from keyguard.errors import ConfigurationError
 from keyguard.limits import WindowLimiter
-from keyguard.metrics import Metrics
+from keyguard.metrics import EXPORT_INTERVAL, Metrics
 from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
 from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault, load_or_create_secret, read_secret, verify_secret, wrong_secret
+
+log = logging.getLogger("keyguard.runtime")
 
 # keyguard's own management API; a key must have full access to use it.
 MANAGEMENT_ROUTES = (
@@ -58,6 +61,28 @@ def load_route_map(path: Path | None, unknown: UnknownRoutes) -> RouteMap:
         except ValueError as error:
             raise ConfigurationError(f"Invalid route map: {error}") from None
     return route_map.with_routes(MANAGEMENT_ROUTES)
+
+
+def warn_about_missing_groups(route_map: RouteMap, cache: KeyCache, source: Path | None) -> None:
+    """Log once if keys grant scope groups that ``route_map`` lacks.
+
+    Such grants allow nothing: the usual cause is a new ``KEYGUARD_ROUTES`` (or
+    none, back to Wavix's groups) on a database whose keys were made for another.
+    """
+    known = set(route_map.groups)
+    missing = [set(key.levels) - known for key in cache.live_keys()]
+    holders = [groups for groups in missing if groups]
+    if not holders:
+        return
+    names = ", ".join(sorted(set().union(*holders)))
+    where = f"the route map {source}" if source is not None else "Wavix's route map"
+    log.warning(
+        "%d keys grant scope groups that %s does not have (%s): those grants allow nothing "
+        "until the map declares the groups again",
+        len(holders),
+        where,
+        names,
+    )
 
 
 def _limiter(per_minute: int) -> WindowLimiter | None:
@@ -158,6 +183,10 @@ class Keyguard:
                 "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
             ),
         ]
+        if self.metrics.shared:  # one of several workers: keep its figures current for all
+            self._tasks.append(
+                Periodic("metrics export", self.metrics.export, EXPORT_INTERVAL, run_on_stop=True)
+            )
 
     def check_secret(self) -> None:
         """Refuse to go on with a server secret other than the database's."""
@@ -177,6 +206,7 @@ class Keyguard:
             raise ConfigurationError(not_set_up(self.settings.database_url))
         self.check_secret()
         self.cache.refresh()
+        warn_about_missing_groups(self.routes, self.cache, self.settings.routes)
         signal = self.store.change_signal()
         if signal is not None:
             self._tasks.append(ChangeFollower(self.cache, signal))

@@ -45,6 +45,7 @@ def account_object(account: Account) -> dict[str, Any]:
 def audit_object(record: AuditRecord) -> dict[str, Any]:
     return {
         "id": record.id,
+        "account_id": record.account_id,
         "occurred_at": _timestamp(record.occurred_at),
         "action": record.action,
         "key_id": record.key_id,

@@ -8,6 +8,7 @@ every change in the account's audit trail as the operator's.
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -86,6 +87,7 @@ class TestWithoutAdminToken:
             ("POST", "/accounts/1/suspend"),
             ("DELETE", "/accounts/1"),
             ("GET", "/accounts/1/keys"),
+            ("GET", "/audit-log"),
         ],
     )
     def test_if_no_operator_token_is_configured_then_the_operator_api_does_not_exist(
@@ -510,6 +512,115 @@ def test_every_operator_change_is_in_the_accounts_trail_as_the_operator(
     )
     assert (newest.before, newest.after) == ({"status": "active"}, {"status": "deleted"})
     assert len(records) == len(seen) + 1
+
+
+def audit_log(client: TestClient, **params: Any) -> dict[str, Any]:
+    response = client.get(f"{ADMIN}/audit-log", params=params, headers=OPERATOR)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def test_the_operator_reads_every_accounts_trail_newest_first(
+    client: TestClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    suspend(client, tenant.account_id)
+    minted = client.post(KEYS, json={"label": "k"}, headers=other_tenant.headers).json()
+
+    page = audit_log(client)
+
+    operator = {"type": "operator", "key_id": None, "ip": CLIENT_IP}
+    command_line = {"type": "cli", "key_id": None, "ip": None}
+    by_key = {"type": "key", "key_id": other_tenant.key_id, "ip": CLIENT_IP}
+    assert [(r["account_id"], r["action"], r["key_id"], r["actor"]) for r in page["items"]] == [
+        (other_tenant.account_id, "key.create", minted["id"], by_key),
+        (tenant.account_id, "account.suspend", None, operator),
+        (other_tenant.account_id, "key.create", other_tenant.key_id, command_line),
+        (other_tenant.account_id, "account.create", None, command_line),
+        (tenant.account_id, "key.create", tenant.key_id, command_line),
+        (tenant.account_id, "account.create", None, command_line),
+    ]
+    assert page["pagination"] == {"current_page": 1, "per_page": 25, "total": 6, "total_pages": 1}
+
+
+@pytest.mark.usefixtures("other_tenant")
+def test_the_operator_reads_a_deleted_accounts_trail(client: TestClient, tenant: Tenant) -> None:
+    deleted = client.delete(f"{ADMIN}/accounts/{tenant.account_id}", headers=OPERATOR)
+    assert deleted.status_code == 200
+
+    page = audit_log(client, account_id=tenant.account_id)
+
+    assert [(r["account_id"], r["action"]) for r in page["items"]] == [
+        (tenant.account_id, "account.delete"),
+        (tenant.account_id, "key.create"),
+        (tenant.account_id, "account.create"),
+    ]
+    assert page["items"][0]["after"] == {"status": "deleted"}
+    assert audit_log(client, account_id=999999)["items"] == []
+
+
+def test_the_operators_trail_takes_the_tenant_filters_and_pages(
+    client: TestClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    suspend(client, other_tenant.account_id)
+    suspend(client, other_tenant.account_id, "resume")
+    suspend(client, tenant.account_id)
+    now = datetime.now(UTC).replace(microsecond=0)
+    later = (now + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    earlier = (now - timedelta(days=1)).isoformat().replace("+00:00", "Z")
+
+    suspended = audit_log(client, action="account.suspend", per_page=1, page=2)
+    of_one_key = audit_log(client, key_id=tenant.key_id)
+    window = audit_log(client, account_id=other_tenant.account_id, **{"from": earlier, "to": later})
+
+    assert [(r["account_id"], r["action"]) for r in suspended["items"]] == [
+        (other_tenant.account_id, "account.suspend")
+    ]
+    assert suspended["pagination"] == {
+        "current_page": 2, "per_page": 1, "total": 2, "total_pages": 2,
+    }  # fmt: skip
+    assert [(r["account_id"], r["action"]) for r in of_one_key["items"]] == [
+        (tenant.account_id, "key.create")
+    ]
+    assert [r["action"] for r in window["items"]] == [
+        "account.resume", "account.suspend", "key.create", "account.create",
+    ]  # fmt: skip
+    assert audit_log(client, **{"from": later})["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        pytest.param({"account_id": 0}, "account_id", id="account_id_0"),
+        pytest.param({"account_id": "acme"}, "account_id", id="account_id_word"),
+        pytest.param({"key_id": 0}, "key_id", id="key_id_0"),
+        pytest.param({"action": "key.explode"}, "action", id="unknown_action"),
+        pytest.param({"from": "yesterday"}, "from", id="from_word"),
+        pytest.param({"to": "9999-12-31T23:00:00-05:00"}, "to", id="to_after_9999_utc"),
+        pytest.param({"per_page": 101}, "per_page", id="per_page_101"),
+    ],
+)
+def test_if_an_operator_trail_filter_is_invalid_then_400_wavix_body(
+    client: TestClient, params: dict[str, Any], name: str
+) -> None:
+    response = client.get(f"{ADMIN}/audit-log", params=params, headers=OPERATOR)
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"success": False, "message": f"Missing or invalid parameter {name}"},
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [pytest.param({}, id="no_filter"), pytest.param({"from": "yesterday"}, id="bad_filter")],
+)
+def test_if_the_operator_token_is_missing_then_the_trail_answers_401(
+    client: TestClient, tenant: Tenant, params: dict[str, str]
+) -> None:
+    for headers in ({}, tenant.headers, bearer("operator-" + "8" * 32)):
+        response = client.get(f"{ADMIN}/audit-log", params=params, headers=headers)
+        assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
 
 
 # -- HEAD ----------------------------------------------------------------------------------------

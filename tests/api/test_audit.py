@@ -347,6 +347,7 @@ def test_an_account_sees_only_its_own_trail(
     filtered = trail(client, tenant, key_id=theirs["id"])
 
     assert {r["key_id"] for r in everything} == {None, tenant.key_id, mine["id"]}
+    assert {r["account_id"] for r in everything} == {tenant.account_id}
     assert "globex" not in str(everything)
     assert filtered["items"] == []
     assert filtered["pagination"]["total"] == 0

@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from tests.conftest import Tenant
+from keyguard.config import Settings
+from keyguard.runtime import Keyguard
+from tests.conftest import TEST_SECRET, Tenant
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -290,6 +293,163 @@ def test_documented_api_key_schema_requires_both_generations_of_names(
         *GROUPS,
         "created_at",
     ]
+
+
+KEY_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"appid": []}]
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+ADMIN_TOKEN = "operator-" + "1" * 32
+METRICS_TOKEN = "prometheus-" + "2" * 32
+VERIFY_TOKEN = "backend-" + "3" * 32
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, details)
+        for path, item in document["paths"].items()
+        for method, details in item.items()
+        if method in HTTP_METHODS
+    ]
+
+
+def security_by_operation(document: dict[str, Any]) -> dict[str, object]:
+    return {
+        f"{method.upper()} {path}": details.get("security")
+        for method, path, details in operations(document)
+    }
+
+
+def test_only_operations_that_ask_for_a_key_declare_one(client: TestClient) -> None:
+    document = openapi(client)
+
+    declared = security_by_operation(document)
+
+    assert "security" not in document
+    for label, security in declared.items():
+        path = label.split(" ")[1]
+        asks_for_a_key = path.startswith("/v1/") or path == "/auth/forward"
+        assert security == (KEY_SECURITY if asks_for_a_key else None), label
+    assert {"GET /healthz", "GET /metrics", "POST /auth/verify"} <= set(declared)
+    assert set(document["components"]["securitySchemes"]) == {"bearerAuth", "appid"}
+
+
+class TestWithEveryToken:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(
+            database_url=database_url,
+            secret_key=TEST_SECRET,
+            admin_token=SecretStr(ADMIN_TOKEN),
+            metrics_token=SecretStr(METRICS_TOKEN),
+            verify_token=SecretStr(VERIFY_TOKEN),
+        )
+
+    def test_each_token_is_declared_on_the_operations_that_ask_for_it(
+        self, client: TestClient
+    ) -> None:
+        document = openapi(client)
+
+        declared = security_by_operation(document)
+
+        assert "security" not in document
+        for label, security in declared.items():
+            path = label.split(" ")[1]
+            if path.startswith("/admin/"):
+                assert security == [{"operatorToken": []}], label
+            elif path.startswith("/v1/") or path == "/auth/forward":
+                assert security == KEY_SECURITY, label
+        assert declared["GET /metrics"] == [{"metricsToken": []}]
+        assert declared["POST /auth/verify"] == [{"verifyToken": []}]
+        assert declared["GET /healthz"] is None
+        schemes = document["components"]["securitySchemes"]
+        assert set(schemes) == {
+            "bearerAuth", "appid", "operatorToken", "metricsToken", "verifyToken",
+        }  # fmt: skip
+        for name in ("operatorToken", "metricsToken", "verifyToken"):
+            assert schemes[name]["type"] == "http"
+            assert schemes[name]["scheme"] == "bearer"
+
+    def test_every_operation_has_a_summary_and_a_description(self, client: TestClient) -> None:
+        for method, path, details in operations(openapi(client)):
+            assert details.get("summary"), f"{method} {path}"
+            assert details.get("description"), f"{method} {path}"
+            assert details["summary"] != details["description"], f"{method} {path}"
+
+    def test_declared_security_is_what_the_operations_enforce(
+        self, client: TestClient, tenant: Tenant
+    ) -> None:
+        asked = {
+            "/admin/v1/accounts": ADMIN_TOKEN,
+            "/metrics": METRICS_TOKEN,
+            "/v1/api-keys": tenant.token,
+        }
+        for path, token in asked.items():
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers=bearer(token)).status_code == 200, path
+        assert client.get("/healthz").status_code == 200
+
+
+def test_forward_auth_is_documented_for_every_method(client: TestClient) -> None:
+    item = openapi(client)["paths"]["/auth/forward"]
+
+    assert set(item) == HTTP_METHODS
+    assert len({details["operationId"] for details in item.values()}) == len(HTTP_METHODS)
+    for method in HTTP_METHODS:
+        response = client.request(
+            method.upper(), "/auth/forward", headers={"X-Original-URI": "/v1/numbers"}
+        )
+        assert response.status_code == 401, method
+    for status, answer in item["head"]["responses"].items():
+        assert "content" not in answer, status
+
+
+def test_the_route_map_is_published_in_the_document(client: TestClient, keyguard: Keyguard) -> None:
+    published = openapi(client)["x-keyguard-routes"]
+
+    assert len(published) == len(keyguard.routes.routes) == 138  # Wavix's 136 and keyguard's
+    assert {"method": "POST", "path": "/v1/cdrs", "scope": "calls", "level": "read"} in published
+    assert {"method": "PUT", "path": "/v1/buy/cart", "scope": "numbers", "level": "write"} in (
+        published
+    )
+    for route in ("/v1/api-keys/{id}", "/v1/audit-log"):
+        assert {"method": "GET", "path": route, "scope": None, "level": None} in published
+    assert {entry["scope"] for entry in published} == {None, *GROUPS}
+
+
+class TestWithARouteMapFile:
+    @pytest.fixture
+    def settings(self, database_url: str, tmp_path: Path) -> Settings:
+        routes = tmp_path / "shop.tsv"
+        routes.write_text(
+            "groups\torders\treports\n"
+            "GET\t/v1/orders/{id}\torders\tread\n"
+            "POST\t/v1/orders\torders\twrite\n"
+            "DELETE\t/v1/admin\t-\t-\n"
+        )
+        return Settings(
+            database_url=database_url,
+            secret_key=TEST_SECRET,
+            routes=routes,
+            unknown_routes="deny",  # type: ignore[arg-type]
+        )
+
+    def test_the_published_routes_are_the_files_and_keyguards_own(self, client: TestClient) -> None:
+        document = openapi(client)
+
+        published = document["x-keyguard-routes"]
+
+        assert published[:3] == [
+            {"method": "GET", "path": "/v1/orders/{id}", "scope": "orders", "level": "read"},
+            {"method": "POST", "path": "/v1/orders", "scope": "orders", "level": "write"},
+            {"method": "DELETE", "path": "/v1/admin", "scope": None, "level": None},
+        ]
+        assert {(entry["path"], entry["scope"]) for entry in published[3:]} == {
+            ("/v1/api-keys", None),
+            ("/v1/api-keys/{id}", None),
+            ("/v1/api-keys/{id}/activate", None),
+            ("/v1/api-keys/{id}/deactivate", None),
+            ("/v1/audit-log", None),
+        }
+        assert "is refused for every key" in document["info"]["description"]
 
 
 def test_docs_answer_200_html_without_a_key(client: TestClient) -> None:

@@ -16,6 +16,7 @@ from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.runtime import wavix_route_map
 
 WAVIX_TSV = Path(__file__).parents[2] / "src/keyguard/domain/wavix_routes.tsv"
+TABS = "columns must be separated by tabs, not spaces"
 
 
 @pytest.fixture(scope="module")
@@ -199,13 +200,28 @@ def test_with_routes_keeps_the_map_own_routes_and_settings() -> None:
         (["groups"], "routes.tsv:1: groups needs at least one name"),
         (["groups\tOrders"], "routes.tsv:1: group name 'Orders' must be a lowercase identifier"),
         (["groups\ta\ta"], "routes.tsv:1: scope group names must be unique"),
+        (["GET /a numbers read"], f"routes.tsv:1: {TABS}"),
+        (["GET    /a    numbers    read"], f"routes.tsv:1: {TABS}"),
+        (["GET\t/a numbers\tread"], f"routes.tsv:1: {TABS}"),
+        (["", "method path scope level", "GET\t/a\tnumbers\tread"], f"routes.tsv:2: {TABS}"),
+        (["groups orders reports"], f"routes.tsv:1: {TABS}"),
+        (["groups\torders reports"], f"routes.tsv:1: {TABS}"),
     ],
     ids=["columns", "method", "path", "level", "group", "duplicate", "late_groups",
-         "empty_groups", "group_case", "group_twice"],
+         "empty_groups", "group_case", "group_twice", "spaces", "aligned_with_spaces",
+         "some_spaces", "header_with_spaces", "groups_with_spaces", "group_names_with_a_space"],
 )  # fmt: skip
 def test_broken_route_map_names_file_and_line(lines: list[str], error: str) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(error) + "$"):
         parse_route_map(lines, "routes.tsv")
+
+
+def test_columns_after_the_level_may_hold_spaces() -> None:
+    lines = ["GET\t/v1/orders\t-\t-\tlist the orders", "POST\t/v1/orders\t-\t-  # a note"]
+
+    route_map = parse_route_map(lines, "routes.tsv")
+
+    assert [route.label for route in route_map.routes] == ["full", "full"]
 
 
 def test_route_map_file_declares_its_own_groups() -> None:

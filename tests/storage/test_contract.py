@@ -290,6 +290,43 @@ def test_audit_filters_and_pages(store: Store) -> None:
     assert store.list_audit(AuditQuery(account_id, until=future))[1] == 7
 
 
+def test_audit_of_every_account_is_read_with_no_account_id(store: Store) -> None:
+    first, second = _account(store, "first"), _account(store, "second")
+    key = store.create_key(second, _digest(), b"s", KeySettings(label="k"))
+    operator = Actor("operator", ip="192.0.2.1")
+    store.set_account_status(first, AccountStatus.SUSPENDED, operator)
+
+    records, total = store.list_audit(AuditQuery(None))
+
+    assert total == 6
+    assert [(r.account_id, r.action) for r in records] == [
+        (first, "account.suspend"),
+        (second, "key.create"),
+        (second, "key.create"),
+        (second, "account.create"),
+        (first, "key.create"),
+        (first, "account.create"),
+    ]
+    assert records[0].actor == operator
+    assert store.list_audit(AuditQuery(None, action="key.create", offset=1, limit=1)) == (
+        [records[2]],
+        3,
+    )
+    assert store.list_audit(AuditQuery(None, key_id=key.id)) == ([records[1]], 1)
+
+
+def test_a_deleted_accounts_trail_stays_readable(store: Store) -> None:
+    account_id = _account(store)
+    store.set_account_status(account_id, AccountStatus.DELETED, Actor("operator"))
+
+    records, total = store.list_audit(AuditQuery(account_id))
+
+    assert store.get_account(account_id) is None
+    assert total == 3
+    assert [r.action for r in records] == ["account.delete", "key.create", "account.create"]
+    assert store.list_audit(AuditQuery(None)) == (records, 3)
+
+
 def test_usage_within_the_settle_time_is_not_rewritten(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))

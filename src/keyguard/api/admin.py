@@ -3,7 +3,8 @@
 Enabled only when ``KEYGUARD_ADMIN_TOKEN`` is set; callers present it as their one
 bearer token, compared in constant time, and a wrong token counts against the
 caller's failed-authentication limit (:mod:`keyguard.api.tokens`). It manages
-accounts and reads any account's keys, never their secrets.
+accounts, reads any account's keys (never their secrets) and every account's
+audit trail, deleted accounts' included.
 """
 
 from dataclasses import replace
@@ -13,12 +14,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from keyguard.api.audit import Filters, audit_page
 from keyguard.api.keys import read_json
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     AccountCreateRequest,
     AccountObject,
     AccountsPage,
+    AuditPage,
     ErrorResponse,
     SuccessResponse,
     key_model,
@@ -72,6 +75,8 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts",
         operation_id="admin_accounts_create",
         summary="Create an account with its first full-access key (shown once)",
+        description="A new account and its first full-access key, whose secret only this "
+        "answer shows in full; the operator's other answers mask it.",
         responses={
             400: {"model": ErrorResponse, "description": "Missing or invalid name or body."},
             413: {"model": ErrorResponse, "description": "The body is too large (64 KiB)."},
@@ -91,6 +96,7 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts",
         operation_id="admin_accounts_list",
         summary="List accounts",
+        description="Accounts that are not deleted, by id, in Wavix-style pages.",
         responses={
             200: {"model": AccountsPage},
             400: {"model": ErrorResponse, "description": "Invalid page or per_page."},
@@ -111,6 +117,7 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts/{account_id}",
         operation_id="admin_accounts_get",
         summary="Get an account",
+        description="One account that is not deleted, with its status.",
         responses={200: {"model": AccountObject}, **missing},
     )
     async def get_account(request: Request, _operator: Operator, account_id: AccountId) -> Any:
@@ -124,6 +131,9 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts/{account_id}",
         operation_id="admin_accounts_delete",
         summary="Delete an account and all its keys",
+        description="The account and every key of it, for good: its keys fail with 401 "
+        "here at once and in every keyguard process within a second. Its audit trail "
+        "stays readable at `GET /admin/v1/audit-log?account_id=`.",
         responses={200: {"model": SuccessResponse}, **missing},
     )
     async def delete_account(
@@ -138,6 +148,7 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         "/accounts/{account_id}/keys",
         operation_id="admin_accounts_keys_list",
         summary="List an account's keys, secrets masked",
+        description="The account's keys by id, each secret masked as `kg_********abcd`.",
         responses={200: {"model": list[key_model(groups)]}, **missing},  # type: ignore[misc]
     )
     async def list_keys(request: Request, _operator: Operator, account_id: AccountId) -> Any:
@@ -146,6 +157,28 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         views = await run_in_threadpool(keyguard.list_keys, account_id)
         masked = [replace(view, value=keys.mask(view.value)) for view in views]
         return JSONResponse([key_object(view, groups) for view in masked])
+
+    @router.get(
+        "/audit-log",
+        operation_id="admin_audit_log_list",
+        summary="List every account's audit trail",
+        description="Every change to every account and its keys, newest first, the "
+        "operator's own included; `account_id` narrows it to one account, also after "
+        "that account was deleted. Filters and pages as `GET /v1/audit-log`.",
+        responses={
+            200: {"model": AuditPage},
+            400: {"model": ErrorResponse, "description": "Invalid filter."},
+        },
+    )
+    async def audit_log(
+        request: Request,
+        _operator: Operator,
+        filters: Filters,
+        account_id: Annotated[
+            int | None, Query(ge=1, le=2**63 - 1, description="Only this account's trail.")
+        ] = None,
+    ) -> JSONResponse:
+        return await audit_page(request, filters, account_id)
 
     return router
 
@@ -163,7 +196,12 @@ def _add_status_route(
         change,
         methods=["POST"],
         operation_id=f"admin_accounts_{action}",
-        summary=f"{action.capitalize()} an account"
-        + (": every key fails with 401 within a second" if action == "suspend" else ""),
+        summary=f"{action.capitalize()} an account",
+        description=(
+            "Every key of the account fails with 401, here at once and in every keyguard "
+            "process within a second, until the account is resumed."
+            if status is AccountStatus.SUSPENDED
+            else "The account's keys work again, here at once and everywhere within a second."
+        ),
         responses={200: {"model": AccountObject}, **missing},
     )

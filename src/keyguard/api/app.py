@@ -26,17 +26,20 @@ from keyguard.api.errors import (
 from keyguard.api.keys import key_router
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
+    SECURITY_SCHEMES,
     AccountCreateRequest,
     ErrorResponse,
     HealthResponse,
     component_schemas,
     create_request_model,
     forward_auth_document,
+    route_entries,
     update_request_model,
 )
 from keyguard.api.tokens import authenticate
 from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
+from keyguard.domain.routes import UnknownRoutes
 from keyguard.edge import ProxiedRequest, send_error
 from keyguard.forward import FORWARD_PATH, ForwardAuth, is_forward_auth
 from keyguard.middleware import KeyguardMiddleware
@@ -82,6 +85,9 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         "/healthz",
         tags=["Operations"],
         summary="Whether this process can decide requests, and whether its database answers",
+        description="200 while this process can decide from its key snapshot, with whether "
+        "the database answers and the snapshot's age; 503 before the snapshot is loaded. "
+        "Anyone may ask, so it tells no counts.",
         responses={200: {"model": HealthResponse}, 503: {"model": ErrorResponse}},
     )
     async def healthz() -> JSONResponse:
@@ -104,9 +110,22 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     @app.get(
         "/metrics",
         tags=["Operations"],
-        summary="Prometheus metrics of this process",
+        summary="Prometheus metrics of the whole server",
+        description="Decisions, snapshot and database figures in the Prometheus text format. "
+        "One scrape covers every worker of `keyguard serve --workers N`: counters and "
+        "histograms are totals, gauges are per worker (label `pid`). "
+        "`X-Keyguard-Worker` names the worker that answered. With KEYGUARD_METRICS_TOKEN "
+        "set, only callers presenting it as a bearer token may read them.",
         response_class=PlainTextResponse,
         responses={
+            200: {
+                "headers": {
+                    "X-Keyguard-Worker": {
+                        "schema": {"type": "string"},
+                        "description": "The pid of the worker that answered.",
+                    }
+                }
+            },
             401: {**ERROR_RESPONSES[401], "description": "KEYGUARD_METRICS_TOKEN not presented."},
             429: ERROR_RESPONSES[429],
         },
@@ -118,7 +137,9 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
             facts = ProxiedRequest.scan(headers, runtime.client_ip_header)
             client = facts.client(request.scope, runtime.trusted_proxies)
             authenticate(headers, metrics_token, client, runtime.auth_failures)
-        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        exposition = await run_in_threadpool(runtime.metrics.render)  # reads files when shared
+        worker = {"X-Keyguard-Worker": str(runtime.metrics.pid)}
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST, headers=worker)
 
     app.include_router(
         verify_router(runtime.decider, runtime.settings.verify_token, runtime.auth_failures)
@@ -228,7 +249,8 @@ def _documentation_page(app: FastAPI) -> None:
 
 
 def _document(app: FastAPI, runtime: Keyguard) -> None:
-    """Complete the OpenAPI document with what the framework cannot see."""
+    """Complete the OpenAPI document with what the framework cannot see: bodies keyguard
+    parses itself, forward auth, who must present what, and the route map it enforces."""
     groups = runtime.service.groups
     bodies = (
         create_request_model(groups),
@@ -240,22 +262,70 @@ def _document(app: FastAPI, runtime: Keyguard) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=_description(runtime.routes.unknown),
+                routes=app.routes,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 component_schemas(*bodies)
             )
-            schema["components"]["securitySchemes"] = {
-                "bearerAuth": {"type": "http", "scheme": "bearer"},
-                "appid": {"type": "apiKey", "in": "query", "name": "appid"},
-            }
-            schema["security"] = [{"bearerAuth": []}, {"appid": []}]
             schema["paths"][FORWARD_PATH] = forward_auth_document()
+            _declare_security(schema, runtime.settings)
+            schema["x-keyguard-routes"] = route_entries(runtime.routes)
             _drop_framework_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _description(unknown: UnknownRoutes) -> str:
+    elsewhere = (
+        "is refused for every key"
+        if unknown is UnknownRoutes.DENY
+        else "may be called by full-access keys only"
+    )
+    return (
+        "Each operation names under `security` what its caller presents; operations "
+        "without it are open. `x-keyguard-routes` is the route map keyguard enforces: for "
+        "each route its method, its path (`{name}` matches one segment), the scope group a "
+        "key with `scopes_enabled` needs, and the level (`read` covers GET and HEAD, "
+        "`write` every method). A route with `scope: null` needs a full-access key, and a "
+        f"path that matches no route {elsewhere}."
+    )
+
+
+KEY_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"appid": []}]
+
+
+def _security(path: str, settings: Settings) -> list[dict[str, list[str]]] | None:
+    """What a caller of ``path`` presents, or None where nothing is asked."""
+    if path.startswith("/admin/"):
+        return [{"operatorToken": []}]
+    if path == "/metrics":
+        return None if settings.metrics_token is None else [{"metricsToken": []}]
+    if path == "/auth/verify":
+        return None if settings.verify_token is None else [{"verifyToken": []}]
+    if path.startswith("/v1/") or path == FORWARD_PATH:  # forward auth: the judged key
+        return KEY_SECURITY
+    return None
+
+
+def _declare_security(schema: dict[str, Any], settings: Settings) -> None:
+    """Security on each operation that asks for some, and only the schemes in use."""
+    used: set[str] = set()
+    for path, item in schema["paths"].items():
+        security = _security(path, settings)
+        if security is None:
+            continue
+        for operation in item.values():
+            operation["security"] = security
+        used.update(name for requirement in security for name in requirement)
+    schema["components"]["securitySchemes"] = {
+        name: scheme for name, scheme in SECURITY_SCHEMES.items() if name in used
+    }
 
 
 def _drop_framework_validation_errors(schema: dict[str, Any]) -> None:

@@ -83,6 +83,9 @@ async def read_json(request: Request, *, required: bool) -> object:
         raise InvalidInput.parameter("body") from None
 
 
+FULL_ACCESS = "Needs a full-access key: a scoped key could read stronger keys or mint one."
+
+
 def key_router(service: KeyService) -> APIRouter:
     """The routes, documented with the deployment's scope groups."""
     groups = service.groups
@@ -106,6 +109,8 @@ def key_router(service: KeyService) -> APIRouter:
         "",
         operation_id="api_keys_list",
         summary="List API keys",
+        description="The account's keys by id, a bare JSON array, each secret as "
+        "KEYGUARD_SECRET_DISPLAY says (in full by default, else masked). " + FULL_ACCESS,
         responses={200: {"model": list[api_key]}, **invalid},  # type: ignore[valid-type]
     )
     async def list_keys(
@@ -122,6 +127,10 @@ def key_router(service: KeyService) -> APIRouter:
         "",
         operation_id="api_keys_create",
         summary="Create an API key",
+        description="A new key; this answer always carries its secret in full. With "
+        "`scopes_enabled` the key may call only the routes its scope groups allow (the "
+        "document's `x-keyguard-routes` lists them); with `restricted`, only from "
+        "`permitted_ips`. " + FULL_ACCESS,
         responses={200: {"model": api_key}, **invalid},
         openapi_extra=request_body(create_body, required=True),
     )
@@ -135,6 +144,7 @@ def key_router(service: KeyService) -> APIRouter:
         "/{id}",
         operation_id="api_keys_get",
         summary="Get an API key",
+        description="One key of the account; another account's key id answers 404. " + FULL_ACCESS,
         responses={200: {"model": api_key}, **missing},
     )
     async def get_key(request: Request, key_id: KeyId) -> JSONResponse:
@@ -145,6 +155,8 @@ def key_router(service: KeyService) -> APIRouter:
         "/{id}",
         operation_id="api_keys_update",
         summary="Update an API key",
+        description="Changes only the fields given (JSON null means not given); every "
+        "keyguard process enforces the change within a second. " + FULL_ACCESS,
         responses={200: {"model": api_key}, **invalid, **missing},
         openapi_extra=request_body(update_body, required=False),
     )
@@ -158,6 +170,8 @@ def key_router(service: KeyService) -> APIRouter:
         "/{id}",
         operation_id="api_keys_delete",
         summary="Delete an API key",
+        description="Revokes the key for good: refused here at once, by every keyguard "
+        "process within a second. " + FULL_ACCESS,
         responses={200: {"model": SuccessResponse}, **missing},
     )
     async def delete_key(request: Request, key_id: KeyId) -> JSONResponse:
@@ -185,5 +199,8 @@ def _add_toggle(
         methods=["PATCH"],
         operation_id=f"api_keys_{action}",
         summary=f"{action.capitalize()} an API key (older generation)",
+        description=f"Sets the key's `active` to {str(active).lower()}, as the older "
+        "generation of Wavix's API does; every keyguard process enforces it within a "
+        "second. " + FULL_ACCESS,
         responses={200: {"model": SuccessResponse}, **missing},
     )

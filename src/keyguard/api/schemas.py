@@ -10,12 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from keyguard.domain.audit import Action
 from keyguard.domain.fields import (
     CLEAN_TEXT_PATTERN,
     FLAG_ALIASES,
     MAX_LABEL_LENGTH,
     MAX_PERMITTED_IPS,
 )
+from keyguard.domain.routes import RouteMap
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.service import MAX_ACCOUNT_NAME_LENGTH
 
@@ -189,26 +191,70 @@ def forward_auth_document() -> dict[str, Any]:
         "tags": ["Authorization"],
         "summary": "Forward auth for nginx auth_request, Traefik ForwardAuth, Envoy ext_authz",
         "description": "Decides the original request (method and URI from the proxy's "
-        "headers) and answers 200 with the caller's identity, or 401/403 with a Wavix body. "
-        "Any method is accepted.",
+        "headers, or for Envoy the method of this request and the path after "
+        "/auth/forward) and answers 200 with the caller's identity, or 401/403 with a "
+        "Wavix body. It answers every method alike, these and any other.",
         "parameters": list(headers.values()),
-        "responses": {
-            "200": {"description": "Allowed.", "headers": identity},
-            "401": {"description": "Missing, unknown or inactive key.",
-                    "content": {"application/json": {"schema": unauthorized}}},
-            "403": {"description": "The key may not make this request.",
-                    "content": {"application/json": {"schema": error}}},
-            "429": {"description": "Too many failed authentications from this address.",
-                    "headers": {"Retry-After": {"schema": {"type": "integer"}, "required": True,
-                                                "description": "Seconds."}},
-                    "content": {"application/json": {"schema": error}}},
-            "431": {"description": "The request headers are too large.",
-                    "content": {"application/json": {"schema": error}}},
-            "500": {"description": "Unexpected error.",
-                    "content": {"application/json": {"schema": error}}},
-        },
+    }
+    responses = {
+        "200": {"description": "Allowed.", "headers": identity},
+        "401": {"description": "Missing, unknown or inactive key.",
+                "content": {"application/json": {"schema": unauthorized}}},
+        "403": {"description": "The key may not make this request.",
+                "content": {"application/json": {"schema": error}}},
+        "429": {"description": "Too many failed authentications from this address.",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}, "required": True,
+                                            "description": "Seconds."}},
+                "content": {"application/json": {"schema": error}}},
+        "431": {"description": "The request headers are too large.",
+                "content": {"application/json": {"schema": error}}},
+        "500": {"description": "Unexpected error.",
+                "content": {"application/json": {"schema": error}}},
     }  # fmt: skip
-    return {"get": {**operation, "operationId": "auth_forward"}}
+    # An answer to HEAD has headers only: the server sends no body.
+    headers_only = {
+        status: {name: part for name, part in answer.items() if name != "content"}
+        for status, answer in responses.items()
+    }
+    return {
+        method: {
+            **operation,
+            "operationId": "auth_forward" + ("" if method == "get" else f"_{method}"),
+            "responses": headers_only if method == "head" else responses,
+        }
+        for method in FORWARD_METHODS
+    }
+
+
+# Every method a path item can name; forward auth answers these and any other alike.
+FORWARD_METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
+
+
+def route_entries(route_map: RouteMap) -> list[dict[str, str | None]]:
+    """The ``x-keyguard-routes`` list: which scope group and level each route needs."""
+    return [
+        {
+            "method": route.method,
+            "path": route.template,
+            "scope": route.scope,
+            "level": None if route.scope is None else route.level.label,
+        }
+        for route in route_map.routes
+    ]
+
+
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key, kg_…"},
+    "appid": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "appid",
+        "description": "An API key, the legacy way; Authorization wins when both are sent.",
+    },
+    "operatorToken": {"type": "http", "scheme": "bearer", "description": "KEYGUARD_ADMIN_TOKEN"},
+    "metricsToken": {"type": "http", "scheme": "bearer", "description": "KEYGUARD_METRICS_TOKEN"},
+    "verifyToken": {"type": "http", "scheme": "bearer", "description": "KEYGUARD_VERIFY_TOKEN"},
+}
 
 
 class Pagination(BaseModel):
@@ -226,11 +272,9 @@ class AuditActor(BaseModel):
 
 class AuditEntry(BaseModel):
     id: int
+    account_id: int
     occurred_at: datetime
-    action: Literal[
-        "account.create", "account.suspend", "account.resume", "account.delete",
-        "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
-    ]  # fmt: skip
+    action: Action
     key_id: int | None
     actor: AuditActor
     before: dict[str, Any] | None = Field(description="Settings before; never a secret.")

@@ -49,6 +49,10 @@ def verify_router(
         "/auth/verify",
         operation_id="auth_verify",
         summary="Decide whether a key may make a request",
+        description="Judges a request as `/auth/forward` does, from the key, client "
+        "address, method and path in the body. The decision is the body of a 200, "
+        "whatever it is; the request itself is refused only when it is malformed, too "
+        "large, or, with KEYGUARD_VERIFY_TOKEN set, without that token as a bearer token.",
         response_model=VerifyResponse,
         responses={
             400: {"model": ErrorResponse, "description": "Invalid body."},

@@ -230,9 +230,11 @@ def parse_route_map(
         GET     /v1/orders/{id}  orders  read
         DELETE  /v1/admin        -       -
 
-    Columns are separated by tabs; further columns are ignored. A scope of ``-``
-    means the route needs a full-access key. Every error names ``source`` and the
-    line, so a broken file stops keyguard with a message that says where.
+    Columns are separated by tabs (a column that holds spaces is refused: the
+    likely cause is spaces where tabs belong); further columns are ignored. A
+    scope of ``-`` means the route needs a full-access key. Every error names
+    ``source`` and the line, so a broken file stops keyguard with a message that
+    says where.
     """
     groups: ScopeGroups | None = None
     routes: list[Route] = []
@@ -241,7 +243,12 @@ def parse_route_map(
         where = f"{source}:{number}"
         columns = [column.strip() for column in raw.partition("#")[0].split("\t")]
         columns = [column for column in columns if column]
-        if not columns or columns[0].lower() == "method":
+        if not columns:
+            continue
+        meaningful = columns if columns[0].lower() == "groups" else columns[:4]
+        if any(_SPACE.search(column) for column in meaningful):
+            raise ValueError(f"{where}: columns must be separated by tabs, not spaces")
+        if columns[0].lower() == "method":
             continue
         if columns[0].lower() == "groups":
             groups = _groups(columns[1:], where, declared_after_routes=bool(routes))
@@ -255,6 +262,9 @@ def parse_route_map(
         seen.add(shape)
         routes.append(route)
     return RouteMap.build(routes, groups, unknown)
+
+
+_SPACE = re.compile(r"\s")
 
 
 def _groups(names: list[str], where: str, *, declared_after_routes: bool) -> ScopeGroups:

@@ -39,9 +39,14 @@ class ChangeSignal(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
-    """Which audit records of one account to read, newest first."""
+    """Which audit records to read, newest first.
 
-    account_id: int
+    ``account_id`` is one account's trail, deleted accounts included, or ``None``
+    for every account's: the operator's view. It has no default, so that no caller
+    reads every account's records by leaving it out.
+    """
+
+    account_id: int | None
     key_id: int | None = None
     action: str | None = None
     since: datetime | None = None
@@ -143,7 +148,7 @@ class Store(Protocol):
         """Revoke a key for good; its tombstone, or ``None`` if there was no such key."""
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
-        """One page of an account's audit trail, and how many records match in all."""
+        """One page of the audit records that match, and how many match in all."""
 
     def changes_since(self, revision: int) -> Changes:
         """Every key and account changed after ``revision``, up to the newest revision.

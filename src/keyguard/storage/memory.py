@@ -123,7 +123,7 @@ class MemoryStore:
             found = [
                 record
                 for record in reversed(self._audit)
-                if record.account_id == query.account_id
+                if (query.account_id is None or record.account_id == query.account_id)
                 and (query.key_id is None or record.key_id == query.key_id)
                 and (query.action is None or record.action == query.action)
                 and (query.since is None or record.occurred_at >= query.since)

@@ -373,7 +373,9 @@ class SQLStore:
         return replace(account, status=status, revision=revision)
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
-        conditions = [audit_log.c.account_id == query.account_id]
+        conditions: list[ColumnElement[bool]] = []
+        if query.account_id is not None:
+            conditions.append(audit_log.c.account_id == query.account_id)
         if query.key_id is not None:
             conditions.append(audit_log.c.key_id == query.key_id)
         if query.action is not None:
