@@ -1,15 +1,17 @@
 """Composition: settings become a running keyguard, or a sentence that says what to fix."""
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from keyguard.config import Settings, load_settings
 from keyguard.domain.network import ClientIPHeader
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
-from keyguard.runtime import Keyguard, not_set_up
+from keyguard.runtime import MANAGEMENT_ROUTES, Keyguard, not_set_up
 from keyguard.storage.migrations import upgrade
 from keyguard.storage.sql import SQLStore
 from tests.conftest import TEST_SECRET
@@ -215,3 +217,21 @@ def test_the_sentence_shows_where_a_relative_sqlite_path_points_and_hides_passwo
     assert f"sqlite:///./data/keyguard.db ({Path('data/keyguard.db').resolve()})" in relative
     assert "hunter2" not in remote
     assert "postgresql://keyguard:***@db.internal/keyguard" in remote
+
+
+def test_management_routes_are_exactly_the_routes_the_api_serves_under_v1(
+    client: TestClient,
+) -> None:
+    """A route the API serves but the map lacks would be refused under
+    KEYGUARD_UNKNOWN_ROUTES=deny; one the map has but the API lacks is dead weight."""
+    document = client.get("/openapi.json").json()
+    served = {
+        (method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
+        for path, item in document["paths"].items()
+        if path.startswith("/v1/")
+        for method in item
+    }
+    mapped = {
+        (route.method, re.sub(r"\{[^}]+\}", "{}", route.template)) for route in MANAGEMENT_ROUTES
+    }
+    assert served == mapped
