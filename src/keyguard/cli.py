@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from keyguard.config import Settings, load_settings
+from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.records import AccountStatus
@@ -31,7 +31,7 @@ from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
 from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView, SecretDisplay
+from keyguard.service import KeyView
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object

@@ -8,6 +8,7 @@ import difflib
 import logging
 import os
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +19,18 @@ from keyguard.domain import keys
 from keyguard.domain.network import ClientIPHeader, canonical_entry
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
-from keyguard.service import SecretDisplay
 from keyguard.vault import MIN_SECRET_BYTES
 
 log = logging.getLogger("keyguard")
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/keyguard.db"
+
+
+class SecretDisplay(Enum):
+    """How a key's secret appears outside its create response."""
+
+    FULL = "full"
+    MASKED = "masked"
 
 
 class Settings(BaseSettings):

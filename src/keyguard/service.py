@@ -7,9 +7,9 @@ key snapshot, so the very next decision here sees it.
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 
 from keyguard.cache import KeyCache
+from keyguard.config import SecretDisplay
 from keyguard.domain import keys
 from keyguard.domain.fields import (
     MAX_LABEL_LENGTH,
@@ -36,13 +36,6 @@ from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault
 
 MAX_ACCOUNT_NAME_LENGTH = 255
-
-
-class SecretDisplay(Enum):
-    """How a key's secret appears outside its create response."""
-
-    FULL = "full"
-    MASKED = "masked"
 
 
 @dataclass(frozen=True, slots=True)

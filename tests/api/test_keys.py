@@ -14,9 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from keyguard.api import create_app
-from keyguard.config import Settings
+from keyguard.config import SecretDisplay, Settings
 from keyguard.runtime import Keyguard
-from keyguard.service import SecretDisplay
 from tests.conftest import CLIENT_IP, ClientFactory, Tenant, make_tenant
 from tests.wavix import GROUPS
 
