@@ -24,7 +24,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from keyguard.runtime import Keyguard
+    from keyguard.cache import KeyCache
+    from keyguard.decide import Decider
+    from keyguard.usage import UsageRecorder
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 EXPORT_INTERVAL = 1.0  # seconds: how stale another worker's figures may be in a scrape
@@ -42,7 +44,7 @@ class Metrics:
         self.pid = os.getpid()
         self._registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self._keyguard: Keyguard | None = None
+        self._watched: tuple[Decider, KeyCache, UsageRecorder] | None = None
         self._exported: dict[int, int] = {}
         self.decision_seconds = Histogram(
             "keyguard_decision_seconds",
@@ -91,18 +93,17 @@ class Metrics:
             return Gauge(name, documentation, registry=self._registry, multiprocess_mode="liveall")
         return Gauge(name, documentation, ["pid"], registry=self._registry).labels(str(self.pid))
 
-    def watch(self, keyguard: "Keyguard") -> None:
-        """Report on the parts of this running keyguard."""
-        self._keyguard = keyguard
+    def watch(self, decider: "Decider", cache: "KeyCache", usage: "UsageRecorder") -> None:
+        """Report on the parts of a running keyguard that the figures come from."""
+        self._watched = (decider, cache, usage)
 
     def export(self) -> None:
         """Copy the running parts' figures into the metrics (into the files, when shared)."""
-        keyguard = self._keyguard
-        if keyguard is None:
+        if self._watched is None:
             return
-        cache = keyguard.cache
+        decider, cache, usage = self._watched
         with self._lock:
-            for status, count in keyguard.decider.outcomes.items():
+            for status, count in decider.outcomes.items():
                 new = count - self._exported.get(status, 0)
                 if new > 0:
                     self._decisions.labels(OUTCOMES[status]).inc(new)
@@ -110,7 +111,7 @@ class Metrics:
             self._snapshot_keys.set(len(cache))
             self._snapshot_age.set(cache.age if cache.age is not None else float("nan"))
             self._snapshot_revision.set(cache.revision)
-            self._usage_backlog.set(keyguard.usage.backlog)
+            self._usage_backlog.set(usage.backlog)
             self._database_up.set(1.0 if cache.store_reachable else 0.0)
 
     def render(self) -> bytes:

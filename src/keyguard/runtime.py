@@ -176,7 +176,7 @@ class Keyguard:
             prefix=settings.key_prefix,
             display=settings.secret_display,
         )
-        self.metrics.watch(self)
+        self.metrics.watch(self.decider, self.cache, self.usage)
         self._tasks: list[Periodic | ChangeFollower] = [
             Periodic("snapshot refresh", self.cache.refresh, settings.refresh_interval),
             Periodic(
