@@ -103,6 +103,11 @@ def keyguard(settings: Settings) -> Iterator[Keyguard]:
     runtime.store.close()
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 @dataclass(frozen=True)
 class Tenant:
     """An account and its first, full-access key."""
@@ -113,7 +118,7 @@ class Tenant:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return bearer(self.token)
 
 
 def make_tenant(keyguard: Keyguard, name: str) -> Tenant:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.conftest import missing
+from tests.conftest import bearer, missing
 from tests.server import HOST, KeyguardServer, free_port
 
 START_TIMEOUT = 10.0
@@ -34,10 +34,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 KEYGUARD_ADDRESS = "127.0.0.1:8080"
 API_ADDRESS = "127.0.0.1:9000"
 PROXY_ADDRESS = "127.0.0.1:8000"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def with_addresses(example: Path, moves: Mapping[str, str]) -> str:

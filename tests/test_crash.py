@@ -9,6 +9,7 @@ from typing import Any, Self
 import httpx
 import pytest
 
+from tests.conftest import bearer
 from tests.server import KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
@@ -21,10 +22,6 @@ ACKNOWLEDGED_BEFORE_KILL = 40
 def servers(tmp_path: Path) -> Iterator[Servers]:
     with Servers(tmp_path) as started:
         yield started
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def first_key(server: KeyguardServer) -> str:

@@ -52,7 +52,8 @@ from starlette.types import ASGIApp, Message
 from keyguard import KeyguardMiddleware
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
-from tests.proxied import Caddy, Nginx, ReverseProxy, bearer, known_account, start_example
+from tests.conftest import bearer
+from tests.proxied import Caddy, Nginx, ReverseProxy, known_account, start_example
 from tests.server import HOST, SECRET, KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from keyguard.domain.keys import generate
-from tests.conftest import missing
+from tests.conftest import bearer, missing
 from tests.postgres import ClusterError, PostgresCluster, server_binaries
 from tests.server import HOST, SECRET, KeyguardServer, Servers, free_port, keyguard_command
 
@@ -44,10 +44,6 @@ def cluster() -> Iterator[PostgresCluster]:
 def servers(tmp_path: Path) -> Iterator[Servers]:
     with Servers(tmp_path) as started:
         yield started
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 class Seen(NamedTuple):

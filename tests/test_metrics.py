@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from keyguard.config import Settings, load_settings
 from keyguard.errors import ConfigurationError
-from tests.conftest import TEST_SECRET, ClientFactory, Tenant
+from tests.conftest import TEST_SECRET, ClientFactory, Tenant, bearer
 from tests.server import KeyguardServer, Servers
 
 METRICS_TOKEN = "prometheus-" + "5" * 32
@@ -48,10 +48,6 @@ def settings(database_url: str) -> Settings:
         metrics_token=SecretStr(METRICS_TOKEN),
         auth_failures_per_minute=LIMIT,
     )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def assert_unauthorized(response: httpx2.Response) -> None:

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from keyguard.domain.keys import generate
+from tests.conftest import bearer
 from tests.proxied import (
     PROXIES,
     EchoAPI,
     Nginx,
     ReverseProxy,
-    bearer,
     known_account,
     start_example,
 )

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL_VARIABLE, missing, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing, postgres_schema
 from tests.server import KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
@@ -90,10 +90,6 @@ def api_b(pair: Pair) -> Iterator[httpx.Client]:
     headers = bearer(pair.admin)
     with httpx.Client(base_url=pair.b.base_url, headers=headers, timeout=10) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def create_key(api: httpx.Client, **fields: Any) -> dict[str, Any]:

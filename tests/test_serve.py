@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL_VARIABLE, missing, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing, postgres_schema
 from tests.server import (
     HOST,
     START_TIMEOUT,
@@ -37,10 +37,6 @@ IN_A_ROW = 20
 def servers(tmp_path: Path) -> Iterator[Servers]:
     with Servers(tmp_path) as started:
         yield started
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def printed_key(stdout: str) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import bearer
 from tests.server import HOST, Servers, free_port, keyguard_command
-from tests.test_serve import assert_private_key_file, bearer
+from tests.test_serve import assert_private_key_file
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
 
 ADMIN = "/admin/v1"
 KEYS = "/v1/api-keys"
@@ -40,10 +40,6 @@ def settings(database_url: str) -> Settings:
         usage_flush_interval=0.05,
         admin_token=SecretStr(ADMIN_TOKEN),
     )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def create_account(client: TestClient, name: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from keyguard.domain.network import ClientIPHeader
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
 
 KEYS = "/v1/api-keys"
 NOT_FOUND = {"success": False, "message": "Record not found"}
@@ -39,10 +39,6 @@ MESSAGES_WRITE_REQUIRED = {
     "message": "API key scope messages: write access required",
 }
 EVERY_GROUP_WRITE = {group: {"allow": "write"} for group in WAVIX_GROUPS}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def new_key(keyguard: Keyguard, owner: Tenant, **fields: Any) -> tuple[int, str]:

@@ -16,17 +16,13 @@ from keyguard.config import Settings
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import sql
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
 
 KEYS = "/v1/api-keys"
 AUDIT = "/v1/audit-log"
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
 PROXY = "10.9.0.1"
 SECRET_FIELDS = {"value", "digest", "sealed_value", "token", "secret"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def create_key(client: TestClient, owner: Tenant, **fields: Any) -> dict[str, Any]:

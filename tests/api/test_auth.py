@@ -13,17 +13,13 @@ from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.domain.keys import ALPHABET, generate
 from keyguard.runtime import Keyguard
-from tests.conftest import CLIENT_IP, ClientFactory, Tenant, make_tenant
+from tests.conftest import CLIENT_IP, ClientFactory, Tenant, bearer, make_tenant
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
 NOT_FOUND = {"success": False, "message": "Record not found"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from keyguard.api import create_app
 from keyguard.config import SecretDisplay, Settings
 from keyguard.runtime import Keyguard
-from tests.conftest import CLIENT_IP, ClientFactory, Tenant, make_tenant
+from tests.conftest import CLIENT_IP, ClientFactory, Tenant, bearer, make_tenant
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -55,10 +55,6 @@ RICH = {
     "numbers": {"allow": "read"},
     "calls": {"allow": "write"},
 }
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:

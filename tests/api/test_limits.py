@@ -19,7 +19,7 @@ from keyguard.config import Settings
 from keyguard.domain.network import ClientIPHeader
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
 
 KEYS = "/v1/api-keys"
 LIMIT = 3  # failed authentications per address, and changes per account, per minute
@@ -54,10 +54,6 @@ def settings(database_url: str, client_ip_header: ClientIPHeader) -> Settings:
         client_ip_header=client_ip_header,
         admin_token=SecretStr(ADMIN_TOKEN),
     )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def stored(keyguard: Keyguard, account_id: int) -> tuple[object, ...]:

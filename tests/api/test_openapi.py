@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
-from tests.conftest import TEST_SECRET, Tenant
+from tests.conftest import TEST_SECRET, Tenant, bearer
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -151,10 +151,6 @@ def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, A
     assert response.status_code == 200, response.text
     key: dict[str, Any] = response.json()
     return key
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def openapi(client: TestClient) -> dict[str, Any]:
