@@ -118,9 +118,9 @@ class Interleaved:
         """Baseline ÷ subject per pair: the subject's rate relative to the baseline's."""
         return [b / s for b, s in zip(self.baseline, self.subject, strict=True)]
 
-    @property
-    def microseconds(self) -> tuple[float, float]:
-        return median(self.baseline), median(self.subject)
+    def added_microseconds(self) -> float:
+        """What the subject adds per request: the median of the pairs' own differences."""
+        return median([s - b for b, s in zip(self.baseline, self.subject, strict=True)])
 
 
 def interleave(

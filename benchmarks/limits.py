@@ -281,7 +281,6 @@ def in_process() -> Interleaved:
 
 
 def _describe_in_process(section: Section, direct: Interleaved) -> None:
-    off, on = direct.microseconds
     ratios = direct.ratios()
     section.tables.append(
         table(
@@ -298,8 +297,9 @@ def _describe_in_process(section: Section, direct: Interleaved) -> None:
     section.notes.append(
         f"Target limits on / off ≥ {ALLOWED_PATH_TARGET:.2f}, in-process: "
         + judged("in rate", ratios, ALLOWED_PATH_TARGET)
-        + f"; {on - off:+.2f} µs per request. Over HTTP the server adds the same work to "
-        "both, so the ratio there is closer still to 1."
+        + f"; the limits add {direct.added_microseconds():+.2f} µs per request (the median of "
+        "the pairs' differences). Over HTTP the server adds the same work to both, so the "
+        "ratio there is closer still to 1."
     )
     section.figures["in_process"] = {
         "pairs": len(ratios),
