@@ -28,7 +28,15 @@ from benchmarks.context import Context
 from benchmarks.decide import KINDS
 from benchmarks.propagation import pin_workers
 from benchmarks.report import Section, table
-from benchmarks.server import NO_LIMITS, Deployment, Server, deployed, memory_mib, serving
+from benchmarks.server import (
+    NO_LIMITS,
+    Deployment,
+    Server,
+    counted_keys,
+    deployed,
+    memory_mib,
+    serving,
+)
 from keyguard.domain.records import KeySettings, settings_document
 from keyguard.storage.tables import api_keys, meta
 
@@ -53,13 +61,6 @@ class Start:
     peak_mib: list[float]  # per worker, its peak resident memory, loading included
 
 
-def snapshot_keys(body: bytes) -> int:
-    for line in body.decode().splitlines():
-        if line.startswith("keyguard_snapshot_keys{"):
-            return int(float(line.rpartition(" ")[2]))
-    raise RuntimeError("/metrics carries no keyguard_snapshot_keys")
-
-
 def wait_loaded(server: Server, keys: int, timeout: float) -> list[int]:
     """Until every worker's own ``/metrics`` counts ``keys`` keys; the workers' pids.
 
@@ -69,7 +70,7 @@ def wait_loaded(server: Server, keys: int, timeout: float) -> list[int]:
     pinned = pin_workers(server)
     try:
         for connection in pinned:
-            while snapshot_keys(connection.request("GET", "/metrics")[1]) < keys:
+            while counted_keys(connection.request("GET", "/metrics")[1].decode()) < keys:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"worker {connection.pid} never held {keys:,} keys")
                 time.sleep(0.1)

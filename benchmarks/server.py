@@ -206,7 +206,12 @@ def snapshot_keys(base_url: str, env: Mapping[str, str]) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = httpx.get(base_url + "/metrics", headers=headers, timeout=1.0)
     response.raise_for_status()
-    found = re.search(r"^keyguard_snapshot_keys\{.*\} (\S+)$", response.text, re.MULTILINE)
+    return counted_keys(response.text)
+
+
+def counted_keys(metrics: str) -> int:
+    """``keyguard_snapshot_keys`` in the text of a worker's ``/metrics``."""
+    found = re.search(r"^keyguard_snapshot_keys\{.*\} (\S+)$", metrics, re.MULTILINE)
     if found is None:
         raise ServerError("/metrics carries no keyguard_snapshot_keys")
     return int(float(found.group(1)))
