@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import decide, drf, forward, limits, management, postgres, propagation
+from benchmarks import decide, drf, forward, limits, management, memory, postgres, propagation
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
 from benchmarks.report import Section, show, write_json
@@ -27,6 +27,7 @@ from benchmarks.report import Section, show, write_json
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "management": management.run,
     "decide": decide.run,
+    "memory": memory.run,
     "forward": forward.run,
     "drf": drf.run,
     "propagation": propagation.run,

@@ -4,7 +4,8 @@ One module is the whole Django project: settings in code, SQLite at the path in
 ``$BENCH_DRF_DATABASE``, one DRF view at ``/hello`` that only ``HasAPIKey``
 guards. ``python -m benchmarks.drf_app KEYS`` migrates that database, creates
 KEYS keys with ``APIKey.objects.create_key`` and prints the last one as JSON;
-uvicorn serves the factory :func:`create_app`.
+uvicorn serves the factory :func:`create_app` (ASGI), gunicorn :func:`create_wsgi_app`
+(WSGI, sync workers: how Django is most often deployed).
 
 The settings are the ones that favour the peer: no middleware, no
 authentication classes, a JSON renderer only, and persistent database
@@ -71,6 +72,12 @@ def create_app() -> Any:
     """The ASGI application, for ``uvicorn --factory``."""
     configure()
     return _module("django.core.asgi").get_asgi_application()
+
+
+def create_wsgi_app() -> Any:
+    """The WSGI application, for gunicorn (``benchmarks.drf_app:create_wsgi_app()``)."""
+    configure()
+    return _module("django.core.wsgi").get_wsgi_application()
 
 
 def create_keys(count: int) -> str:

@@ -35,16 +35,14 @@ from benchmarks import management
 from benchmarks.context import Context
 from benchmarks.forward import FORWARD_PATH, forward_headers
 from benchmarks.load import Comparison, Target, compare
+from benchmarks.memory import Start, start
 from benchmarks.report import Section, comparison_table, millis, rate, table, times
 from benchmarks.server import (
     NO_LIMITS,
-    Deployment,
     Server,
     deployed,
-    memory_mib,
     running_keyguard,
     serving,
-    worker_pids,
 )
 from benchmarks.stats import Latency
 
@@ -192,16 +190,6 @@ def forward_target(server: Server) -> Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
-    """One instance's start on a database holding ``keys`` keys."""
-
-    keys: int
-    seconds: float  # from process start until /metrics counted every key in the snapshot
-    rss_mib: float  # of the worker, once started
-    peak_mib: float  # the worker's peak resident memory, loading included
-
-
-@dataclass(frozen=True, slots=True)
 class Startup:
     one_key: Start
     loaded: Start
@@ -254,19 +242,12 @@ def fetch_rows(url: str) -> float:
     return time.perf_counter() - started
 
 
-def start(deployment: Deployment, workers: int, keys: int) -> Start:
-    with serving(deployment, workers, keys=keys, timeout=BULK_START_TIMEOUT) as server:
-        memories = [memory_mib(pid) for pid in worker_pids(server)]
-        rss, peak = max(memories)
-        return Start(keys, server.start_seconds, rss, peak)
-
-
 def measure_startup(server: str, workers: int) -> Startup:
     with postgres_schema(server) as url, deployed(url, NO_LIMITS) as deployment:
-        one_key = start(deployment, workers, 1)
+        one_key = start(deployment, workers, 1, BULK_START_TIMEOUT)
         inserted = insert_keys(url, deployment.tenant.account_id, BULK_KEYS)
         fetched = fetch_rows(url)
-        loaded = start(deployment, workers, BULK_KEYS + 1)
+        loaded = start(deployment, workers, BULK_KEYS + 1, BULK_START_TIMEOUT)
     return Startup(one_key, loaded, inserted, fetched)
 
 
@@ -418,12 +399,12 @@ def _describe_startup(section: Section, startup: Startup, workers: int) -> None:
     one, loaded = startup.one_key, startup.loaded
 
     def row(start: Start) -> list[str]:
-        rss, peak = f"{start.rss_mib:,.0f}", f"{start.peak_mib:,.0f}"
+        rss, peak = f"{max(start.rss_mib):,.0f}", f"{max(start.peak_mib):,.0f}"
         return [f"{start.keys:,}", f"{start.seconds:.2f}", rss, peak]
 
     section.tables.append(
         table(
-            "4. Start-up on PostgreSQL: process start until the snapshot holds every key",
+            "4. Start-up on PostgreSQL: process start until every worker holds every key",
             ["keys in the database", "seconds", "worker RSS MiB", "worker peak MiB"],
             [
                 row(one),
@@ -431,14 +412,14 @@ def _describe_startup(section: Section, startup: Startup, workers: int) -> None:
                 [
                     "ratio",
                     times(loaded.seconds / one.seconds),
-                    times(loaded.rss_mib / one.rss_mib),
-                    times(loaded.peak_mib / one.peak_mib),
+                    times(max(loaded.rss_mib) / max(one.rss_mib)),
+                    times(max(loaded.peak_mib) / max(one.peak_mib)),
                 ],
             ],
         )
     )
     per_key = (loaded.seconds - one.seconds) / (loaded.keys - one.keys) * 1e6
-    added = (loaded.rss_mib - one.rss_mib) * 2**20 / (loaded.keys - one.keys)
+    added = (max(loaded.rss_mib) - max(one.rss_mib)) * 2**20 / (loaded.keys - one.keys)
     section.notes.append(
         f"{BULK_KEYS:,} keys inserted by SQL in {startup.insert_seconds:.1f} s. Loading adds "
         f"about {per_key:.1f} µs and {added:,.0f} bytes of resident memory per key "

@@ -1,7 +1,7 @@
 """The printed report and the raw figures written as JSON."""
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,3 +88,22 @@ def millis(value: float) -> str:
 
 def times(value: float) -> str:
     return f"{value:.2f}x"
+
+
+def micros(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def micro_text(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def ratio_text(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def ranged(values: Sequence[float], show: Callable[[float], str]) -> str:
+    """The median, and the range of the rounds in brackets: ``28,400 (27,950-29,100)``."""
+    if not values:
+        return "?"
+    return f"{show(median(values))} ({show(min(values))}-{show(max(values))})"

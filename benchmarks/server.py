@@ -206,7 +206,12 @@ def snapshot_keys(base_url: str, env: Mapping[str, str]) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = httpx.get(base_url + "/metrics", headers=headers, timeout=1.0)
     response.raise_for_status()
-    found = re.search(r"^keyguard_snapshot_keys\{.*\} (\S+)$", response.text, re.MULTILINE)
+    return counted_keys(response.text)
+
+
+def counted_keys(metrics: str) -> int:
+    """``keyguard_snapshot_keys`` in the text of a worker's ``/metrics``."""
+    found = re.search(r"^keyguard_snapshot_keys\{.*\} (\S+)$", metrics, re.MULTILINE)
     if found is None:
         raise ServerError("/metrics carries no keyguard_snapshot_keys")
     return int(float(found.group(1)))
@@ -234,24 +239,57 @@ def running_asgi(
 
     Yields its base URL once ``ready_path`` answers with any status below 500.
     """
-    with tempfile.TemporaryDirectory(prefix="keyguard-bench-asgi-") as folder:
-        port = free_port()
+    port = free_port()
+    command = uvicorn_command(app, port, workers, factory=factory)
+    with running_program(app, command, port, env, ready_path) as base_url:
+        yield base_url
+
+
+def gunicorn_command(app: str, port: int, workers: int) -> list[str]:
+    """gunicorn serving the WSGI ``app`` (``module:callable()`` for a factory) with sync
+    workers, as Django projects are commonly deployed: no access log, the default
+    keep-alive (sync workers close every connection after one response)."""
+    command = [sys.executable, "-m", "gunicorn", "--chdir", str(BENCHMARKS_ROOT)]
+    command += ["--bind", f"{HOST}:{port}", "--workers", str(workers), "--worker-class", "sync"]
+    return [*command, "--log-level", "warning", app]
+
+
+@contextmanager
+def running_wsgi(
+    app: str, workers: int = 1, *, env: Mapping[str, str] | None = None, ready_path: str = "/"
+) -> Iterator[str]:
+    """A WSGI app under gunicorn's sync workers; its base URL once ``ready_path`` answers."""
+    port = free_port()
+    command = gunicorn_command(app, port, workers)
+    with running_program(app, command, port, env, ready_path) as base_url:
+        yield base_url
+
+
+@contextmanager
+def running_program(
+    name: str,
+    command: list[str],
+    port: int,
+    env: Mapping[str, str] | None,
+    ready_path: str,
+) -> Iterator[str]:
+    """A server program listening on ``port``, stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="keyguard-bench-server-") as folder:
         log_path = Path(folder) / "server.log"
-        command = uvicorn_command(app, port, workers, factory=factory)
         process = spawn(command, os.environ if env is None else env, log_path)
         try:
             base_url = f"http://{HOST}:{port}"
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
                 if process.poll() is not None:
-                    raise ServerError(f"{app} exited with {process.returncode}:\n{tail(log_path)}")
+                    raise ServerError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
                 with suppress(httpx.HTTPError):
                     if httpx.get(base_url + ready_path, timeout=1.0).status_code < 500:
                         break
                 time.sleep(0.05)
             else:
                 raise ServerError(
-                    f"{app} did not answer in {START_TIMEOUT:.0f} s:\n{tail(log_path)}"
+                    f"{name} did not answer in {START_TIMEOUT:.0f} s:\n{tail(log_path)}"
                 )
             yield base_url
         finally:

@@ -14,16 +14,17 @@ out servers and ends every one of them when the test ends, pass or fail::
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import httpx
 
@@ -31,6 +32,8 @@ HOST = "127.0.0.1"
 SECRET = "server-test-secret-" + "0123456789abcdef" * 3
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+PIN_TIMEOUT = 5.0
+WORKER_PID = re.compile(r'^keyguard_snapshot_keys\{pid="(\d+)"\}', re.MULTILINE)
 
 
 class ServerError(RuntimeError):
@@ -249,3 +252,51 @@ class Servers:
         for server in self._servers:
             if server.runs:
                 server.kill()
+
+
+class Worker(NamedTuple):
+    """One worker process, reached over a keep-alive connection of its own."""
+
+    pid: str
+    client: httpx.Client
+    metrics_token: str | None = None
+
+    def still_same(self) -> None:
+        assert worker_pid(self.client, self.metrics_token) == self.pid, (
+            "the connection moved to another worker"
+        )
+
+
+def worker_pid(client: httpx.Client, metrics_token: str | None = None) -> str:
+    """The pid of the worker that serves ``client``'s connection, from its ``/metrics``."""
+    headers = {"Authorization": f"Bearer {metrics_token}"} if metrics_token else {}
+    answer = client.get("/metrics", headers=headers)
+    assert answer.status_code == 200, f"/metrics answered {answer.status_code}"
+    match = WORKER_PID.search(answer.text)
+    assert match is not None, "/metrics names no worker pid"
+    return match.group(1)
+
+
+@contextmanager
+def workers_of(server: KeyguardServer) -> Iterator[list[Worker]]:
+    """A pinned connection to each worker of ``server``.
+
+    The kernel hands each new connection to some worker, and often one worker
+    takes them all; connections are opened until every worker has one. One
+    connection each (``max_connections=1``) keeps every request on its worker
+    while the connection stays alive: check with :meth:`Worker.still_same`.
+    """
+    token = server.env.get("KEYGUARD_METRICS_TOKEN")
+    found: dict[str, Worker] = {}
+    deadline = time.monotonic() + PIN_TIMEOUT
+    with ExitStack() as connections:
+        while len(found) < server.workers:
+            assert time.monotonic() < deadline, f"reached only workers {sorted(found)}"
+            client = connections.enter_context(
+                httpx.Client(
+                    base_url=server.base_url, limits=httpx.Limits(max_connections=1), timeout=5
+                )
+            )
+            pid = worker_pid(client, token)
+            found.setdefault(pid, Worker(pid, client, token))
+        yield list(found.values())

@@ -7,12 +7,10 @@ that ``/metrics`` (labelled with the worker's pid) has pinned to that worker.
 """
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
@@ -21,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing, postgres_schema
-from tests.server import KeyguardServer, Servers
+from tests.server import KeyguardServer, Servers, Worker, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +40,6 @@ WRITE_ROUTES = {
     "validator": ("POST", "/v1/validation"),
     "webhooks": ("DELETE", "/v1/calls/webhooks"),
 }
-WORKER_PID = re.compile(r'^keyguard_snapshot_keys\{pid="(\d+)"\}', re.MULTILINE)
 
 
 class Pair(NamedTuple):
@@ -103,45 +100,6 @@ def forward(client: httpx.Client, token: str, method: str, uri: str) -> int:
     """``/auth/forward``'s status for a request, asked as nginx's ``auth_request`` asks."""
     headers = {**bearer(token), "X-Original-Method": method, "X-Original-URI": uri}
     return client.get("/auth/forward", headers=headers).status_code
-
-
-class Worker(NamedTuple):
-    """One worker process, reached over a keep-alive connection of its own."""
-
-    pid: str
-    client: httpx.Client
-
-    def still_same(self) -> None:
-        assert worker_pid(self.client) == self.pid, "the connection moved to another worker"
-
-
-def worker_pid(client: httpx.Client) -> str:
-    match = WORKER_PID.search(client.get("/metrics").text)
-    assert match is not None, "/metrics names no worker pid"
-    return match.group(1)
-
-
-@contextmanager
-def workers_of(server: KeyguardServer) -> Iterator[list[Worker]]:
-    """A pinned connection to each worker of ``server``.
-
-    The kernel hands each new connection to some worker; connections are opened
-    until every worker has one. One connection each (``max_connections=1``) keeps
-    every request on its worker while the connection stays alive.
-    """
-    found: dict[str, Worker] = {}
-    deadline = time.monotonic() + 5.0
-    with ExitStack() as connections:
-        while len(found) < server.workers:
-            assert time.monotonic() < deadline, f"reached only workers {sorted(found)}"
-            client = connections.enter_context(
-                httpx.Client(
-                    base_url=server.base_url, limits=httpx.Limits(max_connections=1), timeout=5
-                )
-            )
-            pid = worker_pid(client)
-            found.setdefault(pid, Worker(pid, client))
-        yield list(found.values())
 
 
 class Probe(NamedTuple):

@@ -22,8 +22,10 @@ from tests.server import (
     START_TIMEOUT,
     KeyguardServer,
     Servers,
+    Worker,
     free_port,
     keyguard_command,
+    workers_of,
 )
 
 pytestmark = pytest.mark.slow
@@ -333,21 +335,26 @@ def test_if_the_secret_file_went_missing_then_serve_stops_until_it_is_restored(
 
 
 def answered_alike_by_every_worker(
-    server: KeyguardServer, token: str, path: str, status: int
+    workers: list[Worker], token: str, path: str, status: int
 ) -> None:
-    """Send requests until ``IN_A_ROW`` in a row answer ``status``; fail after one second.
+    """Ask every worker, each on its own pinned connection, until each has answered
+    ``status`` ``IN_A_ROW`` times in a row; fail after one second.
 
-    Each request goes on a new connection, which the kernel may hand to any worker.
+    New connections would not do: the kernel hands them to whichever worker
+    accepts first, and one worker often takes every one of them.
     """
     deadline = time.monotonic() + 1.0
-    streak = 0
-    answers: list[int] = []
-    fresh = httpx.Limits(max_keepalive_connections=0)
-    with httpx.Client(base_url=server.base_url, limits=fresh, timeout=5) as client:
-        while streak < IN_A_ROW:
-            assert time.monotonic() < deadline, f"not settled on {status} after 1 s: {answers}"
-            answers.append(client.get(path, headers=bearer(token)).status_code)
-            streak = streak + 1 if answers[-1] == status else 0
+    answers: dict[str, list[int]] = {worker.pid: [] for worker in workers}
+    streaks = dict.fromkeys(answers, 0)
+    while min(streaks.values()) < IN_A_ROW:
+        assert time.monotonic() < deadline, f"not settled on {status} after 1 s: {answers}"
+        for worker in workers:
+            if streaks[worker.pid] < IN_A_ROW:
+                answer = worker.client.get(path, headers=bearer(token)).status_code
+                answers[worker.pid].append(answer)
+                streaks[worker.pid] = streaks[worker.pid] + 1 if answer == status else 0
+    for worker in workers:
+        worker.still_same()
 
 
 @pytest.fixture(scope="module")
@@ -375,24 +382,28 @@ def test_with_two_workers_a_new_key_works_on_every_worker_within_one_second(
     two_workers: tuple[KeyguardServer, str],
 ) -> None:
     server, admin = two_workers
+    with workers_of(server) as workers:
+        assert len(workers) == 2
 
-    key = create_key(server, admin)
+        key = create_key(server, admin)
 
-    answered_alike_by_every_worker(server, key["value"], f"/v1/api-keys/{key['id']}", 200)
+        answered_alike_by_every_worker(workers, key["value"], f"/v1/api-keys/{key['id']}", 200)
 
 
 def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_second(
     two_workers: tuple[KeyguardServer, str],
 ) -> None:
     server, admin = two_workers
-    key = create_key(server, admin)
-    path = f"/v1/api-keys/{key['id']}"
-    answered_alike_by_every_worker(server, key["value"], path, 200)
+    with workers_of(server) as workers:
+        assert len(workers) == 2
+        key = create_key(server, admin)
+        path = f"/v1/api-keys/{key['id']}"
+        answered_alike_by_every_worker(workers, key["value"], path, 200)
 
-    deleted = httpx.delete(f"{server.base_url}{path}", headers=bearer(admin), timeout=10)
+        deleted = httpx.delete(f"{server.base_url}{path}", headers=bearer(admin), timeout=10)
 
-    assert deleted.status_code == 200, deleted.text
-    answered_alike_by_every_worker(server, key["value"], path, 401)
+        assert deleted.status_code == 200, deleted.text
+        answered_alike_by_every_worker(workers, key["value"], path, 401)
 
 
 @pytest.mark.parametrize(
