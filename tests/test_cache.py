@@ -1,4 +1,5 @@
 from dataclasses import replace
+from ipaddress import ip_address
 
 from keyguard.cache import KeyCache
 from keyguard.domain.fields import KeyChanges
@@ -28,7 +29,8 @@ def test_refresh_loads_every_live_key_with_its_parsed_rules() -> None:
     restricted = cache.get(b"b" * 32)
     assert restricted is not None
     assert restricted.networks is not None
-    assert str(restricted.networks[0]) == "10.0.0.0/8"
+    assert restricted.networks.permits(ip_address("10.255.0.1"))
+    assert not restricted.networks.permits(ip_address("11.0.0.1"))
     unrestricted = cache.get(b"a" * 32)
     assert unrestricted is not None
     assert unrestricted.networks is None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from keyguard.domain.network import Network, parse_networks
+from keyguard.domain.network import AllowList, parse_networks
 from keyguard.domain.records import Account, AccountStatus, StoredKey
 from keyguard.domain.scopes import Level
 from keyguard.storage import ChangeSignal, Store
@@ -28,7 +28,7 @@ class CachedKey:
     key_id: int
     account_id: int
     active: bool
-    networks: tuple[Network, ...] | None  # None: not restricted
+    networks: AllowList | None  # None: not restricted
     scopes_enabled: bool
     levels: Mapping[str, Level] = field(default_factory=dict)
 
@@ -39,7 +39,9 @@ class CachedKey:
             key_id=key.id,
             account_id=key.account_id,
             active=settings.active,
-            networks=parse_networks(settings.permitted_ips) if settings.restricted else None,
+            networks=AllowList.of(parse_networks(settings.permitted_ips))
+            if settings.restricted
+            else None,
             scopes_enabled=settings.scopes_enabled,
             levels=dict(settings.scopes),
         )

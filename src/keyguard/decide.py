@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from keyguard.cache import CachedKey, KeyCache
 from keyguard.domain.keys import is_well_formed
-from keyguard.domain.network import is_permitted, parse_address
+from keyguard.domain.network import parse_address, parse_client
 from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import Level
 from keyguard.limits import WindowLimiter
@@ -119,8 +119,8 @@ class Decider:
         if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
             return self._unauthorized(charge)
         if key.networks is not None:
-            address = parse_address(ip) if ip else None
-            if address is None or not is_permitted(address, key.networks):
+            address = parse_client(ip) if ip else None
+            if address is None or not key.networks.permits(address):
                 shown = str(address) if address is not None else "(unknown)"
                 message = f"IP address {shown} is not permitted for this API key"
                 return Decision(False, 403, message, key.account_id, key.key_id)

@@ -3,11 +3,13 @@ from ipaddress import ip_address
 import pytest
 
 from keyguard.domain.network import (
+    AllowList,
     ClientIPHeader,
     canonical_entry,
     client_address,
     is_permitted,
     parse_address,
+    parse_client,
     parse_networks,
 )
 
@@ -182,3 +184,25 @@ def test_real_ip_that_is_not_exactly_one_address_leaves_the_client_unknown(
 @pytest.mark.parametrize("header", ["x-real-ip", "X-Real-IP", "X-REAL-IP"])
 def test_header_names_are_case_insensitive(header: str) -> None:
     assert ClientIPHeader(header) is REAL_IP
+
+
+@pytest.mark.parametrize(
+    "client",
+    ["10.0.0.0", "10.255.255.255", "11.0.0.0", "9.255.255.255", "192.168.1.1", "192.168.1.2",
+     "2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db9::", "::a00:1", "::1"],
+)  # fmt: skip
+def test_allow_list_permits_exactly_what_its_networks_contain(client: str) -> None:
+    networks = parse_networks(["10.0.0.0/8", "192.168.1.1", "2001:db8::/32"])
+    address = ip_address(client)
+    assert AllowList.of(networks).permits(address) is is_permitted(address, networks)
+
+
+def test_allow_list_never_confuses_an_ipv6_address_with_the_ipv4_one_of_the_same_number() -> None:
+    assert not AllowList.of(parse_networks(["10.0.0.1"])).permits(ip_address("::a00:1"))
+
+
+@pytest.mark.parametrize(
+    "text", ["203.0.113.9", "::ffff:203.0.113.9", "fe80::1%eth0", "nope", "1" * 60]
+)
+def test_parse_client_answers_as_parse_address(text: str) -> None:
+    assert parse_client(text) == parse_address(text)

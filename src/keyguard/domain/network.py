@@ -6,6 +6,7 @@ its own address.
 """
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -63,6 +64,44 @@ def parse_address(text: str) -> Address | None:
 
 def is_permitted(address: Address, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """A key's allow-list as integer ranges: a check is a few integer comparisons.
+
+    ``address in network`` costs ~0.2 µs per network; a restricted key is checked
+    on every request it makes.
+    """
+
+    ranges: tuple[tuple[int, int, int], ...]  # (IP version, first, last)
+
+    @classmethod
+    def of(cls, networks: Iterable[Network]) -> "AllowList":
+        return cls(
+            tuple(
+                (network.version, int(network.network_address), int(network.broadcast_address))
+                for network in networks
+            )
+        )
+
+    def permits(self, address: Address) -> bool:
+        version, number = address.version, int(address)
+        for range_version, first, last in self.ranges:
+            if range_version == version and first <= number <= last:
+                return True
+        return False
+
+
+def parse_client(text: str) -> Address | None:
+    """:func:`parse_address` for the address of a request, memoised: clients repeat.
+
+    Text longer than any address is parsed without the memo, so that hostile
+    headers cannot fill it with large strings.
+    """
+    if len(text) > _LONGEST_ADDRESS:
+        return parse_address(text)
+    return _parsed_recently(text)
 
 
 class ClientIPHeader(StrEnum):
@@ -141,3 +180,4 @@ def _judged(text: str, trusted: tuple[Network, ...]) -> tuple[str | None, bool]:
 
 
 _judged_recently = lru_cache(maxsize=65_536)(_judged)
+_parsed_recently = lru_cache(maxsize=65_536)(parse_address)
