@@ -46,7 +46,7 @@ def documented_operations(server: KeyguardServer) -> set[str]:
         f"{method.upper()} {path}"
         for path, item in document["paths"].items()
         for method in item
-        if method in {"get", "post", "put", "patch", "delete", "head", "options"}
+        if method in {"get", "post", "put", "patch", "delete", "head", "options", "trace"}
     }
 
 
