@@ -24,6 +24,7 @@ from keyguard.domain.records import (
     CLI,
     Account,
     AccountStatus,
+    Action,
     Actor,
     AuditRecord,
     KeySettings,
@@ -132,7 +133,7 @@ class KeyService:
         return self._view(self._update(account_id, key_id, changes, actor, "key.update"))
 
     def set_active(self, account_id: int, key_id: int, active: bool, actor: Actor = CLI) -> None:
-        action = "key.activate" if active else "key.deactivate"
+        action: Action = "key.activate" if active else "key.deactivate"
         self._update(account_id, key_id, KeyChanges(active=active), actor, action)
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> None:
@@ -144,7 +145,7 @@ class KeyService:
     # -- internals --------------------------------------------------------------
 
     def _update(
-        self, account_id: int, key_id: int, changes: KeyChanges, actor: Actor, action: str
+        self, account_id: int, key_id: int, changes: KeyChanges, actor: Actor, action: Action
     ) -> StoredKey:
         key = self.store.update_key(account_id, key_id, changes, actor, action)
         if key is None:

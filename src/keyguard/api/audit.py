@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from keyguard.api.schemas import ERROR_RESPONSES, AuditPage, ErrorResponse
 from keyguard.decide import Decision
-from keyguard.domain.audit import Action, utc_bound
+from keyguard.domain.audit import utc_bound
+from keyguard.domain.records import Action
 from keyguard.service import KeyService
 from keyguard.storage import AuditQuery
 from keyguard.wire import audit_object, page

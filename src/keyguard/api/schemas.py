@@ -10,13 +10,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from keyguard.domain.audit import Action
 from keyguard.domain.fields import (
     CLEAN_TEXT_PATTERN,
     FLAG_ALIASES,
     MAX_LABEL_LENGTH,
     MAX_PERMITTED_IPS,
 )
+from keyguard.domain.records import Action, ActorKind
 from keyguard.domain.routes import RouteMap
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.service import MAX_ACCOUNT_NAME_LENGTH
@@ -265,7 +265,7 @@ class Pagination(BaseModel):
 
 
 class AuditActor(BaseModel):
-    type: Literal["key", "operator", "cli"]
+    type: ActorKind
     key_id: int | None = Field(description="The key that made the change, for type key.")
     ip: str | None
 

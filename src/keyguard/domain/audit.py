@@ -1,15 +1,18 @@
 """The audit trail's vocabulary: the actions it records, and the bounds of a search."""
 
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import get_args
 
+from keyguard.domain.records import AccountStatus, Action
 from keyguard.errors import InvalidInput
 
-Action = Literal[
-    "account.create", "account.suspend", "account.resume", "account.delete",
-    "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
-]  # fmt: skip
 ACTIONS: tuple[str, ...] = get_args(Action)
+# What a change of an account's status is recorded as.
+STATUS_ACTIONS: dict[AccountStatus, Action] = {
+    AccountStatus.ACTIVE: "account.resume",
+    AccountStatus.SUSPENDED: "account.suspend",
+    AccountStatus.DELETED: "account.delete",
+}
 
 
 def utc_bound(moment: datetime | None, name: str) -> datetime | None:

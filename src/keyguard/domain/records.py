@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from keyguard.domain.scopes import Level
 
@@ -24,11 +24,21 @@ class Account:
     revision: int = 0
 
 
+# The audit trail's vocabulary: what it records, and who can do it. Storage, the
+# service and the API documents all take these types, so a misspelt action is a
+# type error, not a record no filter finds.
+Action = Literal[
+    "account.create", "account.suspend", "account.resume", "account.delete",
+    "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
+]  # fmt: skip
+ActorKind = Literal["key", "operator", "cli"]
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who made a change: an API key, the operator, or the command line."""
 
-    kind: str  # "key", "operator" or "cli"
+    kind: ActorKind
     key_id: int | None = None
     ip: str | None = None
 
@@ -41,7 +51,7 @@ class AuditRecord:
     id: int
     account_id: int
     occurred_at: datetime
-    action: str
+    action: Action
     key_id: int | None
     actor: Actor
     before: Mapping[str, Any] | None

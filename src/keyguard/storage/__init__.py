@@ -15,6 +15,7 @@ from keyguard.domain.records import (
     CLI,
     Account,
     AccountStatus,
+    Action,
     Actor,
     AuditRecord,
     Changes,
@@ -140,7 +141,7 @@ class Store(Protocol):
         key_id: int,
         changes: KeyChanges,
         actor: Actor = CLI,
-        action: str = "key.update",
+        action: Action = "key.update",
     ) -> StoredKey | None:
         """Apply ``changes`` atomically; ``None`` if the account has no such key."""
 

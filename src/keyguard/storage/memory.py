@@ -6,11 +6,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.fields import KeyChanges, apply
 from keyguard.domain.records import (
     CLI,
     Account,
     AccountStatus,
+    Action,
     Actor,
     AuditRecord,
     Changes,
@@ -19,12 +21,6 @@ from keyguard.domain.records import (
     settings_document,
 )
 from keyguard.storage import AuditQuery, KeyRewrite, recorded_address
-
-_ACCOUNT_ACTIONS = {
-    AccountStatus.ACTIVE: "account.resume",
-    AccountStatus.SUSPENDED: "account.suspend",
-    AccountStatus.DELETED: "account.delete",
-}
 
 
 def _now() -> datetime:
@@ -107,7 +103,7 @@ class MemoryStore:
             self._accounts[account_id] = changed
             self._record(
                 account_id,
-                _ACCOUNT_ACTIONS[status],
+                STATUS_ACTIONS[status],
                 actor,
                 before={"status": account.status.value},
                 after={"status": status.value},
@@ -170,7 +166,7 @@ class MemoryStore:
         key_id: int,
         changes: KeyChanges,
         actor: Actor = CLI,
-        action: str = "key.update",
+        action: Action = "key.update",
     ) -> StoredKey | None:
         with self._lock:
             key = self.get_key(account_id, key_id)
@@ -288,7 +284,7 @@ class MemoryStore:
     def _record(
         self,
         account_id: int,
-        action: str,
+        action: Action,
         actor: Actor,
         key_id: int | None = None,
         *,

@@ -41,11 +41,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
+from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.fields import KeyChanges, apply
 from keyguard.domain.records import (
     CLI,
     Account,
     AccountStatus,
+    Action,
     Actor,
     AuditRecord,
     Changes,
@@ -345,15 +347,10 @@ class SQLStore:
                 .where(accounts.c.id == account_id)
                 .values(status=status.value, revision=revision)
             )
-            action = {
-                AccountStatus.ACTIVE: "account.resume",
-                AccountStatus.SUSPENDED: "account.suspend",
-                AccountStatus.DELETED: "account.delete",
-            }[status]
             _audit(
                 connection,
                 account_id,
-                action,
+                STATUS_ACTIONS[status],
                 actor,
                 before={"status": account.status.value},
                 after={"status": status.value},
@@ -489,7 +486,7 @@ class SQLStore:
         key_id: int,
         changes: KeyChanges,
         actor: Actor = CLI,
-        action: str = "key.update",
+        action: Action = "key.update",
     ) -> StoredKey | None:
         with self._writing() as (connection, revision):
             # The meta row lock taken by _writing serialises writers, so this
@@ -629,7 +626,7 @@ class SQLStore:
 def _audit(
     connection: Connection,
     account_id: int,
-    action: str,
+    action: Action,
     actor: Actor,
     key_id: int | None = None,
     *,
