@@ -45,6 +45,23 @@ def test_unflushed_use_is_visible_in_this_process() -> None:
     assert usage.latest(7) == datetime.fromtimestamp(NOW, UTC)
 
 
+def test_a_flushed_use_is_still_answered_until_the_next_flush() -> None:
+    """A management answer may read its key from a transaction older than the flush."""
+    store = open_store("memory://")
+    _, key = store.create_account("a", b"d" * 32, b"s", KeySettings(label="k"))
+    clock = iter([NOW, NOW + 5])
+    usage = UsageRecorder(store, clock=lambda: next(clock))
+    usage.touch(key.id)
+
+    assert usage.flush() == 1
+    assert usage.latest(key.id) == datetime.fromtimestamp(NOW, UTC)
+    assert usage.flush() == 0
+    assert usage.latest(key.id) == datetime.fromtimestamp(NOW, UTC)
+    usage.touch(key.id)
+    assert usage.flush() == 1
+    assert usage.latest(key.id) == datetime.fromtimestamp(NOW + 5, UTC)
+
+
 def test_failed_flush_keeps_the_uses_for_the_next_one() -> None:
     failing = FailingStore()
     usage = UsageRecorder(failing, clock=lambda: NOW)  # type: ignore[arg-type]

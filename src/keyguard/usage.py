@@ -29,6 +29,10 @@ class UsageRecorder:
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}
         self._flushing: dict[int, int] = {}
+        # The last batch written. A management answer may read its key from a
+        # transaction that began before that write committed: until the next flush,
+        # this process still answers with the uses it wrote.
+        self._flushed: dict[int, int] = {}
 
     def touch(self, key_id: int) -> None:
         now = int(self._clock())
@@ -40,7 +44,9 @@ class UsageRecorder:
 
     def latest(self, key_id: int) -> datetime | None:
         """The newest use this process has noted but perhaps not yet flushed."""
-        seconds = self._pending.get(key_id) or self._flushing.get(key_id)
+        seconds = (
+            self._pending.get(key_id) or self._flushing.get(key_id) or self._flushed.get(key_id)
+        )
         return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
     @property
@@ -63,7 +69,7 @@ class UsageRecorder:
             with self._lock:
                 for key_id, when in batch.items():
                     self._pending[key_id] = max(when, self._pending.get(key_id, 0))
-            raise
-        finally:
             self._flushing = {}
+            raise
+        self._flushed, self._flushing = batch, {}
         return len(batch)
