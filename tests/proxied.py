@@ -14,8 +14,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -272,6 +272,18 @@ class Caddy(ReverseProxy):
 
 
 PROXIES: dict[str, type[ReverseProxy]] = {"nginx": Nginx, "caddy": Caddy}
+
+
+@contextmanager
+def running_example(
+    kind: type["ReverseProxy"], folder: Path, keyguard: KeyguardServer, api_address: str
+) -> Iterator["ReverseProxy"]:
+    """:func:`start_example`, stopped on leaving."""
+    server = start_example(kind, folder, keyguard, api_address)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def start_example(

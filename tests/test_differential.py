@@ -53,7 +53,7 @@ from keyguard import KeyguardMiddleware
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 from tests.conftest import bearer
-from tests.proxied import Caddy, Nginx, ReverseProxy, known_account, start_example
+from tests.proxied import Caddy, Nginx, ReverseProxy, known_account, running_example
 from tests.server import HOST, SECRET, KeyguardServer, Servers
 
 pytestmark = pytest.mark.slow
@@ -325,11 +325,8 @@ def nginx(
     upstream: UvicornThread,
 ) -> Iterator[ReverseProxy]:
     folder = tmp_path_factory.mktemp("nginx")
-    server = start_example(Nginx, folder, keyguard_server, upstream.address)
-    try:
+    with running_example(Nginx, folder, keyguard_server, upstream.address) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -339,11 +336,8 @@ def caddy(
     upstream: UvicornThread,
 ) -> Iterator[ReverseProxy]:
     folder = tmp_path_factory.mktemp("caddy")
-    server = start_example(Caddy, folder, keyguard_server, upstream.address)
-    try:
+    with running_example(Caddy, folder, keyguard_server, upstream.address) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

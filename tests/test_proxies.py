@@ -23,7 +23,7 @@ from tests.proxied import (
     Nginx,
     ReverseProxy,
     known_account,
-    start_example,
+    running_example,
 )
 from tests.server import KeyguardServer, Servers
 
@@ -64,11 +64,8 @@ def proxy(
     api: EchoAPI,
 ) -> Iterator[ReverseProxy]:
     kind = PROXIES[request.param]
-    server = start_example(kind, tmp_path_factory.mktemp(kind.name), keyguard, api.address)
-    try:
+    with running_example(kind, tmp_path_factory.mktemp(kind.name), keyguard, api.address) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
