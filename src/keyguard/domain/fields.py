@@ -192,7 +192,8 @@ def _expires_at(value: object, now: datetime) -> datetime | Literal["never"] | N
 def parse_time(text: str) -> datetime | None:
     """An RFC 3339 time with its offset, in UTC to the second (a fraction is dropped,
     so that the key object shows the very second it expires); ``None`` if it is not one."""
-    if len(text) > 40 or "T" not in text.upper():
+    text = text.upper()  # RFC 3339 allows "t" and "z"
+    if len(text) > 40 or "T" not in text:
         return None
     try:
         moment = datetime.fromisoformat(text)
