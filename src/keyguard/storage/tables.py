@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    text,
 )
 
 
@@ -67,6 +68,7 @@ accounts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    Column("key_count", BigInteger, nullable=False, server_default="0"),  # live keys
     sqlite_autoincrement=True,
 )
 
@@ -91,6 +93,13 @@ api_keys = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("rolled_from", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("leaked_at", UTCDateTime, nullable=True),
+    Index(
+        "ix_api_keys_live",
+        "account_id",
+        "id",
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
