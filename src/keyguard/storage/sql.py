@@ -28,6 +28,7 @@ from sqlalchemy import (
     cast,
     column,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -37,11 +38,14 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
+from keyguard.domain.counts import OUTCOMES, Granularity
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
@@ -58,7 +62,7 @@ from keyguard.domain.records import (
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
-from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
+from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, key_usage, meta
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
@@ -245,6 +249,70 @@ class SQLStore:
         # SQLite reports SQL mistakes as OperationalError too.
         message = str(error.orig).lower()
         return any(sign in message for sign in _SQLITE_UNAVAILABLE)
+
+    # -- usage counts -------------------------------------------------------------
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        rows = [
+            {
+                "key_id": key_id,
+                "account_id": added[0],
+                "granularity": granularity.value,
+                "bucket": granularity.floor(at),
+                **dict(zip(OUTCOMES, added[1:], strict=True)),
+            }
+            for key_id, added in counts.items()
+            for granularity in Granularity
+        ]
+        upsert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(key_usage)
+        statement = upsert.on_conflict_do_update(
+            index_elements=["key_id", "granularity", "bucket"],
+            set_={name: key_usage.c[name] + upsert.excluded[name] for name in OUTCOMES},
+        )
+        with self._translate_errors(), self.engine.begin() as connection:
+            connection.execute(statement, rows)
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        query = select(key_usage.c.bucket, *(key_usage.c[name] for name in OUTCOMES)).where(
+            key_usage.c.key_id == key_id,
+            key_usage.c.account_id == account_id,
+            *_span(granularity, since, until),
+        )
+        with self._reading() as connection:
+            return {row[0]: tuple(row[1:]) for row in connection.execute(query)}
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        query = (
+            select(key_usage.c.key_id, *(func.sum(key_usage.c[name]) for name in OUTCOMES))
+            .where(key_usage.c.account_id == account_id, *_span(granularity, since, until))
+            .group_by(key_usage.c.key_id)
+            .order_by(key_usage.c.key_id)
+        )
+        with self._reading() as connection:
+            return {
+                row[0]: tuple(int(count) for count in row[1:]) for row in connection.execute(query)
+            }
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        with self._translate_errors(), self.engine.begin() as connection:
+            return sum(
+                connection.execute(
+                    delete(key_usage).where(
+                        key_usage.c.granularity == granularity.value,
+                        key_usage.c.bucket < bound,
+                    )
+                ).rowcount
+                for granularity, bound in before.items()
+            )
 
     def change_signal(self) -> "ChangeSignal | None":
         """Push notification of changes: LISTEN/NOTIFY on PostgreSQL, none elsewhere."""
@@ -684,6 +752,14 @@ class SQLStore:
                     )
                     .values(last_used_at=batch.c.used)
                 )
+
+
+def _span(granularity: Granularity, since: datetime, until: datetime) -> list[ColumnElement[bool]]:
+    return [
+        key_usage.c.granularity == granularity.value,
+        key_usage.c.bucket >= granularity.floor(since),
+        key_usage.c.bucket < until,
+    ]
 
 
 def _audit(
