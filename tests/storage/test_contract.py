@@ -7,6 +7,7 @@ from itertools import count
 
 import pytest
 
+from keyguard.domain.events import EVENT_ACTIONS, Delivery
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     Account,
@@ -446,3 +447,66 @@ def test_replacing_the_secret_check_replaces_it_and_is_no_change_to_keys(store: 
     assert store.secret_check() == b"\x02" * 32
     assert store.secret_check(b"\x03" * 32) == b"\x02" * 32
     assert store.changes_since(revision) == Changes(revision, [], [])
+
+
+# -- webhook delivery: the audit trail is the outbox ---------------------------
+
+LEASE = timedelta(seconds=10)
+NOW = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+
+
+def test_the_first_claim_starts_delivery_after_the_newest_audit_record(store: Store) -> None:
+    _account(store)  # account.create and key.create: history, not announced
+    assert store.delivery_backlog(EVENT_ACTIONS) == 0
+    delivery = store.claim_delivery("a", NOW, LEASE)
+    assert delivery == Delivery(2)
+    account_id = _account(store, "later")
+    assert store.delivery_backlog(EVENT_ACTIONS) == 1
+    [event] = store.pending_events(delivery.delivered_through, EVENT_ACTIONS, 10)
+    assert (event.action, event.account_id) == ("key.create", account_id)
+
+
+def test_one_process_holds_the_lease_until_it_lapses_or_is_released(store: Store) -> None:
+    assert store.claim_delivery("a", NOW, LEASE) is not None
+    assert store.claim_delivery("b", NOW + LEASE / 2, LEASE) is None
+    assert store.claim_delivery("a", NOW + LEASE * 0.9, LEASE) is not None  # renewed
+    assert store.claim_delivery("b", NOW + LEASE * 1.5, LEASE) is None
+    assert store.claim_delivery("b", NOW + LEASE * 2, LEASE) is not None  # a's lapsed
+    assert store.claim_delivery("a", NOW + LEASE * 2, LEASE) is None
+    store.release_delivery("a")  # not a's to release
+    assert store.claim_delivery("a", NOW + LEASE * 2, LEASE) is None
+    store.release_delivery("b")
+    assert store.claim_delivery("a", NOW + LEASE * 2, LEASE) is not None
+
+
+def test_pending_events_are_the_announced_actions_after_the_cursor_in_commit_order(
+    store: Store,
+) -> None:
+    store.claim_delivery("a", NOW, LEASE)
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    store.update_key(account_id, key.id, KeyChanges(label="renamed"))
+    store.set_account_status(account_id, AccountStatus.SUSPENDED)
+    store.delete_key(account_id, key.id)
+    events = store.pending_events(0, EVENT_ACTIONS, 100)
+    assert [event.action for event in events] == [
+        "key.create", "key.create", "key.update", "account.suspend", "key.delete",
+    ]  # fmt: skip
+    assert [event.id for event in events] == sorted(event.id for event in events)
+    assert store.pending_events(events[2].id, EVENT_ACTIONS, 1) == [events[3]]
+    assert store.delivery_backlog(EVENT_ACTIONS) == 5
+
+
+def test_delivery_moves_forward_only_and_forgets_the_retry_it_passed(store: Store) -> None:
+    store.claim_delivery("a", NOW, LEASE)
+    _account(store)
+    [first] = store.pending_events(0, EVENT_ACTIONS, 10)
+    retry_at = NOW + timedelta(seconds=4)
+    store.delay_delivery("a", first.id, 3, retry_at)
+    store.delay_delivery("b", first.id, 9, NOW)  # b holds no lease: ignored
+    assert store.claim_delivery("a", NOW, LEASE) == Delivery(0, first.id, 3, retry_at)
+    store.advance_delivery(first.id)
+    store.advance_delivery(first.id - 1)
+    assert store.claim_delivery("a", NOW, LEASE) == Delivery(first.id)
+    assert store.pending_events(first.id, EVENT_ACTIONS, 10) == []
+    assert store.delivery_backlog(EVENT_ACTIONS) == 0

@@ -30,6 +30,7 @@ class Account:
 Action = Literal[
     "account.create", "account.suspend", "account.resume", "account.delete",
     "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
+    "key.roll", "key.leak", "key.expiring", "key.expire",
 ]  # fmt: skip
 ActorKind = Literal["key", "operator", "cli"]
 

@@ -5,11 +5,12 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 (``tests/storage/test_contract.py``).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from keyguard.domain.events import Delivery
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     CLI,
@@ -184,6 +185,34 @@ class Store(Protocol):
         deleted or rewritten meanwhile is left alone. Returns how many were rewritten.
         Settings, ``last_used_at`` and the audit trail are untouched: the key is the same.
         """
+
+    # -- webhook delivery: the audit trail is the outbox ------------------------
+
+    def claim_delivery(self, owner: str, now: datetime, lease: timedelta) -> Delivery | None:
+        """Hold the delivery lease until ``now + lease``, if it is free, lapsed or
+        ``owner``'s; the delivery state then, ``None`` while another process holds it.
+
+        A process that waits for another's lease writes nothing. The first claim
+        ever starts delivery after the newest audit record.
+        """
+
+    def release_delivery(self, owner: str) -> None:
+        """Give the lease up at once, if ``owner`` holds it: another may take over."""
+
+    def pending_events(self, after: int, actions: Collection[str], limit: int) -> list[AuditRecord]:
+        """Up to ``limit`` audit records with one of ``actions`` and an id above
+        ``after``, in the order they were committed."""
+
+    def advance_delivery(self, through: int) -> None:
+        """Mark the events up to audit id ``through`` delivered, and forget the retry
+        of the one that was failing. It never moves back."""
+
+    def delay_delivery(self, owner: str, event: int, attempts: int, retry_at: datetime) -> None:
+        """Note that ``event`` failed ``attempts`` times and is due again at
+        ``retry_at``; only while ``owner`` holds the lease."""
+
+    def delivery_backlog(self, actions: Collection[str]) -> int:
+        """How many events (records with one of ``actions``) are not delivered yet."""
 
 
 def open_store(url: str, pool_size: int = 5) -> Store:

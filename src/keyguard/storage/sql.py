@@ -10,7 +10,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
+from keyguard.domain.events import Delivery
 from keyguard.domain.fields import KeyChanges, apply
 from keyguard.domain.records import (
     CLI,
@@ -58,7 +59,14 @@ from keyguard.domain.records import (
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
-from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
+from keyguard.storage.tables import (
+    UTCDateTime,
+    accounts,
+    api_keys,
+    audit_log,
+    meta,
+    webhook_delivery,
+)
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
@@ -278,6 +286,14 @@ class SQLStore:
     def _reading(self) -> Iterator[Connection]:
         with self._translate_errors(), self.engine.connect() as connection:
             yield connection
+
+    @contextmanager
+    def _updating(self) -> Iterator[Connection]:
+        """A write transaction that changes no key or account, so moves no revision."""
+        with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(keyguard_write=True)
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[Connection, int]]:
@@ -621,6 +637,88 @@ class SQLStore:
                     )
                     .values(last_used_at=batch.c.used)
                 )
+
+    # -- webhook delivery ---------------------------------------------------------
+
+    def claim_delivery(self, owner: str, now: datetime, lease: timedelta) -> Delivery | None:
+        delivery = webhook_delivery.c
+        with self._reading() as connection:
+            row = connection.execute(select(webhook_delivery)).one()
+        if row.lease_owner not in (None, owner) and row.lease_until > now:
+            return None  # read first: a process waiting for the lease writes nothing
+        with self._updating() as connection:
+            # Another process may have claimed it since the read: only one claim of
+            # several at once finds the row still free.
+            claimed = connection.execute(
+                update(webhook_delivery)
+                .where(
+                    or_(
+                        delivery.lease_owner.is_(None),
+                        delivery.lease_owner == owner,
+                        delivery.lease_until <= now,
+                    )
+                )
+                .values(lease_owner=owner, lease_until=now + lease)
+            )
+            if claimed.rowcount == 0:
+                return None
+            newest = select(func.coalesce(func.max(audit_log.c.id), 0)).scalar_subquery()
+            connection.execute(
+                update(webhook_delivery)
+                .where(delivery.delivered_through.is_(None))
+                .values(delivered_through=newest)
+            )
+            return _delivery(connection.execute(select(webhook_delivery)).one())
+
+    def release_delivery(self, owner: str) -> None:
+        with self._updating() as connection:
+            connection.execute(
+                update(webhook_delivery)
+                .where(webhook_delivery.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def pending_events(self, after: int, actions: Collection[str], limit: int) -> list[AuditRecord]:
+        with self._reading() as connection:
+            rows = connection.execute(
+                select(audit_log)
+                .where(audit_log.c.id > after, audit_log.c.action.in_(actions))
+                .order_by(audit_log.c.id)
+                .limit(limit)
+            )
+            return [_audit_record(row) for row in rows]
+
+    def advance_delivery(self, through: int) -> None:
+        delivered = webhook_delivery.c.delivered_through
+        with self._updating() as connection:
+            connection.execute(
+                update(webhook_delivery)
+                .where(or_(delivered.is_(None), delivered < through))
+                .values(delivered_through=through, retry_event=None, attempts=0, retry_at=None)
+            )
+
+    def delay_delivery(self, owner: str, event: int, attempts: int, retry_at: datetime) -> None:
+        with self._updating() as connection:
+            connection.execute(
+                update(webhook_delivery)
+                .where(webhook_delivery.c.lease_owner == owner)
+                .values(retry_event=event, attempts=attempts, retry_at=retry_at)
+            )
+
+    def delivery_backlog(self, actions: Collection[str]) -> int:
+        delivered = select(webhook_delivery.c.delivered_through).scalar_subquery()
+        with self._reading() as connection:
+            return int(
+                connection.execute(
+                    select(func.count())
+                    .select_from(audit_log)
+                    .where(audit_log.c.id > delivered, audit_log.c.action.in_(actions))
+                ).scalar_one()
+            )
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    return Delivery(row.delivered_through, row.retry_event, row.attempts, row.retry_at)
 
 
 def _audit(

@@ -109,3 +109,18 @@ audit_log = Table(
     Index("ix_audit_log_account_id_id", "account_id", "id"),
     sqlite_autoincrement=True,
 )
+
+# One row: how far webhook delivery has got through the audit trail (the outbox),
+# and which process holds the lease to deliver. A table of its own, so that
+# delivery never waits for ``keyguard_meta``'s row lock, which every writer takes.
+webhook_delivery = Table(
+    "webhook_delivery",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("delivered_through", BigInteger, nullable=True),  # None until first switched on
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("retry_event", BigInteger, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("retry_at", UTCDateTime, nullable=True),
+)
