@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +404,21 @@ def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_se
         deleted = httpx.delete(f"{server.base_url}{path}", headers=bearer(admin), timeout=10)
 
         assert deleted.status_code == 200, deleted.text
+        answered_alike_by_every_worker(workers, key["value"], path, 401)
+
+
+def test_with_two_workers_an_expired_key_is_refused_by_every_worker_within_one_second(
+    two_workers: tuple[KeyguardServer, str],
+) -> None:
+    server, admin = two_workers
+    expires = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+    with workers_of(server) as workers:
+        key = create_key(server, admin, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        path = f"/v1/api-keys/{key['id']}"
+        answered_alike_by_every_worker(workers, key["value"], path, 200)
+
+        time.sleep(max(0.0, expires.timestamp() - time.time()))
+
         answered_alike_by_every_worker(workers, key["value"], path, 401)
 
 

@@ -263,6 +263,7 @@ def test_an_event_is_the_audit_record_as_the_audit_log_shows_it(
                 "permitted_ips": [],
                 "scopes_enabled": False,
                 "scopes": {},
+                "expires_at": None,
             },
         },
     }

@@ -14,9 +14,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
@@ -26,7 +26,7 @@ from rich.table import Table
 from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
-from keyguard.domain.records import AccountStatus
+from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
 from keyguard.metrics import MULTIPROCESS_DIR
@@ -360,6 +360,23 @@ def accounts_list(as_json: bool) -> None:
 # -- keys ----------------------------------------------------------------------
 
 
+class _Duration(click.ParamType[timedelta, "str | timedelta"]):
+    """A span of time as a number and a unit: ``90d``, ``12h``, ``30m``, ``45s``."""
+
+    name = "DURATION"
+    units: ClassVar[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+    def convert(
+        self, value: str | timedelta, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        number, unit = value[:-1], value[-1:].lower()
+        if not (number.isascii() and number.isdigit()) or unit not in self.units or len(number) > 6:
+            self.fail(f"{value!r} is not a duration such as 90d, 12h, 30m or 45s", param, ctx)
+        return timedelta(seconds=int(number) * self.units[unit])
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Manage the keys of one account, as the HTTP API does."""
@@ -406,6 +423,17 @@ def _key_options(function: F) -> F:
             help="A scope grant such as messages=write (or =none); repeat for several. On "
             "update, groups not named keep their level.",
         ),
+        click.option(
+            "--expires-at",
+            metavar="TIME",
+            help="When the key stops working, as in 2027-01-31T00:00:00Z; on update, "
+            "'never' removes an expiry.",
+        ),
+        click.option(
+            "--expires-in",
+            type=_Duration(),
+            help="When the key stops working, from now: 90d, 12h, 30m or 45s.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -420,6 +448,8 @@ def _key_body(
     permitted_ips: tuple[str, ...],
     scopes_enabled: bool | None,
     scopes: tuple[str, ...],
+    expires_at: str | None,
+    expires_in: timedelta | None,
 ) -> dict[str, Any]:
     """The API body for the options given, refusing any that would not do what they say.
 
@@ -433,12 +463,17 @@ def _key_body(
         raise InvalidInput(
             "--permitted-ip needs --restricted: without it any address may use the key"
         )
+    if expires_at is not None and expires_in is not None:
+        raise InvalidInput("Give --expires-at or --expires-in, not both")
+    if expires_in is not None:
+        expires_at = timestamp(datetime.now(UTC) + expires_in)
     body: dict[str, Any] = {
         "label": label,
         "active": active,
         "restricted": restricted,
         "permitted_ips": list(permitted_ips) if permitted_ips else None,
         "scopes_enabled": scopes_enabled,
+        "expires_at": expires_at,
     }
     for grant in scopes:
         group, sep, level = (part.strip() for part in grant.partition("="))
@@ -457,7 +492,8 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
     if as_json:
         _echo_json([key_object(view, groups) for view in views])
         return
-    table = _table("id", "label", "key", "active", "ips", "scopes", "last used", "created")
+    headers = ("id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires")
+    table = _table(*headers)
     for view in views:
         settings = view.key.settings
         scopes = (
@@ -475,6 +511,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
             scopes,
             _when(view.last_used_at),
             _when(view.key.created_at),
+            _when(settings.expires_at) if settings.expires_at else "never",
         )
     _console().print(table)
 
@@ -527,6 +564,35 @@ def keys_update(key_id: int, account_id: int, as_json: bool, **fields: Any) -> N
             _echo_json(key_object(view, runtime.service.groups))
             return
         _print_keys([view], runtime, as_json=False)
+
+
+@keys_group.command("roll")
+@click.argument("key_id", type=int)
+@_account_option
+@click.option(
+    "--grace",
+    type=_Duration(),
+    default="24h",
+    show_default=True,
+    help="How long the old key keeps working: 0s to 7d.",
+)
+@_json_option
+@_fail_cleanly
+def keys_roll(key_id: int, account_id: int, grace: timedelta, as_json: bool) -> None:
+    """Replace a key by a new one with the same settings, and print the new secret.
+
+    The old key keeps working until the grace period ends (never past its own
+    expiry), so that its users can move to the new one.
+    """
+    with _keyguard() as runtime:
+        body = {"grace_seconds": int(grace.total_seconds())}
+        old, new = runtime.service.roll_key(account_id, key_id, body)
+        if as_json:
+            _echo_json(key_object(new, runtime.service.groups))
+            return
+        _print_keys([old, new], runtime, as_json=False)
+    _print_secret("Secret:", new.value)
+    click.echo(f"Key {key_id} works until {_when(old.key.settings.expires_at)}.")
 
 
 @keys_group.command("delete")

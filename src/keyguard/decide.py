@@ -61,6 +61,7 @@ class Decider:
         usage: UsageRecorder,
         observe_latency: Callable[[float], None] | None = None,
         failures: WindowLimiter | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._vault = vault
         # While the server secret is rotated, a key not yet rewritten is found by
@@ -71,6 +72,7 @@ class Decider:
         self._usage = usage
         self._observe_latency = observe_latency
         self._failures = failures
+        self._clock = clock  # for key expiry: POSIX seconds
         # Plain counters cost ~50 ns; metrics read them when scraped. Latency is
         # sampled, one decision in SAMPLE_EVERY, to keep the clock off the hot path.
         self.outcomes = {200: 0, 401: 0, 403: 0, 429: 0}
@@ -117,6 +119,8 @@ class Decider:
         if key is None and self._previous is not None:
             key = self._cache.get(self._previous.digest(token))
         if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
+            return self._unauthorized(charge)
+        if key.expires is not None and self._clock() >= key.expires:
             return self._unauthorized(charge)
         if key.networks is not None:
             address = parse_client(ip) if ip else None

@@ -39,6 +39,7 @@ MANAGEMENT_ROUTES = (
     Route("GET", "/v1/api-keys/{id}", None),
     Route("PATCH", "/v1/api-keys/{id}", None),
     Route("DELETE", "/v1/api-keys/{id}", None),
+    Route("POST", "/v1/api-keys/{id}/roll", None),
     Route("PATCH", "/v1/api-keys/{id}/activate", None),
     Route("PATCH", "/v1/api-keys/{id}/deactivate", None),
     Route("GET", "/v1/audit-log", None),

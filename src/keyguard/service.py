@@ -6,7 +6,7 @@ key snapshot, so the very next decision here sees it.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from keyguard.cache import KeyCache
 from keyguard.config import SecretDisplay
@@ -17,6 +17,7 @@ from keyguard.domain.fields import (
     is_clean_text,
     parse_create,
     parse_filter,
+    parse_roll,
     parse_update,
     settings_for_new_key,
 )
@@ -135,6 +136,24 @@ class KeyService:
     def set_active(self, account_id: int, key_id: int, active: bool, actor: Actor = CLI) -> None:
         action: Action = "key.activate" if active else "key.deactivate"
         self._update(account_id, key_id, KeyChanges(active=active), actor, action)
+
+    def roll_key(
+        self, account_id: int, key_id: int, body: object, actor: Actor = CLI
+    ) -> tuple[KeyView, KeyView]:
+        """Replace a key by a new one; the old one works until the grace period ends.
+
+        The old key as it now is, then the new one with its secret shown once.
+        """
+        grace = parse_roll(body)
+        token, digest, sealed = self._new_secret()
+        grace_until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=grace)
+        rolled = self.store.roll_key(account_id, key_id, digest, sealed, grace_until, actor)
+        if rolled is None:
+            raise NotFound()
+        old, new = rolled
+        self._cache.put(old)
+        self._cache.put(new)
+        return self._view(old), KeyView(new, token, None)
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> None:
         tombstone = self.store.delete_key(account_id, key_id, actor)

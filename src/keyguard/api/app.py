@@ -30,6 +30,7 @@ from keyguard.api.schemas import (
     AccountCreateRequest,
     ErrorResponse,
     HealthResponse,
+    RollRequest,
     component_schemas,
     create_request_model,
     forward_auth_document,
@@ -255,6 +256,7 @@ def _document(app: FastAPI, runtime: Keyguard) -> None:
     bodies = (
         create_request_model(groups),
         update_request_model(groups),
+        RollRequest,
         VerifyRequest,
         AccountCreateRequest,
     )

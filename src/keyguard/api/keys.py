@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     ErrorResponse,
+    RollRequest,
     SuccessResponse,
     create_request_model,
     key_model,
@@ -178,6 +179,28 @@ def key_router(service: KeyService) -> APIRouter:
         service, account_id, actor = _writing(request)
         await run_in_threadpool(service.delete_key, account_id, key_id, actor)
         return JSONResponse({"success": True})
+
+    @router.post(
+        "/{id}/roll",
+        operation_id="api_keys_roll",
+        summary="Roll an API key",
+        description="A new key (new id and secret, shown in full) with the same label, "
+        "scopes, allow-list and expiry, naming its predecessor in `rolled_from`. The old "
+        "key keeps working for `grace_seconds` (default a day, at most 7 days, never past "
+        "its own expiry) and then is refused like an expired key. " + FULL_ACCESS,
+        responses={
+            200: {"model": api_key},
+            **invalid,
+            **missing,
+            409: {"model": ErrorResponse, "description": "The key has expired."},
+        },
+        openapi_extra=request_body(RollRequest, required=False),
+    )
+    async def roll_key(request: Request, key_id: KeyId) -> JSONResponse:
+        service, account_id, actor = _writing(request)
+        body = await read_json(request, required=False)
+        _old, new = await run_in_threadpool(service.roll_key, account_id, key_id, body, actor)
+        return JSONResponse(render(new))
 
     for action, active in (("activate", True), ("deactivate", False)):
         _add_toggle(router, action, active, missing)

@@ -146,6 +146,22 @@ class Store(Protocol):
     ) -> StoredKey | None:
         """Apply ``changes`` atomically; ``None`` if the account has no such key."""
 
+    def roll_key(
+        self,
+        account_id: int,
+        key_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        grace_until: datetime,
+        actor: Actor = CLI,
+    ) -> tuple[StoredKey, StoredKey] | None:
+        """Replace a key by a new one with the same settings (``digest`` and
+        ``sealed_value`` are the new secret's); the old key now expires at
+        ``grace_until``, or at its own expiry if sooner. Both as stored afterwards,
+        old first; ``None`` if the account has no such key; ``Conflict`` if it expired.
+        Audited as ``key.create`` (naming ``rolled_from``) and ``key.roll``.
+        """
+
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         """Revoke a key for good; its tombstone, or ``None`` if there was no such key."""
 

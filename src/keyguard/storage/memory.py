@@ -8,7 +8,7 @@ from typing import Any
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.events import Delivery
-from keyguard.domain.fields import KeyChanges, apply
+from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -176,16 +176,26 @@ class MemoryStore:
             if key is None:
                 return None
             self._revision += 1
-            updated = replace(
-                key,
-                settings=apply(key.settings, changes),
-                revision=self._revision,
-                changed_at=datetime.now(UTC),
-            )
-            self._keys[key_id] = updated
-            before, after = settings_document(key.settings), settings_document(updated.settings)
-            self._record(account_id, action, actor, key_id, before=before, after=after)
-            return updated
+            return self._rewrite_settings(key, apply(key.settings, changes), actor, action)
+
+    def roll_key(
+        self,
+        account_id: int,
+        key_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        grace_until: datetime,
+        actor: Actor = CLI,
+    ) -> tuple[StoredKey, StoredKey] | None:
+        with self._lock:
+            key = self.get_key(account_id, key_id)
+            if key is None:
+                return None
+            old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
+            self._revision += 1
+            new = self._insert(account_id, digest, sealed_value, key.settings, actor, key.id)
+            noted = {"rolled_to": new.id}
+            return self._rewrite_settings(key, old_settings, actor, "key.roll", noted), new
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         with self._lock:
@@ -289,6 +299,23 @@ class MemoryStore:
 
     # -- internals --------------------------------------------------------------
 
+    def _rewrite_settings(
+        self,
+        key: StoredKey,
+        settings: KeySettings,
+        actor: Actor,
+        action: Action,
+        noted: Mapping[str, Any] | None = None,
+    ) -> StoredKey:
+        updated = replace(
+            key, settings=settings, revision=self._revision, changed_at=datetime.now(UTC)
+        )
+        self._keys[key.id] = updated
+        before = settings_document(key.settings)
+        after = {**settings_document(settings), **(noted or {})}
+        self._record(key.account_id, action, actor, key.id, before=before, after=after)
+        return updated
+
     def _insert(
         self,
         account_id: int,
@@ -296,6 +323,7 @@ class MemoryStore:
         sealed_value: bytes,
         settings: KeySettings,
         actor: Actor,
+        rolled_from: int | None = None,
     ) -> StoredKey:
         if digest in self._digests:
             raise ValueError("duplicate key digest")
@@ -309,9 +337,13 @@ class MemoryStore:
             created_at=_now(),
             revision=self._revision,
             changed_at=datetime.now(UTC),
+            rolled_from=rolled_from,
         )
         self._keys[key.id] = key
-        self._record(account_id, "key.create", actor, key.id, after=settings_document(settings))
+        after = settings_document(settings)
+        if rolled_from is not None:
+            after["rolled_from"] = rolled_from
+        self._record(account_id, "key.create", actor, key.id, after=after)
         return key
 
     def _tombstone(self, key: StoredKey) -> StoredKey:

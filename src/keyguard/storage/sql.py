@@ -43,7 +43,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.events import Delivery
-from keyguard.domain.fields import KeyChanges, apply
+from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -434,6 +434,7 @@ class SQLStore:
         sealed_value: bytes,
         settings: KeySettings,
         actor: Actor,
+        rolled_from: int | None = None,
     ) -> StoredKey:
         changed_at = datetime.now(UTC)
         created_at = changed_at.replace(microsecond=0)
@@ -446,13 +447,15 @@ class SQLStore:
                     created_at=created_at,
                     revision=revision,
                     changed_at=changed_at,
-                    **settings_document(settings),
+                    rolled_from=rolled_from,
+                    **_settings_columns(settings),
                 )
             )
         )
-        _audit(
-            connection, account_id, "key.create", actor, key_id, after=settings_document(settings)
-        )
+        after = settings_document(settings)
+        if rolled_from is not None:
+            after["rolled_from"] = rolled_from
+        _audit(connection, account_id, "key.create", actor, key_id, after=after)
         return StoredKey(
             key_id,
             account_id,
@@ -462,6 +465,7 @@ class SQLStore:
             created_at,
             revision=revision,
             changed_at=changed_at,
+            rolled_from=rolled_from,
         )
 
     def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
@@ -511,15 +515,52 @@ class SQLStore:
             if key is None:
                 return None
             settings = apply(key.settings, changes)
-            changed_at = datetime.now(UTC)
-            connection.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id)
-                .values(revision=revision, changed_at=changed_at, **settings_document(settings))
-            )
-            before, after = settings_document(key.settings), settings_document(settings)
-            _audit(connection, account_id, action, actor, key_id, before=before, after=after)
+            return self._rewrite_settings(connection, revision, key, settings, actor, action)
+
+    def _rewrite_settings(
+        self,
+        connection: Connection,
+        revision: int,
+        key: StoredKey,
+        settings: KeySettings,
+        actor: Actor,
+        action: Action,
+        noted: Mapping[str, Any] | None = None,
+    ) -> StoredKey:
+        """Store ``key`` with ``settings``, audited as ``action`` (``noted`` added to
+        the record's ``after``)."""
+        changed_at = datetime.now(UTC)
+        connection.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key.id)
+            .values(revision=revision, changed_at=changed_at, **_settings_columns(settings))
+        )
+        before = settings_document(key.settings)
+        after = {**settings_document(settings), **(noted or {})}
+        _audit(connection, key.account_id, action, actor, key.id, before=before, after=after)
         return replace(key, settings=settings, revision=revision, changed_at=changed_at)
+
+    def roll_key(
+        self,
+        account_id: int,
+        key_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        grace_until: datetime,
+        actor: Actor = CLI,
+    ) -> tuple[StoredKey, StoredKey] | None:
+        with self._writing() as (connection, revision):
+            key = self._get_key(connection, account_id, key_id)
+            if key is None:
+                return None
+            old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
+            new = self._insert_key(
+                connection, revision, account_id, digest, sealed_value, key.settings, actor, key.id
+            )
+            old = self._rewrite_settings(
+                connection, revision, key, old_settings, actor, "key.roll", {"rolled_to": new.id}
+            )
+            return old, new
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         with self._writing() as (connection, revision):
@@ -795,6 +836,7 @@ def _key(row: Row[Any]) -> StoredKey:
         permitted_ips=tuple(_document(row.permitted_ips)),
         scopes_enabled=row.scopes_enabled,
         scopes=expand(_document(row.scopes)),
+        expires_at=row.expires_at,
     )
     return StoredKey(
         id=row.id,
@@ -807,7 +849,13 @@ def _key(row: Row[Any]) -> StoredKey:
         revision=row.revision,
         deleted=row.deleted_at is not None,
         changed_at=row.changed_at,
+        rolled_from=row.rolled_from,
+        leaked_at=row.leaked_at,
     )
+
+
+def _settings_columns(settings: KeySettings) -> dict[str, Any]:
+    return {**settings_document(settings), "expires_at": settings.expires_at}
 
 
 __all__ = ["SQLStore", "create_engine_for"]

@@ -88,6 +88,9 @@ api_keys = Table(
     Column("deleted_at", UTCDateTime, nullable=True),
     Column("revision", BigInteger, nullable=False, index=True),
     Column("changed_at", UTCDateTime, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("rolled_from", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("leaked_at", UTCDateTime, nullable=True),
     sqlite_autoincrement=True,
 )
 

@@ -1,7 +1,7 @@
 """Webhook delivery: how far it has got through the audit trail, and who delivers.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-08
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 from keyguard.storage.tables import UTCDateTime
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
