@@ -7,7 +7,6 @@ other module receives what it needs through its constructor.
 import difflib
 import logging
 import os
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import Enum
@@ -20,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyguard.domain import keys
 from keyguard.domain.events import WHSEC_COMMAND, signing_secret
+from keyguard.domain.fields import parse_duration
 from keyguard.domain.network import ClientIPHeader, canonical_entry
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
@@ -28,8 +28,6 @@ from keyguard.vault import MIN_SECRET_BYTES
 log = logging.getLogger("keyguard")
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/keyguard.db"
-_DURATION = re.compile(r"(\d+)\s*([smhd]?)")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 class SecretDisplay(Enum):
@@ -120,7 +118,7 @@ class Settings(BaseSettings):
     expiry_warning: timedelta = Field(
         default=timedelta(days=7),
         description="How long before a key expires key.expiring is sent: 7d, 12h, 30m, "
-        "90s, 90 (seconds) or ISO 8601 (P7D).",
+        "45s, or ISO 8601 (P7D).",
     )
 
     @field_validator("webhook_url")
@@ -155,10 +153,10 @@ class Settings(BaseSettings):
     def _duration(cls, value: object) -> object:
         if not isinstance(value, str) or value.startswith("P"):  # ISO 8601 too: P7D
             return value
-        match = _DURATION.fullmatch(value.strip())
-        if match is None:
-            raise ValueError("must be a duration such as 7d, 12h, 30m or 90 (seconds)")
-        return timedelta(**{_UNITS[match[2] or "s"]: int(match[1])})
+        duration = parse_duration(value.strip())
+        if duration is None:
+            raise ValueError("must be a duration such as 7d, 12h, 30m or 45s")
+        return duration
 
     @field_validator("expiry_warning")
     @classmethod
