@@ -47,6 +47,7 @@ ADMIN_TOKEN = "operator-" + "7" * 32
 OPERATOR = bearer(ADMIN_TOKEN)
 KEYS = "/v1/api-keys"
 ARRIVAL_TIMEOUT = 10.0
+WARNING = timedelta(days=7)  # KEYGUARD_EXPIRY_WARNING's default
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,10 @@ class Receiver:
     def wait_for(self, count: int, timeout: float = ARRIVAL_TIMEOUT) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         while len(self.events()) < count:
-            assert time.monotonic() < deadline, f"{len(self.events())} of {count} events came"
+            assert time.monotonic() < deadline, (
+                f"{len(self.events())} of {count} events came: "
+                f"{[(e.type, e.data['key_id']) for e in self.events()]}"
+            )
             time.sleep(0.05)
         return self.events()
 
@@ -271,6 +275,50 @@ def test_an_event_is_the_audit_record_as_the_audit_log_shows_it(
     assert created.data in trail
 
 
+def test_a_key_is_announced_expiring_at_once_within_the_warning_and_expired_when_it_passes(
+    tenant: Tenant, client: TestClient, receiver: Receiver
+) -> None:
+    expires = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
+    expires_at = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = ok(client.post(KEYS, json={"label": "brief", "expires_at": expires_at},
+                         headers=tenant.headers))  # fmt: skip
+
+    created, expiring = receiver.wait_for(2)
+    assert (created.type, expiring.type) == ("key.created", "key.expiring")
+    [expired] = receiver.wait_for(3, timeout=10)[2:]
+    arrived = datetime.now(UTC)
+
+    assert expired.type == "key.expired"
+    assert [event.data["key_id"] for event in (expiring, expired)] == [key["id"]] * 2
+    assert expired.data["after"]["expires_at"] == expires_at
+    assert expired.data["actor"] == {"type": "keyguard", "key_id": None, "ip": None}
+    assert arrived - expires < timedelta(seconds=2)  # a sweep a second, then delivery
+    time.sleep(1.2)  # sweeps go on, one a second: each notice is given once
+    assert len(receiver.received) == 3
+
+
+def test_a_roll_announces_the_new_key_and_the_old_one_rolled_and_expiring(
+    tenant: Tenant, client: TestClient, receiver: Receiver
+) -> None:
+    key = ok(client.post(KEYS, json={"label": "rolled"}, headers=tenant.headers))
+
+    new = ok(client.post(f"{KEYS}/{key['id']}/roll", json={"grace_seconds": 3600},
+                         headers=tenant.headers))  # fmt: skip
+
+    events = receiver.wait_for(4)
+    assert [(event.type, event.data["key_id"]) for event in events] == [
+        ("key.created", key["id"]),
+        ("key.created", new["id"]),
+        ("key.rolled", key["id"]),
+        ("key.expiring", key["id"]),  # its grace ends within KEYGUARD_EXPIRY_WARNING
+    ]
+    assert events[1].data["after"]["rolled_from"] == key["id"]
+    assert events[2].data["after"]["rolled_to"] == new["id"]
+    for event in events:
+        assert key["value"] not in event.body
+        assert new["value"] not in event.body
+
+
 def test_changes_made_before_webhooks_were_first_on_are_not_announced(
     keyguard: Keyguard, tenant: Tenant, receiver: Receiver, client: TestClient
 ) -> None:
@@ -345,7 +393,7 @@ def test_failed_attempts_back_off_to_30_s_and_an_event_is_given_up_only_at_24_ho
     """The retry schedule, on a clock of the test's own: 24 hours are not waited for."""
     clock = Clock()
     store = keyguard.store
-    deliverer = WebhookDeliverer(store, WebhookEndpoint(receiver.url, SIGNING_SECRET), clock)
+    deliverer = WebhookDeliverer(store, endpoint(receiver), WARNING, clock)
     deliverer.step()  # the first claim: delivery starts after the tenant's creation
     receiver.down()
     created = clock.now
@@ -389,8 +437,7 @@ def test_a_stopping_holder_hands_the_lease_over_at_once_and_a_dead_one_when_it_l
 ) -> None:
     clock = Clock()
     one, other = (
-        WebhookDeliverer(keyguard.store, WebhookEndpoint(receiver.url, SIGNING_SECRET), clock)
-        for _ in range(2)
+        WebhookDeliverer(keyguard.store, endpoint(receiver), WARNING, clock) for _ in range(2)
     )
     one.start()
     other.step()
@@ -401,7 +448,7 @@ def test_a_stopping_holder_hands_the_lease_over_at_once_and_a_dead_one_when_it_l
     other.step()
     assert other.delivered == 1
 
-    third = WebhookDeliverer(keyguard.store, WebhookEndpoint(receiver.url, SIGNING_SECRET), clock)
+    third = WebhookDeliverer(keyguard.store, endpoint(receiver), WARNING, clock)
     ok_key(keyguard, tenant, "while the other is dead")  # it never steps again
     clock.advance(LEASE.total_seconds() - 1)
     third.step()
@@ -410,6 +457,10 @@ def test_a_stopping_holder_hands_the_lease_over_at_once_and_a_dead_one_when_it_l
     third.step()
     assert third.delivered == 1
     assert receiver.duplicates() == 0
+
+
+def endpoint(receiver: Receiver) -> WebhookEndpoint:
+    return WebhookEndpoint(receiver.url, SIGNING_SECRET)
 
 
 def ok_key(keyguard: Keyguard, tenant: Tenant, label: str) -> int:

@@ -149,7 +149,7 @@ def webhook_deliverer(settings: Settings, store: Store) -> "WebhookDeliverer | N
     from keyguard.webhooks import WebhookDeliverer, WebhookEndpoint
 
     endpoint = WebhookEndpoint(settings.webhook_url, settings.webhook_secret.get_secret_value())
-    return WebhookDeliverer(store, endpoint)
+    return WebhookDeliverer(store, endpoint, settings.expiry_warning)
 
 
 class Keyguard:

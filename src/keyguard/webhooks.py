@@ -29,6 +29,7 @@ from keyguard.domain.events import (
     EVENT_ACTIONS,
     EVENT_TYPES,
     Delivery,
+    Sweep,
     event_id,
     given_up,
     retry_delay,
@@ -47,6 +48,7 @@ TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 POLL_INTERVAL = 0.5  # seconds between looks for new events: their delivery latency
 BATCH = 100  # events read at once
 BACKLOG_INTERVAL = 5.0  # seconds between counts of undelivered events, for /metrics
+SWEEP_INTERVAL = timedelta(seconds=1)  # between sweeps for expiry notices: their latency
 
 
 def event_document(record: AuditRecord) -> dict[str, Any]:
@@ -99,6 +101,9 @@ def _owner() -> str:
 class WebhookDeliverer:
     """Delivers events from the store to the endpoint while this process holds the lease.
 
+    The holder also notes keys' expiries (``key.expiring`` ``expiry_warning`` ahead,
+    ``key.expire`` when it comes) in the audit trail, whence they are delivered.
+
     Figures for ``/metrics``: ``delivered``, ``failures`` (failed attempts) and
     ``dropped`` (events given up) in this process, and ``backlog``, the events
     not yet delivered by any process.
@@ -108,11 +113,14 @@ class WebhookDeliverer:
         self,
         store: Store,
         endpoint: WebhookEndpoint,
+        expiry_warning: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
         self._endpoint = endpoint
+        self._expiry_warning = expiry_warning
         self._clock = clock
+        self._swept: Sweep | None = None
         self.owner = _owner()
         self.delivered = self.failures = self.dropped = self.backlog = 0
         self._counted_at: datetime | None = None
@@ -143,6 +151,8 @@ class WebhookDeliverer:
         delivery = self._held(now)
         if delivery is None:
             return
+        if self._swept is None or now - self._swept.at >= SWEEP_INTERVAL:
+            self._swept = self._store.note_expiries(now, self._expiry_warning, self._swept)
         for record in self._store.pending_events(delivery.delivered_through, EVENT_ACTIONS, BATCH):
             if self._stopping.is_set() or delivery.waiting(record.id, now):
                 return

@@ -7,7 +7,7 @@ from itertools import count
 
 import pytest
 
-from keyguard.domain.events import EVENT_ACTIONS, Delivery
+from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     Account,
@@ -510,3 +510,74 @@ def test_delivery_moves_forward_only_and_forgets_the_retry_it_passed(store: Stor
     assert store.claim_delivery("a", NOW, LEASE) == Delivery(first.id)
     assert store.pending_events(first.id, EVENT_ACTIONS, 10) == []
     assert store.delivery_backlog(EVENT_ACTIONS) == 0
+
+
+WARNING = timedelta(days=7)
+
+
+def _notices(store: Store, account_id: int) -> list[tuple[str, int | None, str | None]]:
+    records = store.list_audit(AuditQuery(account_id, limit=100))[0]
+    return [
+        (record.action, record.key_id, (record.after or {}).get("expires_at"))
+        for record in reversed(records)
+        if record.action in ("key.expiring", "key.expire")
+    ]
+
+
+def _expiring(store: Store, account_id: int, label: str, expires_at: datetime) -> int:
+    settings = KeySettings(label=label, expires_at=expires_at)
+    return store.create_key(account_id, _digest(), b"s", settings).id
+
+
+def test_each_expiry_is_noted_once_ahead_and_once_when_it_comes(store: Store) -> None:
+    account_id = _account(store)
+    soon = _expiring(store, account_id, "soon", NOW + timedelta(days=3))
+    later = _expiring(store, account_id, "later", NOW + timedelta(days=30))
+    deleted = _expiring(store, account_id, "deleted", NOW + timedelta(days=1))
+    store.delete_key(account_id, deleted)
+    sweep = store.note_expiries(NOW, WARNING, None)
+    sweep = store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
+    assert _notices(store, account_id) == [("key.expiring", soon, "2026-12-11T12:00:00Z")]
+
+    sweep = store.note_expiries(NOW + timedelta(days=3), WARNING, sweep)  # soon expires
+    sweep = store.note_expiries(NOW + timedelta(days=23, hours=1), WARNING, sweep)
+    sweep = store.note_expiries(NOW + timedelta(days=31), WARNING, sweep)
+
+    assert _notices(store, account_id) == [
+        ("key.expiring", soon, "2026-12-11T12:00:00Z"),
+        ("key.expire", soon, "2026-12-11T12:00:00Z"),
+        ("key.expiring", later, "2027-01-07T12:00:00Z"),
+        ("key.expire", later, "2027-01-07T12:00:00Z"),
+    ]
+    [record] = store.list_audit(AuditQuery(account_id, action="key.expire", limit=1))[0]
+    assert (record.actor.kind, record.before) == ("keyguard", None)
+
+
+def test_a_key_that_expired_unwatched_is_noted_expired_only(store: Store) -> None:
+    account_id = _account(store)
+    key = _expiring(store, account_id, "k", NOW + timedelta(hours=1))
+    store.note_expiries(NOW + timedelta(days=1), WARNING, None)
+    assert _notices(store, account_id) == [("key.expire", key, "2026-12-08T13:00:00Z")]
+
+
+def test_a_new_expiry_gets_notices_of_its_own(store: Store) -> None:
+    account_id = _account(store)
+    key = _expiring(store, account_id, "k", NOW + timedelta(days=2))
+    sweep = store.note_expiries(NOW, WARNING, None)
+    store.update_key(account_id, key, KeyChanges(expires_at=NOW + timedelta(days=5)))
+    sweep = store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
+    store.update_key(account_id, key, KeyChanges(expires_at="never"))
+    store.note_expiries(NOW + timedelta(days=6), WARNING, sweep)
+    assert _notices(store, account_id) == [
+        ("key.expiring", key, "2026-12-10T12:00:00Z"),
+        ("key.expiring", key, "2026-12-13T12:00:00Z"),
+    ]
+
+
+def test_a_sweep_after_another_sees_keys_made_since_whatever_their_expiry(store: Store) -> None:
+    account_id = _account(store)
+    sweep = store.note_expiries(NOW, WARNING, None)
+    assert isinstance(sweep, Sweep)
+    made = _expiring(store, account_id, "made since", NOW + timedelta(hours=2))
+    store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
+    assert _notices(store, account_id) == [("key.expiring", made, "2026-12-08T14:00:00Z")]

@@ -9,6 +9,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from keyguard.domain.records import Action
 
@@ -100,3 +101,39 @@ class Delivery:
     def attempts_at(self, next_event: int) -> int:
         """Failed attempts so far at delivering ``next_event``."""
         return self.attempts if self.retry_event == next_event else 0
+
+
+ExpiryNotice = Literal["key.expiring", "key.expire"]
+
+
+def expiry_notice(
+    expires_at: datetime | None,
+    now: datetime,
+    warning: timedelta,
+    warned_for: datetime | None,
+    expired_for: datetime | None,
+) -> ExpiryNotice | None:
+    """The notice a key's expiry calls for now, if it was not given yet.
+
+    ``warned_for`` and ``expired_for`` are the expiry times the key's earlier
+    notices were given for: a key is warned once and noted expired once per
+    expiry, and a new expiry calls for notices of its own. A key whose warning
+    time went by unnoticed (no process delivered then) gets ``key.expire`` only.
+    """
+    if expires_at is None:
+        return None
+    if expires_at <= now:
+        return None if expired_for == expires_at else "key.expire"
+    if expires_at - warning <= now:
+        return None if warned_for == expires_at else "key.expiring"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Where a sweep for expiry notices got to: the time it looked at and the newest
+    revision it saw. The next sweep looks only at keys whose notice came due since,
+    and at keys changed since."""
+
+    at: datetime
+    revision: int

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from keyguard.domain.events import Delivery
+from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     CLI,
@@ -229,6 +229,17 @@ class Store(Protocol):
 
     def delivery_backlog(self, actions: Collection[str]) -> int:
         """How many events (records with one of ``actions``) are not delivered yet."""
+
+    def note_expiries(self, now: datetime, warning: timedelta, since: Sweep | None) -> Sweep | None:
+        """Audit ``key.expiring`` for each live key that expires within ``warning`` of
+        ``now``, and ``key.expire`` for each whose expiry has come, once per key and
+        expiry time (:func:`~keyguard.domain.events.expiry_notice`); as keyguard
+        itself, each in the transaction that remembers it was given.
+
+        ``since`` is the previous sweep's answer: only keys that came due or changed
+        after it are looked at (``None``: every key). It answers ``since`` again when
+        it stopped at a batch's end, to look again. Leaked keys get no notices.
+        """
 
 
 def open_store(url: str, pool_size: int = 5) -> Store:

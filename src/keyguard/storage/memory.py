@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyguard.domain.audit import STATUS_ACTIONS
-from keyguard.domain.events import Delivery
+from keyguard.domain.events import Delivery, Sweep, expiry_notice
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
+    KEYGUARD,
     Account,
     AccountStatus,
     Action,
@@ -41,6 +42,7 @@ class MemoryStore:
         self._secret_check: bytes | None = None
         self._delivery: Delivery | None = None  # None until first claimed
         self._lease: tuple[str, datetime] | None = None
+        self._noted: dict[tuple[int, str], datetime | None] = {}  # (key, notice): for expiry
 
     def migrate(self) -> None:
         pass
@@ -296,6 +298,22 @@ class MemoryStore:
                 return 0
             after = self._audit[self._delivery.delivered_through :]
             return sum(1 for record in after if record.action in actions)
+
+    def note_expiries(self, now: datetime, warning: timedelta, since: Sweep | None) -> Sweep | None:
+        del since  # every key is at hand
+        with self._lock:
+            for key in list(self._keys.values()):
+                if key.deleted or key.leaked_at is not None:
+                    continue
+                expires_at = key.settings.expires_at
+                warned = self._noted.get((key.id, "key.expiring"))
+                expired = self._noted.get((key.id, "key.expire"))
+                notice = expiry_notice(expires_at, now, warning, warned, expired)
+                if notice is not None:
+                    self._noted[key.id, notice] = expires_at
+                    after = settings_document(key.settings)
+                    self._record(key.account_id, notice, KEYGUARD, key.id, after=after)
+            return Sweep(now, self._revision)
 
     # -- internals --------------------------------------------------------------
 

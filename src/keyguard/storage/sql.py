@@ -24,6 +24,7 @@ from sqlalchemy import (
     Engine,
     Row,
     Text,
+    and_,
     bindparam,
     cast,
     column,
@@ -42,10 +43,11 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
-from keyguard.domain.events import Delivery
+from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
+    KEYGUARD,
     Account,
     AccountStatus,
     Action,
@@ -756,6 +758,64 @@ class SQLStore:
                     .where(audit_log.c.id > delivered, audit_log.c.action.in_(actions))
                 ).scalar_one()
             )
+
+    def note_expiries(self, now: datetime, warning: timedelta, since: Sweep | None) -> Sweep | None:
+        keys = api_keys.c
+        due = [
+            keys.deleted_at.is_(None),
+            keys.leaked_at.is_(None),
+            # expiry_notice(), as a query
+            or_(
+                and_(
+                    keys.expires_at <= now,
+                    or_(keys.expired_noted.is_(None), keys.expired_noted != keys.expires_at),
+                ),
+                and_(
+                    keys.expires_at > now,
+                    keys.expires_at <= now + warning,
+                    or_(keys.expiring_noted.is_(None), keys.expiring_noted != keys.expires_at),
+                ),
+            ),
+        ]
+        if since is not None:  # what came due since (ranges of the index), or changed since
+            came_due = since.at - _SWEEP_SLACK
+            due.append(
+                or_(
+                    keys.revision > since.revision,
+                    and_(keys.expires_at > came_due, keys.expires_at <= now),
+                    keys.expires_at > came_due + warning,
+                )
+            )
+        with self._reading() as connection:
+            revision = connection.execute(select(meta.c.revision)).scalar_one()
+            found = connection.execute(select(keys.id).where(*due).limit(_SWEEP_BATCH)).all()
+        if found:
+            with self._writing() as (connection, _revision):
+                # Read again under the write lock: a process that held the lease before
+                # may have given some of these notices since.
+                rows = connection.execute(
+                    select(api_keys).where(keys.id.in_([row.id for row in found]), *due)
+                )
+                for row in rows.all():
+                    _note_expiry(connection, _key(row), now)
+        return since if len(found) == _SWEEP_BATCH else Sweep(now, revision)  # more: again
+
+
+# A key changed just before a sweep may carry an expiry a little older than the
+# sweep's own time (another process's clock, a transaction committing late): each
+# sweep looks again this far back.
+_SWEEP_SLACK = timedelta(seconds=60)
+_SWEEP_BATCH = 1000
+
+
+def _note_expiry(connection: Connection, key: StoredKey, now: datetime) -> None:
+    expires_at = key.settings.expires_at
+    assert expires_at is not None
+    notice: Action = "key.expire" if expires_at <= now else "key.expiring"
+    column = "expired_noted" if notice == "key.expire" else "expiring_noted"
+    connection.execute(update(api_keys).where(api_keys.c.id == key.id).values({column: expires_at}))
+    after = settings_document(key.settings)
+    _audit(connection, key.account_id, notice, KEYGUARD, key.id, after=after)
 
 
 def _delivery(row: Row[Any]) -> Delivery:

@@ -91,6 +91,10 @@ api_keys = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("rolled_from", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("leaked_at", UTCDateTime, nullable=True),
+    # The expiry each notice (key.expiring, key.expire) was given for: once per expiry.
+    Column("expiring_noted", UTCDateTime, nullable=True),
+    Column("expired_noted", UTCDateTime, nullable=True),
+    Index("ix_api_keys_expires_at", "expires_at"),
     sqlite_autoincrement=True,
 )
 
