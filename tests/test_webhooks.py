@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +40,7 @@ from tests.conftest import (
     missing,
     postgres_schema,
 )
+from tests.readme import README, readme_blocks
 from tests.server import HOST, KeyguardServer, Servers, free_port
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"webhook-signing-key-of-32-bytes!").decode()
@@ -57,6 +58,7 @@ class Delivery:
     webhook_id: str
     event: dict[str, Any]
     body: str
+    headers: dict[str, str]
     at: float  # time.monotonic()
 
     @property
@@ -95,7 +97,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                status = receiver.take(body, dict(self.headers))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                status = receiver.take(body, headers)
                 if receiver.holding.is_set():
                     receiver._released.wait(30)
                 self.send_response(status)
@@ -128,7 +131,8 @@ class Receiver:
             self.forged.append(body)
             return 400
         with self._lock:
-            self.received.append(Delivery(headers["webhook-id"], event, body, time.monotonic()))
+            delivery = Delivery(headers["webhook-id"], event, body, headers, time.monotonic())
+            self.received.append(delivery)
         return 204
 
     def events(self) -> list[Delivery]:
@@ -317,6 +321,41 @@ def test_a_roll_announces_the_new_key_and_the_old_one_rolled_and_expiring(
     for event in events:
         assert key["value"] not in event.body
         assert new["value"] not in event.body
+
+
+def readme_receiver(test: str) -> Callable[[bytes, dict[str, str]], int]:
+    """The ``handle`` function of the README's receiver example, which ``test`` runs."""
+    blocks, _problems = readme_blocks(README.read_text("utf-8"))
+    marker = f"tests/test_webhooks.py::{test}"
+    [block] = [block for block in blocks if block.markers.get("tested-by") == marker]
+    namespace: dict[str, Any] = {}
+    exec(compile(block.text, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    handle: Callable[[bytes, dict[str, str]], int] = namespace["handle"]
+    return handle
+
+
+def test_the_readme_receiver_takes_a_real_delivery_once_and_refuses_a_forged_one(
+    tenant: Tenant,
+    client: TestClient,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("KEYGUARD_WEBHOOK_SECRET", SIGNING_SECRET)
+    handle = readme_receiver(
+        test_the_readme_receiver_takes_a_real_delivery_once_and_refuses_a_forged_one.__name__
+    )
+    key = ok(client.post(KEYS, json={"label": "readme"}, headers=tenant.headers))
+    [delivery] = receiver.wait_for(1)
+    body = delivery.body.encode()
+
+    assert handle(body, delivery.headers) == 204
+    assert handle(body, delivery.headers) == 204  # again: dropped as a repeat
+    assert capsys.readouterr().out == f"key.created {key['id']}\n"
+    forged = body.replace(b'"readme"', b'"forged"')
+    assert handle(forged, delivery.headers) == 400
+    other_secret = delivery.headers | {"webhook-signature": "v1,AAAA"}
+    assert handle(body, other_secret) == 400
 
 
 def test_changes_made_before_webhooks_were_first_on_are_not_announced(
