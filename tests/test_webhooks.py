@@ -33,12 +33,9 @@ from keyguard.storage import AuditQuery, open_store
 from keyguard.webhooks import LEASE, POLL_INTERVAL, WebhookDeliverer, WebhookEndpoint
 from tests.conftest import (
     CLIENT_IP,
-    POSTGRES_URL_VARIABLE,
     TEST_SECRET,
     Tenant,
     bearer,
-    missing,
-    postgres_schema,
 )
 from tests.readme import README, readme_blocks
 from tests.server import HOST, KeyguardServer, Servers, free_port
@@ -244,6 +241,7 @@ def test_each_change_through_the_api_arrives_signed_as_its_lifecycle_event(
     assert receiver.duplicates() == 0
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_event_is_the_audit_record_as_the_audit_log_shows_it(
     tenant: Tenant, client: TestClient, receiver: Receiver
 ) -> None:
@@ -301,6 +299,7 @@ def test_a_key_is_announced_expiring_at_once_within_the_warning_and_expired_when
     assert len(receiver.received) == 3
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_roll_announces_the_new_key_and_the_old_one_rolled_and_expiring(
     tenant: Tenant, client: TestClient, receiver: Receiver
 ) -> None:
@@ -334,6 +333,7 @@ def readme_receiver(test: str) -> Callable[[bytes, dict[str, str]], int]:
     return handle
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_readme_receiver_takes_a_real_delivery_once_and_refuses_a_forged_one(
     tenant: Tenant,
     client: TestClient,
@@ -358,6 +358,7 @@ def test_the_readme_receiver_takes_a_real_delivery_once_and_refuses_a_forged_one
     assert handle(body, other_secret) == 400
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_changes_made_before_webhooks_were_first_on_are_not_announced(
     keyguard: Keyguard, tenant: Tenant, receiver: Receiver, client: TestClient
 ) -> None:
@@ -598,15 +599,6 @@ def test_an_event_committed_but_not_acknowledged_when_keyguard_is_killed_arrives
     assert again.body == taken.body
 
 
-@pytest.fixture
-def postgres() -> Iterator[str]:
-    server = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not server:
-        missing(f"PostgreSQL: set {POSTGRES_URL_VARIABLE} to run two instances on one database")
-    with postgres_schema(server) as url:
-        yield url
-
-
 def lease_holder(database: str) -> int:
     """The pid of the process holding the delivery lease, from the database."""
     conninfo, _, options = database.partition("?")
@@ -643,9 +635,11 @@ class Writer(threading.Thread):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_two_instances_on_postgresql_deliver_every_event_when_the_holder_is_killed(
-    servers: Servers, receiver: Receiver, postgres: str
+    servers: Servers, receiver: Receiver, database_url: str
 ) -> None:
+    postgres = database_url
     settings = webhook_settings(receiver, KEYGUARD_DATABASE_URL=postgres)
     a = servers("a", workers=2, settings=settings)
     b = servers("b", workers=2, settings=settings)

@@ -41,9 +41,10 @@ from keyguard.wire import audit_object
 
 log = logging.getLogger("keyguard.webhooks")
 
-# A dead holder's successor waits this long. The holder renews it in full before
-# every attempt, and it outlasts one (the connect and answer timeouts together).
-LEASE = timedelta(seconds=10)
+# A dead holder's successor waits this long. A live holder renews it every
+# RENEW_INTERVAL from a thread of its own, so a slow attempt does not lose it.
+LEASE = timedelta(seconds=5)
+RENEW_INTERVAL = LEASE.total_seconds() / 3
 TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 POLL_INTERVAL = 0.5  # seconds between looks for new events: their delivery latency
 BATCH = 100  # events read at once
@@ -128,17 +129,20 @@ class WebhookDeliverer:
         self._held_until = datetime.min.replace(tzinfo=UTC)
         self._stopping = threading.Event()
         self._task = Periodic("webhook delivery", self.step, POLL_INTERVAL)
+        self._heartbeat = Periodic("webhook lease", self._renew, RENEW_INTERVAL)
 
     def start(self) -> None:
         # Claimed at once: the very first claim fixes where delivery starts, and
         # changes made from the moment this process serves must be announced.
         self._claim(self._clock())
         self._task.start()
+        self._heartbeat.start()
 
     def stop(self) -> None:
         """Finish the attempt under way, then hand the lease over at once."""
         self._stopping.set()
         self._task.stop()
+        self._heartbeat.stop()
         try:
             self._store.release_delivery(self.owner)
         finally:
@@ -156,9 +160,9 @@ class WebhookDeliverer:
         for record in self._store.pending_events(delivery.delivered_through, EVENT_ACTIONS, BATCH):
             if self._stopping.is_set() or delivery.waiting(record.id, now):
                 return
-            # Renewed in full before every attempt: the lease outlasts the attempt,
-            # so no other process starts on this event while this one may be at it.
-            delivery = self._claim(now)
+            # Checked before every attempt: a holder that lost the lease (it stalled
+            # past it) must not start another.
+            delivery = self._held(now)
             if delivery is None or delivery.waiting(record.id, now):
                 return
             if record.id <= delivery.delivered_through:
@@ -169,11 +173,20 @@ class WebhookDeliverer:
             now = self._clock()
 
     def _held(self, now: datetime) -> Delivery | None:
-        """The delivery state if this process holds the lease, renewed once half of it
-        has passed: an idle holder writes to the database every few seconds only."""
+        """The delivery state if this process holds the lease; claimed anew when the
+        lease is half gone (the heartbeat keeps it fresher while it runs)."""
         if self._delivery is not None and now < self._held_until - LEASE / 2:
             return self._delivery
         return self._claim(now)
+
+    def _renew(self) -> None:
+        """Keep the lease while this process holds it, through long attempts too."""
+        if self._delivery is not None:
+            now = self._clock()
+            if self._store.claim_delivery(self.owner, now, LEASE) is None:
+                self._delivery = None  # lost (this process stalled): the next step sees it
+            else:
+                self._held_until = now + LEASE
 
     def _claim(self, now: datetime) -> Delivery | None:
         self._delivery = self._store.claim_delivery(self.owner, now, LEASE)
