@@ -205,6 +205,20 @@ def test_keys_roll_prints_the_new_secret_and_when_the_old_key_stops(run: Any) ->
     assert f"Key {old['id']} works until {ends.replace('T', ' ').rstrip('Z')}" in result.stdout
 
 
+def test_keys_list_shows_one_page_when_asked(run: Any) -> None:
+    run("accounts", "create", "acme", "--json")
+    for number in range(4):
+        run("keys", "create", "--account", "1", "--label", f"k{number}", "--json")
+
+    second = _json(run("keys", "list", "--account", "1", "--page", "2", "--per-page", "2",
+                       "--json"))  # fmt: skip
+    table = run("keys", "list", "--account", "1", "--page", "3", "--per-page", "2").stdout
+
+    assert [key["label"] for key in second] == ["k1", "k2"]
+    assert "Page 3 of 3 (5 keys)." in table
+    assert "k3" in table
+
+
 def test_accounts_list_shows_each_accounts_status(run: Any) -> None:
     run("accounts", "create", "acme", "--json")
     run("accounts", "create", "globex", "--json")

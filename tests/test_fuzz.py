@@ -65,6 +65,7 @@ OPERATIONS = [
     "DELETE /v1/api-keys/{id}",
     "PATCH /v1/api-keys/{id}/activate",
     "PATCH /v1/api-keys/{id}/deactivate",
+    "POST /v1/api-keys/{id}/roll",
     "GET /v1/audit-log",
     "POST /admin/v1/accounts",
     "GET /admin/v1/accounts",

@@ -519,18 +519,36 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
 @keys_group.command("list")
 @_account_option
 @click.option("--label", help="Only keys whose label contains this text (case-insensitive).")
+@click.option(
+    "--page", type=click.IntRange(min=1), help="Show this page only (from 1), as the API pages."
+)
+@click.option(
+    "--per-page",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="Keys per page, with --page.",
+)
 @_json_option
 @_fail_cleanly
-def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
-    """List an account's keys.
+def keys_list(
+    account_id: int, label: str | None, page: int | None, per_page: int, as_json: bool
+) -> None:
+    """List an account's keys, all of them or one page.
 
     Tables mask secrets; --json shows them as KEYGUARD_SECRET_DISPLAY says (in
     full by default).
     """
     with _keyguard() as runtime:
         runtime.service.get_account(account_id)
-        views = runtime.service.list_keys(account_id, label)
-        _print_keys(views, runtime, as_json)
+        if page is None:
+            _print_keys(runtime.service.list_keys(account_id, label), runtime, as_json)
+            return
+        found = runtime.service.page_of_keys(account_id, label, page, per_page)
+        _print_keys(found.views, runtime, as_json)
+    if not as_json:
+        pages = max(1, -(-found.total // per_page))
+        click.echo(f"Page {page} of {pages} ({found.total} keys).")
 
 
 @keys_group.command("create")

@@ -49,6 +49,14 @@ class KeyView:
     last_used_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of an account's keys, and how many keys all its pages hold."""
+
+    views: list[KeyView]
+    total: int
+
+
 class KeyService:
     """Accounts and keys, validated, stored and reflected in the snapshot."""
 
@@ -117,6 +125,15 @@ class KeyService:
     def list_keys(self, account_id: int, label: str | None = None) -> list[KeyView]:
         label = parse_filter("label", label)
         return [self._view(key) for key in self.store.list_keys(account_id, label)]
+
+    def page_of_keys(
+        self, account_id: int, label: str | None, number: int, per_page: int
+    ) -> KeyPage:
+        """Page ``number`` (from 1) of ``per_page`` keys, as ``list_keys`` orders them."""
+        label = parse_filter("label", label)
+        found = self.store.list_keys(account_id, label, (number - 1) * per_page, per_page)
+        total = self.store.count_keys(account_id, label)
+        return KeyPage([self._view(key) for key in found], total)
 
     def get_key(self, account_id: int, key_id: int) -> KeyView:
         return self._view(self._existing(account_id, key_id))

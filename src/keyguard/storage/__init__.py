@@ -131,8 +131,18 @@ class Store(Protocol):
         actor: Actor = CLI,
     ) -> StoredKey: ...
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
-        """The account's keys by id; ``label`` is a case-insensitive substring."""
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
+        """The account's live keys by id, from the ``offset``-th, at most ``limit`` of
+        them (``None``: all); ``label`` is a case-insensitive substring."""
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        """How many keys ``list_keys`` would give without ``offset`` and ``limit``."""
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None: ...
 

@@ -148,16 +148,26 @@ class MemoryStore:
             self._revision += 1
             return self._insert(account_id, digest, sealed_value, settings, actor)
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
         needle = label.casefold() if label else ""
         with self._lock:
-            return [
+            found = [
                 key
                 for key in self._keys.values()
                 if key.account_id == account_id
                 and not key.deleted
                 and needle in key.settings.label.casefold()
             ]
+        return found[offset : None if limit is None else offset + limit]
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        return len(self.list_keys(account_id, label))
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None:
         key = self._keys.get(key_id)

@@ -385,6 +385,9 @@ class SQLStore:
                         changed_at=now,
                     )
                 )
+                connection.execute(
+                    update(accounts).where(accounts.c.id == account_id).values(key_count=0)
+                )
         return replace(account, status=status, revision=revision)
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
@@ -454,6 +457,7 @@ class SQLStore:
                 )
             )
         )
+        _count_keys(connection, account_id, +1)
         after = settings_document(settings)
         if rolled_from is not None:
             after["rolled_from"] = rolled_from
@@ -470,14 +474,31 @@ class SQLStore:
             rolled_from=rolled_from,
         )
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
-        query = select(api_keys).where(
-            api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)
-        )
-        if label:
-            query = query.where(self._label_contains(label))
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
+        query = select(*_KEY_COLUMNS).where(*self._live_keys(account_id, label))
+        query = query.order_by(api_keys.c.id).offset(offset or None).limit(limit)
         with self._reading() as connection:
-            return [_key(row) for row in connection.execute(query.order_by(api_keys.c.id))]
+            return [_key(row) for row in connection.execute(query)]
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        if label:
+            query = select(func.count()).where(*self._live_keys(account_id, label))
+        else:
+            query = select(accounts.c.key_count).where(accounts.c.id == account_id)
+        with self._reading() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    def _live_keys(self, account_id: int, label: str | None) -> list[ColumnElement[bool]]:
+        conditions = [api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)]
+        if label:
+            conditions.append(self._label_contains(label))
+        return conditions
 
     def _label_contains(self, needle: str) -> ColumnElement[bool]:
         """Case-insensitive substring, for every alphabet: SQLite's own case folding
@@ -581,6 +602,7 @@ class SQLStore:
                     changed_at=changed_at,
                 )
             )
+            _count_keys(connection, account_id, -1)
             _audit(
                 connection,
                 account_id,
@@ -594,7 +616,7 @@ class SQLStore:
         )
 
     def changes_since(self, revision: int) -> Changes:
-        keys = select(*_FEED_COLUMNS).where(api_keys.c.revision > revision)
+        keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
         changed = select(accounts).where(accounts.c.revision > revision)
         if revision == 0:
             keys = keys.where(api_keys.c.deleted_at.is_(None))
@@ -847,6 +869,15 @@ def _audit(
     )
 
 
+def _count_keys(connection: Connection, account_id: int, change: int) -> None:
+    """Keep the account's count of live keys, which lists report without counting."""
+    connection.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(key_count=accounts.c.key_count + change)
+    )
+
+
 def _account(row: Row[Any]) -> Account:
     return Account(row.id, row.name, row.created_at, AccountStatus(row.status), row.revision)
 
@@ -870,9 +901,9 @@ def _new_id(result: CursorResult[Any]) -> int:
     return int(primary_key[0])
 
 
-# The change feed reads the JSON columns as text: a first load reads every key,
-# and most keys have no allow-list and no scopes, which need no JSON parser.
-_FEED_COLUMNS = [
+# Change feeds and lists read the JSON columns as text: a first load reads every
+# key, and most keys have no allow-list and no scopes, which need no JSON parser.
+_KEY_COLUMNS = [
     *(column for column in api_keys.c if column.name not in ("permitted_ips", "scopes")),
     cast(api_keys.c.permitted_ips, Text).label("permitted_ips"),
     cast(api_keys.c.scopes, Text).label("scopes"),

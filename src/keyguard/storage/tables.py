@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    text,
 )
 
 
@@ -67,6 +68,7 @@ accounts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    Column("key_count", BigInteger, nullable=False, server_default="0"),  # live keys
     sqlite_autoincrement=True,
 )
 
@@ -95,6 +97,13 @@ api_keys = Table(
     Column("expiring_noted", UTCDateTime, nullable=True),
     Column("expired_noted", UTCDateTime, nullable=True),
     Index("ix_api_keys_expires_at", "expires_at"),
+    Index(
+        "ix_api_keys_live",
+        "account_id",
+        "id",
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
