@@ -158,7 +158,7 @@ class WebhookDeliverer:
         if self._swept is None or now - self._swept.at >= SWEEP_INTERVAL:
             self._swept = self._store.note_expiries(now, self._expiry_warning, self._swept)
         for record in self._store.pending_events(delivery.delivered_through, EVENT_ACTIONS, BATCH):
-            if self._stopping.is_set() or delivery.waiting(record.id, now):
+            if self._stopping.is_set():
                 return
             # Checked before every attempt: a holder that lost the lease (it stalled
             # past it) must not start another.
