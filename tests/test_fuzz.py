@@ -66,6 +66,8 @@ OPERATIONS = [
     "PATCH /v1/api-keys/{id}/activate",
     "PATCH /v1/api-keys/{id}/deactivate",
     "POST /v1/api-keys/{id}/roll",
+    "GET /v1/api-keys/{id}/usage",
+    "GET /v1/usage",
     "GET /v1/audit-log",
     "POST /admin/v1/accounts",
     "GET /admin/v1/accounts",

@@ -26,13 +26,14 @@ from rich.table import Table
 from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
+from keyguard.domain.counts import Granularity, Point
 from keyguard.domain.fields import parse_duration
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
 from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView
+from keyguard.service import KeyView, Span
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
@@ -611,6 +612,52 @@ def keys_roll(key_id: int, account_id: int, grace: timedelta, as_json: bool) -> 
         _print_keys([old, new], runtime, as_json=False)
     _print_secret("Secret:", new.value)
     click.echo(f"Key {key_id} works until {_when(old.key.settings.expires_at)}.")
+
+
+@keys_group.command("usage")
+@click.argument("key_id", type=int)
+@_account_option
+@click.option(
+    "--granularity",
+    type=click.Choice([granularity.value for granularity in Granularity]),
+    default=Granularity.HOUR.value,
+    show_default=True,
+    help="One bar per minute, hour or day.",
+)
+@click.option(
+    "--last",
+    type=_Duration(),
+    default="1d",
+    show_default=True,
+    help="How far back from now: 1h, 1d, 7d …",
+)
+@_json_option
+@_fail_cleanly
+def keys_usage(
+    key_id: int, account_id: int, granularity: str, last: timedelta, as_json: bool
+) -> None:
+    """Chart a key's requests: allowed, and refused (401, 403, 429), per bucket."""
+    until = datetime.now(UTC)
+    chosen = Granularity(granularity)
+    with _keyguard() as runtime:
+        points = runtime.service.usage_series(account_id, key_id, chosen, Span(until - last, until))
+    if as_json:
+        _echo_json([point.document() for point in points])
+        return
+    _console().print(_usage_chart(points, chosen))
+
+
+def _usage_chart(points: list[Point], granularity: Granularity) -> Table:
+    """A bar per bucket: allowed as full blocks, refused as shaded ones."""
+    width = 40
+    largest = max((sum(point.counts) for point in points), default=0) or 1
+    table = _table(f"{granularity.value} (UTC)", "allowed", "refused", "")
+    shown = "%Y-%m-%d %H:%M" if granularity is not Granularity.DAY else "%Y-%m-%d"
+    for point in points:
+        allowed, refused = point.counts[0], sum(point.counts[1:])
+        bar = "█" * round(width * allowed / largest) + "░" * round(width * refused / largest)
+        table.add_row(point.start.strftime(shown), str(allowed), str(refused), bar)
+    return table
 
 
 @keys_group.command("delete")

@@ -404,7 +404,7 @@ def test_forward_auth_is_documented_for_every_method(client: TestClient) -> None
 def test_the_route_map_is_published_in_the_document(client: TestClient, keyguard: Keyguard) -> None:
     published = openapi(client)["x-keyguard-routes"]
 
-    assert len(published) == len(keyguard.routes.routes) == 139  # Wavix's 136 and keyguard's
+    assert len(published) == len(keyguard.routes.routes) == 141  # Wavix's 136 and keyguard's
     assert {"method": "POST", "path": "/v1/cdrs", "scope": "calls", "level": "read"} in published
     assert {"method": "PUT", "path": "/v1/buy/cart", "scope": "numbers", "level": "write"} in (
         published
@@ -447,6 +447,8 @@ class TestWithARouteMapFile:
             ("/v1/api-keys/{id}/activate", None),
             ("/v1/api-keys/{id}/deactivate", None),
             ("/v1/api-keys/{id}/roll", None),
+            ("/v1/api-keys/{id}/usage", None),
+            ("/v1/usage", None),
             ("/v1/audit-log", None),
         }
         assert "is refused for every key" in document["info"]["description"]

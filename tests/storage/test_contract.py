@@ -7,6 +7,7 @@ from itertools import count
 
 import pytest
 
+from keyguard.domain.counts import Granularity
 from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
@@ -626,3 +627,47 @@ def test_a_sweep_after_another_sees_keys_made_since_whatever_their_expiry(store:
     made = _expiring(store, account_id, "made since", NOW + timedelta(hours=2))
     store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
     assert _notices(store, account_id) == [("key.expiring", made, "2026-12-08T14:00:00Z")]
+
+
+def test_counts_from_several_flushes_add_up_in_every_granularity(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    at = datetime(2030, 1, 1, 10, 30, 15, tzinfo=UTC)
+
+    store.record_counts({key.id: (account_id, 3, 1, 0, 0, 0)}, at)
+    store.record_counts({key.id: (account_id, 2, 0, 4, 1, 0)}, at + timedelta(seconds=30))
+    store.record_counts({key.id: (account_id, 1, 0, 0, 0, 0)}, at + timedelta(minutes=1))
+
+    day = datetime(2030, 1, 1, tzinfo=UTC)
+    minutes = store.usage_series(
+        account_id, key.id, Granularity.MINUTE, day, day + timedelta(days=1)
+    )
+    assert minutes == {
+        datetime(2030, 1, 1, 10, 30, tzinfo=UTC): (5, 1, 4, 1, 0),
+        datetime(2030, 1, 1, 10, 31, tzinfo=UTC): (1, 0, 0, 0, 0),
+    }
+    hours = store.usage_series(account_id, key.id, Granularity.HOUR, day, day + timedelta(days=1))
+    assert hours == {datetime(2030, 1, 1, 10, tzinfo=UTC): (6, 1, 4, 1, 0)}
+    assert store.usage_totals(account_id, Granularity.DAY, day, day + timedelta(days=1)) == {
+        key.id: (6, 1, 4, 1, 0)
+    }
+    assert store.usage_totals(_account(store, "globex"), Granularity.DAY, day, at) == {}
+    assert store.usage_series(account_id + 1, key.id, Granularity.DAY, day, at) == {}
+
+
+def test_counts_past_their_retention_are_pruned(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    old, recent = datetime(2030, 1, 1, tzinfo=UTC), datetime(2030, 3, 1, tzinfo=UTC)
+    store.record_counts({key.id: (account_id, 1, 0, 0, 0, 0)}, old)
+    store.record_counts({key.id: (account_id, 1, 0, 0, 0, 0)}, recent)
+
+    pruned = store.prune_usage({Granularity.MINUTE: recent, Granularity.HOUR: recent})
+
+    assert pruned == 2  # the old minute and the old hour; the old day stays
+    everything = (old, recent + timedelta(days=1))
+    assert list(store.usage_series(account_id, key.id, Granularity.MINUTE, *everything)) == [recent]
+    assert list(store.usage_series(account_id, key.id, Granularity.DAY, *everything)) == [
+        old,
+        recent,
+    ]

@@ -29,6 +29,7 @@ from sqlalchemy import (
     cast,
     column,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -38,11 +39,14 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
+from keyguard.domain.counts import OUTCOMES, Granularity
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
@@ -66,6 +70,7 @@ from keyguard.storage.tables import (
     accounts,
     api_keys,
     audit_log,
+    key_usage,
     meta,
     webhook_delivery,
 )
@@ -255,6 +260,70 @@ class SQLStore:
         # SQLite reports SQL mistakes as OperationalError too.
         message = str(error.orig).lower()
         return any(sign in message for sign in _SQLITE_UNAVAILABLE)
+
+    # -- usage counts -------------------------------------------------------------
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        rows = [
+            {
+                "key_id": key_id,
+                "account_id": added[0],
+                "granularity": granularity.value,
+                "bucket": granularity.floor(at),
+                **dict(zip(OUTCOMES, added[1:], strict=True)),
+            }
+            for key_id, added in counts.items()
+            for granularity in Granularity
+        ]
+        upsert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(key_usage)
+        statement = upsert.on_conflict_do_update(
+            index_elements=["key_id", "granularity", "bucket"],
+            set_={name: key_usage.c[name] + upsert.excluded[name] for name in OUTCOMES},
+        )
+        with self._translate_errors(), self.engine.begin() as connection:
+            connection.execute(statement, rows)
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        query = select(key_usage.c.bucket, *(key_usage.c[name] for name in OUTCOMES)).where(
+            key_usage.c.key_id == key_id,
+            key_usage.c.account_id == account_id,
+            *_span(granularity, since, until),
+        )
+        with self._reading() as connection:
+            return {row[0]: tuple(row[1:]) for row in connection.execute(query)}
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        query = (
+            select(key_usage.c.key_id, *(func.sum(key_usage.c[name]) for name in OUTCOMES))
+            .where(key_usage.c.account_id == account_id, *_span(granularity, since, until))
+            .group_by(key_usage.c.key_id)
+            .order_by(key_usage.c.key_id)
+        )
+        with self._reading() as connection:
+            return {
+                row[0]: tuple(int(count) for count in row[1:]) for row in connection.execute(query)
+            }
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        with self._translate_errors(), self.engine.begin() as connection:
+            return sum(
+                connection.execute(
+                    delete(key_usage).where(
+                        key_usage.c.granularity == granularity.value,
+                        key_usage.c.bucket < bound,
+                    )
+                ).rowcount
+                for granularity, bound in before.items()
+            )
 
     def change_signal(self) -> "ChangeSignal | None":
         """Push notification of changes: LISTEN/NOTIFY on PostgreSQL, none elsewhere."""
@@ -842,6 +911,14 @@ def _note_expiry(connection: Connection, key: StoredKey, now: datetime) -> None:
 
 def _delivery(row: Row[Any]) -> Delivery:
     return Delivery(row.delivered_through, row.retry_event, row.attempts, row.retry_at)
+
+
+def _span(granularity: Granularity, since: datetime, until: datetime) -> list[ColumnElement[bool]]:
+    return [
+        key_usage.c.granularity == granularity.value,
+        key_usage.c.bucket >= granularity.floor(since),
+        key_usage.c.bucket < until,
+    ]
 
 
 def _audit(

@@ -26,6 +26,8 @@ from sqlalchemy import (
     text,
 )
 
+from keyguard.domain.counts import OUTCOMES
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every dialect, SQLite included."""
@@ -139,4 +141,18 @@ webhook_delivery = Table(
     Column("retry_event", BigInteger, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("retry_at", UTCDateTime, nullable=True),
+)
+
+# Requests per key, counted by each process and added up at every usage flush: one row
+# per key, granularity ("minute", "hour", "day") and bucket start. The columns are the
+# outcomes of keyguard.usage.Outcome.
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("granularity", String(6), primary_key=True),
+    Column("bucket", UTCDateTime, primary_key=True),
+    Column("account_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    *(Column(name, BigInteger, nullable=False, server_default="0") for name in OUTCOMES),
+    Index("ix_key_usage_account", "account_id", "granularity", "bucket"),
 )
