@@ -15,12 +15,15 @@ from typing import NoReturn
 
 import psycopg
 import pytest
+from alembic import command
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
+from keyguard.storage.migrations import alembic_config
+from keyguard.storage.sql import SQLStore
 
 TEST_SECRET = SecretStr("test-secret-" + "0123456789abcdef" * 3)
 CLIENT_IP = "203.0.113.10"
@@ -101,6 +104,12 @@ def keyguard(settings: Settings) -> Iterator[Keyguard]:
     runtime.store.migrate()
     yield runtime
     runtime.store.close()
+
+
+def downgrade(store: SQLStore, revision: str) -> None:
+    """Take a database back to ``revision``: its rows as an older keyguard left them."""
+    with store.engine.begin() as connection:
+        command.downgrade(alembic_config(connection), revision)
 
 
 def bearer(token: str) -> dict[str, str]:
