@@ -98,6 +98,11 @@ class KeyguardServer:
         return f"http://{HOST}:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """The server process's id, which is also its process group's (and its workers')."""
+        return self._require_process().pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
