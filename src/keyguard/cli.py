@@ -268,9 +268,12 @@ def _write_first_key(settings: Settings, key: str) -> Path:
 @main.command()
 @_fail_cleanly
 def migrate() -> None:
-    """Bring the database schema up to date."""
-    with _keyguard():
-        pass
+    """Bring the database schema up to date, and recount each account's keys.
+
+    Run it before new instances start, and once more when the last old one stopped.
+    """
+    with _keyguard() as runtime:
+        runtime.store.recount_keys()
     click.echo("Database schema is up to date.")
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import pytest
+from sqlalchemy import update
 
 from keyguard.domain.counts import Granularity
 from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
@@ -19,6 +20,8 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import Level
 from keyguard.storage import AuditQuery, KeyRewrite, Store, open_store
+from keyguard.storage.sql import SQLStore
+from keyguard.storage.tables import accounts
 
 _digests = count(1)
 
@@ -671,3 +674,18 @@ def test_counts_past_their_retention_are_pruned(store: Store) -> None:
         old,
         recent,
     ]
+
+
+def test_a_recount_repairs_counts_that_writers_of_an_older_version_did_not_keep(
+    store: Store,
+) -> None:
+    account_id = _account(store)
+    store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    if isinstance(store, SQLStore):  # as an instance of a version before 0005 leaves it
+        with store.engine.begin() as connection:
+            connection.execute(update(accounts).values(key_count=0))
+        assert store.count_keys(account_id) == 0
+
+    store.recount_keys()
+
+    assert store.count_keys(account_id) == 2

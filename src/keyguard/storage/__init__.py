@@ -97,6 +97,10 @@ class Store(Protocol):
         running version working during a rolling deploy.
         """
 
+    def recount_keys(self) -> None:
+        """Count each account's live keys anew. Writes keep the counts; processes of a
+        version before 0005 do not, so a rolling upgrade ends with a recount."""
+
     def ping(self) -> None:
         """Return when the database answers; raise ``StorageUnavailable`` if not."""
 

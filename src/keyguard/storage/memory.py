@@ -50,6 +50,9 @@ class MemoryStore:
     def migrate(self) -> None:
         pass
 
+    def recount_keys(self) -> None:
+        pass  # counts are counted when asked
+
     def needs_migration(self) -> bool:
         return False
 

@@ -223,6 +223,15 @@ class SQLStore:
                     connection.execute(text("SELECT pg_advisory_xact_lock(7365221)"))
                 upgrade(connection)
 
+    def recount_keys(self) -> None:
+        with self._writing() as (connection, _revision):
+            live = (
+                select(func.count())
+                .where(api_keys.c.account_id == accounts.c.id, api_keys.c.deleted_at.is_(None))
+                .scalar_subquery()
+            )
+            connection.execute(update(accounts).values(key_count=live))
+
     def needs_migration(self) -> bool:
         from keyguard.storage.migrations import is_behind
 
