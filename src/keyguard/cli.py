@@ -26,6 +26,7 @@ from rich.table import Table
 from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
+from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
@@ -377,6 +378,27 @@ class _Duration(click.ParamType[timedelta, "str | timedelta"]):
         return timedelta(seconds=int(number) * self.units[unit])
 
 
+class _RateLimit(click.ParamType[object, "str | object"]):
+    """A rate limit as requests per duration, ``100/60s`` or ``5000/1h``, or ``none``."""
+
+    name = "N/DURATION"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() == NO_LIMIT:
+            return NO_LIMIT
+        limit, slash, duration = value.partition("/")
+        if duration.isascii() and duration.isdigit():
+            duration += "s"
+        if not slash or not (limit.isascii() and limit.isdigit()) or len(limit) > 12:
+            self.fail(f"{value!r} is not a rate limit such as 100/60s, 5000/1h or none", param, ctx)
+        seconds = _Duration().convert(duration, param, ctx).total_seconds()
+        return {"limit": int(limit), "duration": int(seconds)}
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Manage the keys of one account, as the HTTP API does."""
@@ -434,6 +456,12 @@ def _key_options(function: F) -> F:
             type=_Duration(),
             help="When the key stops working, from now: 90d, 12h, 30m or 45s.",
         ),
+        click.option(
+            "--ratelimit",
+            type=_RateLimit(),
+            help="At most N requests per DURATION, as in 100/60s or 5000/1h (1s to 1d); "
+            "on update, 'none' removes a limit.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -450,6 +478,7 @@ def _key_body(
     scopes: tuple[str, ...],
     expires_at: str | None,
     expires_in: timedelta | None,
+    ratelimit: object,
 ) -> dict[str, Any]:
     """The API body for the options given, refusing any that would not do what they say.
 
@@ -474,6 +503,7 @@ def _key_body(
         "permitted_ips": list(permitted_ips) if permitted_ips else None,
         "scopes_enabled": scopes_enabled,
         "expires_at": expires_at,
+        "ratelimit": ratelimit,
     }
     for grant in scopes:
         group, sep, level = (part.strip() for part in grant.partition("="))
@@ -492,7 +522,9 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
     if as_json:
         _echo_json([key_object(view, groups) for view in views])
         return
-    headers = ("id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires")
+    headers = (
+        "id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires", "limit"
+    )  # fmt: skip
     table = _table(*headers)
     for view in views:
         settings = view.key.settings
@@ -512,6 +544,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
             _when(view.last_used_at),
             _when(view.key.created_at),
             _when(settings.expires_at) if settings.expires_at else "never",
+            f"{limit.limit}/{limit.duration}s" if (limit := settings.ratelimit) else "-",
         )
     _console().print(table)
 

@@ -43,6 +43,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
+from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -739,6 +740,7 @@ def _key(row: Row[Any]) -> StoredKey:
         scopes_enabled=row.scopes_enabled,
         scopes=expand(_document(row.scopes)),
         expires_at=row.expires_at,
+        ratelimit=RateLimit.of(_document(row.ratelimit)),
     )
     return StoredKey(
         id=row.id,

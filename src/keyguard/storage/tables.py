@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -91,6 +92,8 @@ api_keys = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("rolled_from", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("leaked_at", UTCDateTime, nullable=True),
+    # {"limit": N, "duration": S}; NULL: no rate limit
+    Column("ratelimit", JSON(none_as_null=True), nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -111,4 +114,24 @@ audit_log = Table(
     Column("after", JSON, nullable=True),
     Index("ix_audit_log_account_id_id", "account_id", "id"),
     sqlite_autoincrement=True,
+)
+
+
+# Rate-limit counts that processes share when no Redis is configured
+# (keyguard.storage.counters): each process's total per key and window, kept a
+# few windows, and when each process last synchronised.
+ratelimit_counts = Table(
+    "ratelimit_counts",
+    metadata,
+    Column("key_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("duration", Integer, primary_key=True),
+    Column("window", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("process", String(64), primary_key=True),
+    Column("admitted", BigInteger, nullable=False),
+)
+ratelimit_processes = Table(
+    "ratelimit_processes",
+    metadata,
+    Column("process", String(64), primary_key=True),
+    Column("seen_at", Float, nullable=False),  # POSIX seconds
 )

@@ -1,0 +1,257 @@
+"""Metering at the gate: per-key rate limits, decided from local counts.
+
+The decider calls :meth:`Meter.admit` for an allowed decision of a key that has
+a rate limit, and only then: keys without one pay nothing. The rule is
+:mod:`keyguard.domain.ratelimit`'s weighted two-window counter.
+
+A decision never waits on the network. Each process counts what it admits in
+memory; :meth:`Meter.sync`, run in the background (every 100 ms), publishes
+this process's counts through a :class:`~keyguard.storage.counters.Counters`
+(Redis, or the database) and reads back every process's totals. Between two
+syncs a process may spend only its share of what the limit has left, so that
+processes racing near the limit cannot each spend the whole remainder:
+
+    share = (limit - the weighted count of all processes) / live processes
+
+the remainder of the division going to processes in turn. With one process
+(or ``memory://``) the counts are exact. When the counters cannot be reached
+for longer than :data:`STALE_AFTER`, each process keeps deciding alone, on its
+own counts, against ``limit ÷ live processes`` as last seen: the sum stays
+within the limit while the load is spread, and no request waits for Redis.
+
+Threads: the hot path (one event loop) is the only writer of a window's
+:class:`Count`; the sync thread is the only writer of the rest of a
+:class:`Window`. A window rolls over by replacing its :class:`Count`, one
+attribute store, so the sync thread always reads a count with its own index.
+"""
+
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from keyguard.domain.ratelimit import RateLimit, seconds_until_allowed
+from keyguard.storage.counters import Counters, Slot
+
+log = logging.getLogger("keyguard.metering")
+
+RATE_LIMITED = "Rate limit exceeded"
+SYNC_INTERVAL = 0.1  # seconds between syncs while limited keys are in use
+IDLE_SYNC_INTERVAL = 1.0  # between syncs otherwise: this process still says it is alive
+STALE_AFTER = 1.0  # seconds without a sync before each process decides on its own
+_UNBOUNDED = math.inf
+
+
+class Count:
+    """What this process admitted in one window of one key."""
+
+    __slots__ = ("admitted", "index", "start")
+
+    def __init__(self, index: int, duration: int) -> None:
+        self.index = index
+        self.start = index * duration  # POSIX seconds
+        self.admitted = 0
+
+
+@dataclass(slots=True, eq=False)
+class Window:
+    """One key's sliding window, as this process sees it."""
+
+    policy: RateLimit
+    count: Count
+    previous: float = 0.0  # every process's count in the previous window
+    others: float = 0.0  # other processes' count in this window, as of the last sync
+    limit: float = 0.0  # what the weighted count must stay below: the policy's, or a share
+    cap: float = _UNBOUNDED  # this process admits while count.admitted is below it
+    synced: Count | None = field(default=None)  # the count the last sync published
+
+    def __post_init__(self) -> None:
+        self.limit = self.policy.limit
+
+    def weighted(self, now: float) -> float:
+        """The sliding-window count at ``now``, every process's as far as known."""
+        count = self.count
+        fraction = (now - count.start) / self.policy.duration
+        return self.previous * (1.0 - fraction) + self.others + count.admitted
+
+    def remaining(self, now: float) -> int:
+        return max(0, math.floor(self.policy.limit - self.weighted(now)))
+
+    def reset(self, now: float) -> int:
+        """Whole seconds until the current fixed window ends."""
+        return max(1, math.ceil(self.count.start + self.policy.duration - now))
+
+    def headers(self, retry_after: int | None = None) -> list[tuple[bytes, bytes]]:
+        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers):
+        the policy, what remains and in how many seconds; for a refusal, nothing
+        remains until ``retry_after``."""
+        policy = self.policy
+        if retry_after is None:
+            now = time.time()
+            remaining, reset = self.remaining(now), self.reset(now)
+        else:
+            remaining, reset = 0, retry_after
+        return [
+            (b"ratelimit-policy", b'"key";q=%d;w=%d' % (policy.limit, policy.duration)),
+            (b"ratelimit", b'"key";r=%d;t=%d' % (remaining, reset)),
+        ]
+
+
+class Meter:
+    """Per-key rate limits of one process, kept in step with the others by :meth:`sync`."""
+
+    def __init__(
+        self,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._counters = counters
+        self._clock = clock
+        self._windows: dict[int, Window] = {}
+        self.process = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.refused = 0  # rate-limited refusals, for /metrics
+        self.processes = 1  # live processes, as of the last sync
+        self._rank = 0  # this process's place among them, for the remainder
+        self._synced_at: float | None = None
+        self._alone = False  # the counters have been out of reach for over STALE_AFTER
+        self._lock = threading.Lock()  # one sync at a time
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes share this one's limits (through counters)."""
+        return self._counters is not None
+
+    def close(self) -> None:
+        if self._counters is not None:
+            self._counters.close()
+
+    # -- the hot path -------------------------------------------------------------
+
+    def admit(self, key_id: int, policy: RateLimit) -> Window | None:
+        """Count one request of ``key_id`` if its limit allows it: its window, or
+        ``None`` when refused (:meth:`refusal` then says for how long)."""
+        now = self._clock()
+        window = self._windows.get(key_id)
+        if window is None or window.policy != policy:
+            window = self._open(key_id, policy, now)
+        count = window.count
+        duration = policy.duration
+        if now - count.start >= duration:
+            count = self._roll(window, now)
+        weighted = window.previous * (1.0 - (now - count.start) / duration) + window.others
+        if weighted + count.admitted >= window.limit or count.admitted >= window.cap:
+            self.refused += 1
+            return None
+        count.admitted += 1
+        return window
+
+    def refusal(self, key_id: int) -> tuple[int, Window | None]:
+        """Whole seconds (at least 1) until ``key_id`` may be admitted again, and its window."""
+        window = self._windows.get(key_id)
+        if window is None:
+            return 1, None
+        now, count = self._clock(), window.count
+        if count.admitted >= window.cap:  # this process's share is spent until the next sync
+            return 1, window
+        wait = seconds_until_allowed(
+            window.previous,
+            window.others + count.admitted,
+            window.limit,
+            window.policy.duration,
+            now - count.start,
+        )
+        return wait, window
+
+    def _open(self, key_id: int, policy: RateLimit, now: float) -> Window:
+        index = int(now // policy.duration)
+        window = Window(policy, Count(index, policy.duration))
+        if self._alone:
+            window.limit = policy.limit / self.processes
+        elif self.shared:
+            window.cap = self._share(window, now)
+        self._windows[key_id] = window
+        return window
+
+    def _roll(self, window: Window, now: float) -> Count:
+        old, duration = window.count, window.policy.duration
+        index = int(now // duration)
+        adjacent = index == old.index + 1
+        window.previous = window.others + old.admitted if adjacent else 0.0
+        window.others = 0.0
+        window.count = count = Count(index, duration)
+        if self.shared and not self._alone:
+            window.cap = self._share(window, now)
+        return count
+
+    # -- in step with the other processes -----------------------------------------
+
+    def sync(self) -> None:
+        """Publish this process's counts and take in every process's (a background task)."""
+        if self._counters is None:
+            return
+        with self._lock:
+            now = self._clock()
+            synced_at = self._synced_at
+            if not self._windows and synced_at is not None and now - synced_at < IDLE_SYNC_INTERVAL:
+                return  # nothing to tell but that this process is alive
+            windows = list(self._windows.items())
+            published: dict[Slot, int] = {}
+            wanted: list[Slot] = []
+            seen: list[tuple[int, Window, Count]] = []
+            for key_id, window in windows:
+                count, duration = window.count, window.policy.duration
+                if now - count.start >= 3 * duration and window.synced is count:
+                    del self._windows[key_id]  # idle: nothing left to tell or to know
+                    continue
+                previous = window.synced
+                if previous is not None and previous is not count:
+                    published[key_id, duration, previous.index] = previous.admitted
+                published[key_id, duration, count.index] = count.admitted
+                wanted += [(key_id, duration, count.index), (key_id, duration, count.index - 1)]
+                seen.append((key_id, window, count))
+            try:
+                totals, members = self._counters.exchange(self.process, published, wanted)
+            except Exception:
+                self._go_alone(now)
+                raise
+            self._synced_at, self._alone = now, False
+            self.processes = max(1, len(members))
+            self._rank = members.index(self.process) if self.process in members else 0
+            for key_id, window, count in seen:
+                if window.count is not count:  # rolled over meanwhile: the next sync catches up
+                    continue
+                duration = window.policy.duration
+                window.synced = count
+                window.previous = totals.get((key_id, duration, count.index - 1), 0)
+                mine = published[key_id, duration, count.index]
+                window.others = max(0, totals.get((key_id, duration, count.index), 0) - mine)
+                window.limit = window.policy.limit
+                window.cap = mine + self._share(window, now)
+
+    def _share(self, window: Window, now: float) -> float:
+        """How many more requests this process may admit until its next sync."""
+        left = math.floor(window.policy.limit - window.weighted(now))
+        if left <= 0:
+            return 0
+        processes = self.processes
+        # The remainder goes to processes in turn, one turn per sync interval, so
+        # that the shares add up to what is left, never more.
+        turn = int(now / SYNC_INTERVAL)
+        extra = 1 if (self._rank + turn) % processes < left % processes else 0
+        return left // processes + extra
+
+    def _go_alone(self, now: float) -> None:
+        """The counters are out of reach: once that lasts, decide on local counts
+        against this process's share of each limit."""
+        if self._alone or (self._synced_at is not None and now - self._synced_at <= STALE_AFTER):
+            return
+        self._alone = True
+        for window in list(self._windows.values()):
+            window.previous /= self.processes  # about this process's part of it
+            window.others = 0.0
+            window.limit = window.policy.limit / self.processes
+            window.cap = _UNBOUNDED
