@@ -11,13 +11,20 @@ this process's counts through a :class:`~keyguard.storage.counters.Counters`
 syncs a process may spend only its share of what the limit has left, so that
 processes racing near the limit cannot each spend the whole remainder:
 
-    share = (limit - the weighted count of all processes) / live processes
+    share = (limit - weighted count - what the others claimed but did not spend)
+            / live processes
 
-the remainder of the division going to processes in turn. With one process
-(or ``memory://``) the counts are exact. When the counters cannot be reached
-for longer than :data:`STALE_AFTER`, each process keeps deciding alone, on its
-own counts, against ``limit ÷ live processes`` as last seen: the sum stays
-within the limit while the load is spread, and no request waits for Redis.
+the remainder of the division going to processes in turn. Each process
+publishes its claim (its count plus its share) with its count, so a process
+syncing after it sees the claim at once: claims never add up to more than the
+limit had left, whatever order the processes sync in. A live process that has
+not published in a window yet is taken to hold the share it took when the
+window began. With one process (or ``memory://``) the counts are exact.
+
+When the counters cannot be reached for longer than :data:`STALE_AFTER`, each
+process keeps deciding alone, on its own counts, against ``limit / live
+processes`` as last seen: the sum stays within the limit while the load is
+spread, and no request waits for Redis or the database.
 
 Threads: the hot path (one event loop) is the only writer of a window's
 :class:`Count`; the sync thread is the only writer of the rest of a
@@ -65,6 +72,8 @@ class Window:
     count: Count
     previous: float = 0.0  # every process's count in the previous window
     others: float = 0.0  # other processes' count in this window, as of the last sync
+    claimed: float = 0.0  # what the others may have reached by their next sync
+    opening: float = 0.0  # the share this process took when the window began
     limit: float = 0.0  # what the weighted count must stay below: the policy's, or a share
     cap: float = _UNBOUNDED  # this process admits while count.admitted is below it
     synced: Count | None = field(default=None)  # the count the last sync published
@@ -136,7 +145,8 @@ class Meter:
         ``None`` when refused (:meth:`refusal` then says for how long)."""
         now = self._clock()
         window = self._windows.get(key_id)
-        if window is None or window.policy != policy:
+        # The same policy is the same object until the key changes: ``is`` first.
+        if window is None or (window.policy is not policy and window.policy != policy):
             window = self._open(key_id, policy, now)
         count = window.count
         duration = policy.duration
@@ -172,7 +182,7 @@ class Meter:
         if self._alone:
             window.limit = policy.limit / self.processes
         elif self.shared:
-            window.cap = self._share(window, now)
+            window.cap = window.opening = self._share(window, now)
         self._windows[key_id] = window
         return window
 
@@ -180,11 +190,12 @@ class Meter:
         old, duration = window.count, window.policy.duration
         index = int(now // duration)
         adjacent = index == old.index + 1
-        window.previous = window.others + old.admitted if adjacent else 0.0
-        window.others = 0.0
+        # The others may have spent their claims since the last sync: count them in.
+        window.previous = max(window.others, window.claimed) + old.admitted if adjacent else 0.0
+        window.others = window.claimed = 0.0
         window.count = count = Count(index, duration)
         if self.shared and not self._alone:
-            window.cap = self._share(window, now)
+            window.cap = window.opening = self._share(window, now)
         return count
 
     # -- in step with the other processes -----------------------------------------
@@ -199,7 +210,7 @@ class Meter:
             if not self._windows and synced_at is not None and now - synced_at < IDLE_SYNC_INTERVAL:
                 return  # nothing to tell but that this process is alive
             windows = list(self._windows.items())
-            published: dict[Slot, int] = {}
+            published: dict[Slot, tuple[int, int]] = {}
             wanted: list[Slot] = []
             seen: list[tuple[int, Window, Count]] = []
             for key_id, window in windows:
@@ -209,8 +220,12 @@ class Meter:
                     continue
                 previous = window.synced
                 if previous is not None and previous is not count:
-                    published[key_id, duration, previous.index] = previous.admitted
-                published[key_id, duration, count.index] = count.admitted
+                    published[key_id, duration, previous.index] = (previous.admitted,) * 2
+                # The claim goes out with the count, so that processes syncing after
+                # this one see it at once; the share taken below never exceeds it.
+                admitted = count.admitted
+                claim = admitted + self._share(window, now)
+                published[key_id, duration, count.index] = (admitted, claim)
                 wanted += [(key_id, duration, count.index), (key_id, duration, count.index - 1)]
                 seen.append((key_id, window, count))
             try:
@@ -226,15 +241,24 @@ class Meter:
                     continue
                 duration = window.policy.duration
                 window.synced = count
-                window.previous = totals.get((key_id, duration, count.index - 1), 0)
-                mine = published[key_id, duration, count.index]
-                window.others = max(0, totals.get((key_id, duration, count.index), 0) - mine)
+                window.previous = totals.get((key_id, duration, count.index - 1), (0, 0, 0))[0]
+                mine, claim = published[key_id, duration, count.index]
+                admitted, claimed, publishers = totals.get(
+                    (key_id, duration, count.index), (0, 0, 0)
+                )
+                window.others = max(0, admitted - mine)
+                # A live process that has not published here yet may hold a share as
+                # large as this one's: it took it when its window began, as this one did.
+                silent = max(0, self.processes - max(publishers, 1))
+                window.claimed = max(0, claimed - claim) + silent * window.opening
                 window.limit = window.policy.limit
-                window.cap = mine + self._share(window, now)
+                window.cap = min(claim, mine + self._share(window, now))
 
-    def _share(self, window: Window, now: float) -> float:
-        """How many more requests this process may admit until its next sync."""
-        left = math.floor(window.policy.limit - window.weighted(now))
+    def _share(self, window: Window, now: float) -> int:
+        """How many more requests this process may admit until its next sync, when the
+        others may spend up to what they claimed at their last sync."""
+        unspent = max(0.0, window.claimed - window.others)
+        left = math.floor(window.policy.limit - window.weighted(now) - unspent)
         if left <= 0:
             return 0
         processes = self.processes

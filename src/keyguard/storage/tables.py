@@ -128,6 +128,7 @@ ratelimit_counts = Table(
     Column("window", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("process", String(64), primary_key=True),
     Column("admitted", BigInteger, nullable=False),
+    Column("claimed", BigInteger, nullable=False),  # what it may reach before its next sync
 )
 ratelimit_processes = Table(
     "ratelimit_processes",

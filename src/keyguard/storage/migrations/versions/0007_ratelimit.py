@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("window", whole, primary_key=True),
         sa.Column("process", sa.String(64), primary_key=True),
         sa.Column("admitted", sa.BigInteger, nullable=False),
+        sa.Column("claimed", sa.BigInteger, nullable=False),
     )
     op.create_table(
         "ratelimit_processes",
