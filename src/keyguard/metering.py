@@ -54,14 +54,22 @@ _UNBOUNDED = math.inf
 
 
 class Count:
-    """What this process admitted in one window of one key."""
+    """What this process admitted in one window of one key.
 
-    __slots__ = ("admitted", "index", "start")
+    ``safe`` is a count up to which admitting needs no arithmetic: the weighted
+    count only falls as the window goes on (the previous window weighs less and
+    less), so what was below the limit stays below it until something new is
+    learnt. A sync sets it to 0, and the next decision works it out again.
+    """
+
+    __slots__ = ("admitted", "end", "index", "safe", "start")
 
     def __init__(self, index: int, duration: int) -> None:
         self.index = index
         self.start = index * duration  # POSIX seconds
+        self.end = self.start + duration
         self.admitted = 0
+        self.safe = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -145,17 +153,31 @@ class Meter:
         ``None`` when refused (:meth:`refusal` then says for how long)."""
         now = self._clock()
         window = self._windows.get(key_id)
-        # The same policy is the same object until the key changes: ``is`` first.
-        if window is None or (window.policy is not policy and window.policy != policy):
+        # The same policy is the same object until the key changes.
+        if window is not None and window.policy is policy:
+            count = window.count
+            if count.admitted < count.safe and now < count.end:
+                count.admitted += 1
+                return window
+        return self._admit(key_id, policy, now)
+
+    def _admit(self, key_id: int, policy: RateLimit, now: float) -> Window | None:
+        """:meth:`admit` when the count is not known to be safe: work it out."""
+        window = self._windows.get(key_id)
+        if window is None or window.policy != policy:
             window = self._open(key_id, policy, now)
+        window.policy = policy
         count = window.count
-        duration = policy.duration
-        if now - count.start >= duration:
+        if now >= count.end:
             count = self._roll(window, now)
+        duration = policy.duration
         weighted = window.previous * (1.0 - (now - count.start) / duration) + window.others
-        if weighted + count.admitted >= window.limit or count.admitted >= window.cap:
+        # Admitted while weighted + admitted < limit, and admitted < cap.
+        headroom = min(window.limit - weighted - count.admitted, window.cap - count.admitted)
+        if headroom <= 0:
             self.refused += 1
             return None
+        count.safe = count.admitted + math.ceil(headroom) if headroom < _UNBOUNDED else 2**62
         count.admitted += 1
         return window
 
@@ -253,6 +275,7 @@ class Meter:
                 window.claimed = max(0, claimed - claim) + silent * window.opening
                 window.limit = window.policy.limit
                 window.cap = min(claim, mine + self._share(window, now))
+                count.safe = 0  # what was safe may not be now
 
     def _share(self, window: Window, now: float) -> int:
         """How many more requests this process may admit until its next sync, when the
@@ -279,3 +302,4 @@ class Meter:
             window.others = 0.0
             window.limit = window.policy.limit / self.processes
             window.cap = _UNBOUNDED
+            window.count.safe = 0

@@ -16,7 +16,7 @@ about twice ``limit`` through in the ``duration`` that straddles the edge.
 """
 
 from dataclasses import dataclass
-from math import ceil
+from math import floor
 from typing import Any, Final, Literal
 
 from keyguard.errors import InvalidInput
@@ -81,8 +81,12 @@ def weighted_count(previous: float, current: float, fraction: float) -> float:
 def seconds_until_allowed(
     previous: float, current: float, limit: float, duration: int, elapsed: float
 ) -> int:
-    """Whole seconds (at least 1) until the weighted count falls below ``limit``,
-    ``elapsed`` seconds into the current window, if nothing more is allowed meanwhile."""
+    """Whole seconds (at least 1) after which the weighted count is below ``limit``,
+    ``elapsed`` seconds into the current window, if nothing more is allowed meanwhile.
+
+    The count must fall strictly below the limit, so a retry at exactly the
+    moment it reaches it would still be refused: the answer is the next second.
+    """
     if current < limit and previous > 0:
         # The previous window's weight must shrink enough: previous * (1 - f) < limit - current.
         wait = duration * (1.0 - (limit - current) / previous) - elapsed
@@ -91,4 +95,4 @@ def seconds_until_allowed(
     else:
         # Not this window: in the next one, this window is "previous".
         wait = duration - elapsed + duration * max(0.0, 1.0 - limit / current)
-    return max(1, ceil(wait))
+    return max(1, floor(wait) + 1)
