@@ -10,13 +10,13 @@ after a window boundary, as windows are cut from the epoch. Shared by
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import httpx
-
 FORWARD = "/auth/forward"
+# Sends one forward-auth request with these headers over one pinned connection: its status.
+Sender = Callable[[Mapping[str, str]], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +66,21 @@ def next_boundary(duration: int, after: float = 0.05) -> float:
 
 
 def spread_load(
-    clients: Sequence[httpx.Client],
+    senders: Sequence[Sender],
     headers: Mapping[str, str],
     limit: int,
     duration: int,
     rate: float,
     seconds: float,
 ) -> Accuracy:
-    """Send ``rate`` forward-auth requests per second, evenly over ``clients``."""
+    """Send ``rate`` forward-auth requests per second, evenly over ``senders``."""
     start = next_boundary(duration)
-    each = rate / len(clients)
+    each = rate / len(senders)
     lock = threading.Lock()
     accepted: list[float] = []
     counts = {"refused": 0, "failed": 0}
 
-    def drive(offset: int, client: httpx.Client) -> None:
+    def drive(offset: int, send: Sender) -> None:
         due = start + offset / rate  # the clients take turns, 1 / rate apart
         mine: list[float] = []
         refused = failed = 0
@@ -89,7 +89,7 @@ def spread_load(
             if delay > 0:
                 time.sleep(delay)
             sent = time.time()
-            status = client.get(FORWARD, headers=dict(headers)).status_code
+            status = send(headers)
             if status == 200:
                 mine.append(sent)
             elif status == 429:
@@ -102,8 +102,8 @@ def spread_load(
             counts["refused"] += refused
             counts["failed"] += failed
 
-    with ThreadPoolExecutor(len(clients)) as pool:
-        for done in [pool.submit(drive, index, client) for index, client in enumerate(clients)]:
+    with ThreadPoolExecutor(len(senders)) as pool:
+        for done in [pool.submit(drive, index, send) for index, send in enumerate(senders)]:
             done.result()
     return Accuracy(
         limit,

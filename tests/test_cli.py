@@ -145,6 +145,10 @@ def test_key_table_masks_secrets(run: Any) -> None:
         (["keys", "roll", "1", "--account", "1", "--grace", "8d"],
          "keyguard: Grace seconds must be between 0 and 604800 (7 days)"),
         (["keys", "roll", "99", "--account", "1"], "keyguard: Record not found"),
+        (["keys", "create", "--account", "1", "--label", "x", "--ratelimit", "0/60s"],
+         "keyguard: Rate limit must be between 1 and 1000000000 requests"),
+        (["keys", "create", "--account", "1", "--label", "x", "--ratelimit", "10/2d"],
+         "keyguard: Rate limit duration must be between 1 and 86400 seconds (1 day)"),
     ],
 )  # fmt: skip
 def test_refusals_print_one_sentence_and_exit_1(
@@ -180,6 +184,34 @@ def test_keys_expire_in_a_duration_or_at_a_time_and_never_on_update(run: Any) ->
     table = run("keys", "list", "--account", account).stdout
     assert expires.strftime("%Y-%m-%d") in table
     assert "never" in table
+
+
+def test_keys_get_a_rate_limit_and_lose_it_with_none(run: Any) -> None:
+    account = str(_json(run("accounts", "create", "acme", "--json"))["account"]["id"])
+
+    minute = _json(run("keys", "create", "--account", account, "--label", "x", "--ratelimit",
+                       "100/60s", "--json"))  # fmt: skip
+    hourly = _json(run("keys", "update", str(minute["id"]), "--account", account,
+                       "--ratelimit", "5000/1h", "--json"))  # fmt: skip
+    table = run("keys", "list", "--account", account).stdout
+    seconds = _json(run("keys", "update", str(minute["id"]), "--account", account,
+                        "--ratelimit", "10/30", "--json"))  # fmt: skip
+    removed = _json(run("keys", "update", str(minute["id"]), "--account", account,
+                        "--ratelimit", "none", "--json"))  # fmt: skip
+
+    assert minute["ratelimit"] == {"limit": 100, "duration": 60}
+    assert hourly["ratelimit"] == {"limit": 5000, "duration": 3600}
+    assert "5000/3600s" in table
+    assert seconds["ratelimit"] == {"limit": 10, "duration": 30}
+    assert removed["ratelimit"] is None
+
+
+@pytest.mark.parametrize("limit", ["100", "100/", "/60s", "1.5/60s", "-1/60s", "100/60x", "ten/1m"])
+def test_a_rate_limit_that_does_not_parse_is_a_usage_error(run: Any, limit: str) -> None:
+    run("accounts", "create", "acme", "--json")
+    result = run("keys", "create", "--account", "1", "--label", "x", "--ratelimit", limit)
+    assert result.exit_code == 2
+    assert "is not a rate limit such as 100/60s, 5000/1h or none" in result.stderr
 
 
 @pytest.mark.parametrize("duration", ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"])

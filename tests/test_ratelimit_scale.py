@@ -8,14 +8,15 @@ The load is spread evenly over four connections, each pinned to one worker
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
 from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from benchmarks.accuracy import Accuracy, forward_headers, spread_load
+from benchmarks.accuracy import FORWARD, Accuracy, forward_headers, spread_load
 
 from tests.conftest import (
     POSTGRES_URL_VARIABLE,
@@ -76,6 +77,10 @@ def create_key(server: KeyguardServer, admin: str, **fields: Any) -> dict[str, A
     return key
 
 
+def ask(client: httpx.Client, headers: Mapping[str, str]) -> int:
+    return client.get(FORWARD, headers=dict(headers)).status_code
+
+
 def load(deployment: Deployment, rate: float) -> Accuracy:
     """``rate`` requests per second of a new key limited to LIMIT per DURATION,
     spread over the four workers."""
@@ -83,14 +88,14 @@ def load(deployment: Deployment, rate: float) -> Accuracy:
     token = create_key(a, deployment.admin, ratelimit={"limit": LIMIT, "duration": DURATION})
     time.sleep(0.5)  # every worker has the key
     with ExitStack() as pinned:
-        clients = [
-            worker.client
+        senders = [
+            partial(ask, worker.client)
             for server in deployment.instances
             for worker in pinned.enter_context(workers_of(server))
         ]
-        assert len(clients) == 2 * WORKERS
+        assert len(senders) == 2 * WORKERS
         result = spread_load(
-            clients, forward_headers(token["value"]), LIMIT, DURATION, rate, SECONDS
+            senders, forward_headers(token["value"]), LIMIT, DURATION, rate, SECONDS
         )
     print(
         f"{rate:g}/s for {SECONDS:g} s, limit {LIMIT}/{DURATION} s: {len(result.accepted)} "

@@ -9,6 +9,7 @@ does not parse is click's usage error (exit status 2).
 
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -378,6 +379,9 @@ class _Duration(click.ParamType[timedelta, "str | timedelta"]):
         return timedelta(seconds=int(number) * self.units[unit])
 
 
+_RATE_LIMIT = re.compile(r"([0-9]{1,12})/([0-9]{1,6})([smhdSMHD]?)", re.ASCII)
+
+
 class _RateLimit(click.ParamType[object, "str | object"]):
     """A rate limit as requests per duration, ``100/60s`` or ``5000/1h``, or ``none``."""
 
@@ -390,13 +394,12 @@ class _RateLimit(click.ParamType[object, "str | object"]):
             return value
         if value.strip().lower() == NO_LIMIT:
             return NO_LIMIT
-        limit, slash, duration = value.partition("/")
-        if duration.isascii() and duration.isdigit():
-            duration += "s"
-        if not slash or not (limit.isascii() and limit.isdigit()) or len(limit) > 12:
+        found = _RATE_LIMIT.fullmatch(value.strip())
+        if found is None:
             self.fail(f"{value!r} is not a rate limit such as 100/60s, 5000/1h or none", param, ctx)
-        seconds = _Duration().convert(duration, param, ctx).total_seconds()
-        return {"limit": int(limit), "duration": int(seconds)}
+        limit, number, unit = found.groups()
+        seconds = int(number) * _Duration.units[(unit or "s").lower()]
+        return {"limit": int(limit), "duration": seconds}
 
 
 @main.group("keys")
