@@ -77,7 +77,7 @@ class ForwardAuth:
             return
         headers = self._identity(decision)
         if decision.ratelimit is not None:  # what remains, for the proxy to pass on
-            headers = [*headers, *decision.ratelimit.headers()]
+            headers = headers + decision.ratelimit.headers()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 

@@ -85,9 +85,16 @@ class Window:
     limit: float = 0.0  # what the weighted count must stay below: the policy's, or a share
     cap: float = _UNBOUNDED  # this process admits while count.admitted is below it
     synced: Count | None = field(default=None)  # the count the last sync published
+    seen: float = 0.0  # when the last request was admitted: what its headers describe
+    # The limit less every count but this process's, when the count was last found
+    # safe: what remains is this less what this process admitted (a little less than
+    # the truth as the previous window weighs less, until it is worked out again).
+    unspent: int = 0
+    policy_header: tuple[bytes, bytes] = (b"", b"")
 
     def __post_init__(self) -> None:
         self.limit = self.policy.limit
+        self.policy_header = _policy_header(self.policy)
 
     def weighted(self, now: float) -> float:
         """The sliding-window count at ``now``, every process's as far as known."""
@@ -95,27 +102,23 @@ class Window:
         fraction = (now - count.start) / self.policy.duration
         return self.previous * (1.0 - fraction) + self.others + count.admitted
 
-    def remaining(self, now: float) -> int:
-        return max(0, math.floor(self.policy.limit - self.weighted(now)))
-
-    def reset(self, now: float) -> int:
-        """Whole seconds until the current fixed window ends."""
-        return max(1, math.ceil(self.count.start + self.policy.duration - now))
-
     def headers(self, retry_after: int | None = None) -> list[tuple[bytes, bytes]]:
         """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers):
-        the policy, what remains and in how many seconds; for a refusal, nothing
-        remains until ``retry_after``."""
-        policy = self.policy
-        if retry_after is None:
-            now = time.time()
-            remaining, reset = self.remaining(now), self.reset(now)
-        else:
-            remaining, reset = 0, retry_after
+        the policy, and what remains after the last admitted request and in how many
+        seconds the window ends; for a refusal, nothing remains until ``retry_after``."""
+        if retry_after is not None:
+            return [self.policy_header, (b"ratelimit", b'"key";r=0;t=%d' % retry_after)]
+        count = self.count
+        remaining = self.unspent - count.admitted
+        reset = int(count.end - self.seen) + 1  # whole seconds, rounded up
         return [
-            (b"ratelimit-policy", b'"key";q=%d;w=%d' % (policy.limit, policy.duration)),
-            (b"ratelimit", b'"key";r=%d;t=%d' % (remaining, reset)),
+            self.policy_header,
+            (b"ratelimit", b'"key";r=%d;t=%d' % (remaining if remaining > 0 else 0, reset)),
         ]
+
+
+def _policy_header(policy: RateLimit) -> tuple[bytes, bytes]:
+    return b"ratelimit-policy", b'"key";q=%d;w=%d' % (policy.limit, policy.duration)
 
 
 class Meter:
@@ -158,6 +161,7 @@ class Meter:
             count = window.count
             if count.admitted < count.safe and now < count.end:
                 count.admitted += 1
+                window.seen = now
                 return window
         return self._admit(key_id, policy, now)
 
@@ -172,6 +176,7 @@ class Meter:
             count = self._roll(window, now)
         duration = policy.duration
         weighted = window.previous * (1.0 - (now - count.start) / duration) + window.others
+        window.unspent = math.floor(policy.limit - weighted)
         # Admitted while weighted + admitted < limit, and admitted < cap.
         headroom = min(window.limit - weighted - count.admitted, window.cap - count.admitted)
         if headroom <= 0:
@@ -179,6 +184,7 @@ class Meter:
             return None
         count.safe = count.admitted + math.ceil(headroom) if headroom < _UNBOUNDED else 2**62
         count.admitted += 1
+        window.seen = now
         return window
 
     def refusal(self, key_id: int) -> tuple[int, Window | None]:
