@@ -32,15 +32,21 @@ from benchmarks.forward import (
     WORKERS,
     contest_table,
     describe,
-    judged,
     seed_keys,
     side_by_side,
 )
 from benchmarks.forward import forward_headers as scoped_headers
-from benchmarks.inprocess import BATCH, Interleaved, forward_app, http_scope, interleave
+from benchmarks.inprocess import (
+    Interleaved,
+    Labels,
+    describe_interleaved,
+    forward_app,
+    http_scope,
+    interleave,
+)
 from benchmarks.postgres import postgres_schema, postgres_server
 from benchmarks.propagation import Pinned, pin_workers
-from benchmarks.report import Section, micro_text, ranged, ratio_text, table
+from benchmarks.report import Section, table
 from benchmarks.server import NO_LIMITS, Server, deployed, serving
 from keyguard.domain.ratelimit import MAX_LIMIT
 
@@ -101,32 +107,19 @@ def in_process() -> Interleaved:
     )
 
 
+IN_PROCESS = Labels(
+    f"1. {FORWARD_PATH} in-process",
+    "key",
+    "scoped, no rate limit",
+    "scoped, a rate limit never reached",
+    "limited / unlimited",
+    ("microseconds_unlimited", "microseconds_limited", "ratio_limited_over_unlimited_rounds"),
+)
+
+
 def _describe_cost(section: Section, direct: Interleaved) -> None:
-    ratios = direct.ratios()
-    section.tables.append(
-        table(
-            f"1. {FORWARD_PATH} in-process: keyguard's app called directly, {len(ratios)} pairs "
-            f"of batches of {BATCH} requests, ABBA",
-            ["key", "µs per request"],
-            [
-                ["scoped, no rate limit", ranged(direct.baseline, micro_text)],
-                ["scoped, a rate limit never reached", ranged(direct.subject, micro_text)],
-                ["ratio: limited / unlimited, in rate", ranged(ratios, ratio_text)],
-            ],
-        )
-    )
-    section.notes.append(
-        f"Target limited / unlimited ≥ {COST_TARGET:.2f}, in-process: "
-        + judged("in rate", ratios, COST_TARGET)
-        + f"; a rate limit adds {direct.added_microseconds():+.2f} µs per request (the median "
-        "of the pairs' differences), its RateLimit headers included."
-    )
-    section.figures["in_process"] = {
-        "pairs": len(ratios),
-        "microseconds_unlimited": direct.baseline,
-        "microseconds_limited": direct.subject,
-        "ratio_limited_over_unlimited_rounds": ratios,
-    }
+    why = "a rate limit, its RateLimit headers included, adds"
+    describe_interleaved(section, direct, IN_PROCESS, COST_TARGET, why)
 
 
 # -- 2. accuracy --------------------------------------------------------------------

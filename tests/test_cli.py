@@ -206,20 +206,26 @@ def test_keys_get_a_rate_limit_and_lose_it_with_none(run: Any) -> None:
     assert removed["ratelimit"] is None
 
 
-@pytest.mark.parametrize("limit", ["100", "100/", "/60s", "1.5/60s", "-1/60s", "100/60x", "ten/1m"])
-def test_a_rate_limit_that_does_not_parse_is_a_usage_error(run: Any, limit: str) -> None:
-    run("accounts", "create", "acme", "--json")
-    result = run("keys", "create", "--account", "1", "--label", "x", "--ratelimit", limit)
-    assert result.exit_code == 2
-    assert "is not a rate limit such as 100/60s, 5000/1h or none" in result.stderr
+NOT_A_DURATION = "is not a duration such as 90d, 12h, 30m or 45s"
+NOT_A_RATE_LIMIT = "is not a rate limit such as 100/60s, 5000/1h or none"
 
 
-@pytest.mark.parametrize("duration", ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"])
-def test_a_duration_that_does_not_parse_is_a_usage_error(run: Any, duration: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        *(("--expires-in", duration, NOT_A_DURATION)
+          for duration in ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"]),
+        *(("--ratelimit", limit, NOT_A_RATE_LIMIT)
+          for limit in ["100", "100/", "/60s", "1.5/60s", "-1/60s", "100/60x", "ten/1m"]),
+    ],
+)  # fmt: skip
+def test_an_option_value_that_does_not_parse_is_a_usage_error(
+    run: Any, option: str, value: str, message: str
+) -> None:
     run("accounts", "create", "acme", "--json")
-    result = run("keys", "create", "--account", "1", "--label", "x", "--expires-in", duration)
+    result = run("keys", "create", "--account", "1", "--label", "x", option, value)
     assert result.exit_code == 2
-    assert "is not a duration such as 90d, 12h, 30m or 45s" in result.stderr
+    assert message in result.stderr
 
 
 def test_keys_roll_prints_the_new_secret_and_when_the_old_key_stops(run: Any) -> None:

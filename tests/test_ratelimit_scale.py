@@ -9,7 +9,6 @@ The load is spread evenly over four connections, each pinned to one worker
 import os
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from typing import Any, NamedTuple
@@ -25,7 +24,7 @@ from tests.conftest import (
     missing,
     postgres_schema,
 )
-from tests.server import KeyguardServer, Servers, free_port, workers_of
+from tests.server import KeyguardServer, Servers, free_port, two_instances, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +58,7 @@ def deployment(
         settings = {"KEYGUARD_REDIS_URL": redis, "KEYGUARD_REDIS_PREFIX": prefix}
     with postgres_schema(server) as url, Servers(tmp_path_factory.mktemp("limits")) as servers:
         settings["KEYGUARD_DATABASE_URL"] = url
-        a = servers("a", workers=WORKERS, settings=settings)
-        b = servers("b", workers=WORKERS, settings=settings)
-        admin: str = a.create_account("acme")["api_key"]["value"]
-        with ThreadPoolExecutor(2) as starting:
-            for started in [starting.submit(a.start), starting.submit(b.start)]:
-                started.result()
+        a, b, admin = two_instances(servers, WORKERS, settings)
         time.sleep(1.5)  # a heartbeat: every worker has seen the other three
         yield Deployment((a, b), admin)
 

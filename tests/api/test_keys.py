@@ -116,6 +116,7 @@ def defaults(label: str) -> dict[str, Any]:
         "expires_at": None,
         "rolled_from": None,
         "leaked_at": None,
+        "ratelimit": None,
     }
 
 

@@ -9,17 +9,11 @@ from starlette.testclient import TestClient
 from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
+from tests.api.test_auth import create_key
 from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer, make_tenant
 
 KEYS = "/v1/api-keys"
 LIMITED = {"success": False, "message": "Rate limit exceeded"}
-
-
-def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "metered", **fields}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
 
 
 def forward(client: TestClient, token: str, path: str = "/v1/trunks") -> Any:
