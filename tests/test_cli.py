@@ -243,6 +243,40 @@ def test_keys_roll_prints_the_new_secret_and_when_the_old_key_stops(run: Any) ->
     assert f"Key {old['id']} works until {ends.replace('T', ' ').rstrip('Z')}" in result.stdout
 
 
+def test_keys_list_shows_one_page_when_asked(run: Any) -> None:
+    run("accounts", "create", "acme", "--json")
+    for number in range(4):
+        run("keys", "create", "--account", "1", "--label", f"k{number}", "--json")
+
+    second = _json(run("keys", "list", "--account", "1", "--page", "2", "--per-page", "2",
+                       "--json"))  # fmt: skip
+    table = run("keys", "list", "--account", "1", "--page", "3", "--per-page", "2").stdout
+
+    assert [key["label"] for key in second] == ["k1", "k2"]
+    assert "Page 3 of 3 (5 keys)." in table
+    assert "k3" in table
+
+
+def test_keys_usage_charts_the_counts_of_the_last_day(run: Any) -> None:
+    created = _json(run("accounts", "create", "acme", "--json"))
+    key = created["api_key"]
+    runtime = Keyguard(load_settings())
+    runtime.cache.refresh()
+    for _ in range(3):
+        assert runtime.decider.decide(key["value"], "192.0.2.1", "GET", "/v1/numbers").allowed
+    runtime.usage.flush()
+    runtime.store.close()
+
+    points = _json(run("keys", "usage", str(key["id"]), "--account", "1", "--json"))
+    chart = run("keys", "usage", str(key["id"]), "--account", "1", "--granularity", "minute",
+                "--last", "5m").stdout  # fmt: skip
+
+    assert len(points) in (24, 25)  # the buckets of the last day, the current one included
+    assert sum(point["allowed"] for point in points) == 3
+    assert "█" in chart
+    assert "minute (UTC)" in chart
+
+
 def test_accounts_list_shows_each_accounts_status(run: Any) -> None:
     run("accounts", "create", "acme", "--json")
     run("accounts", "create", "globex", "--json")
@@ -445,6 +479,7 @@ def test_audit_shows_a_deleted_accounts_trail(run: Any) -> None:
 def _runtime() -> Iterator[Keyguard]:
     """The CLI's database, opened in-process as another keyguard process would."""
     runtime = Keyguard(load_settings())
+    runtime.cache.refresh()
     try:
         yield runtime
     finally:
@@ -466,7 +501,7 @@ def test_every_command_and_option_has_help() -> None:
         for option in command.params:
             if isinstance(option, click.Option) and not option.hidden:
                 assert option.help, f"keyguard {' '.join(path)} {option.opts[0]} has no help"
-    assert len(commands) == 16  # the group, its commands and subcommands
+    assert len(commands) == 17  # the group, its commands and subcommands
 
 
 def test_migrate_is_idempotent(run: Any) -> None:

@@ -27,13 +27,14 @@ from rich.table import Table
 from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
+from keyguard.domain.counts import Granularity, Point
 from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
 from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView
+from keyguard.service import KeyView, Span
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
@@ -555,18 +556,36 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
 @keys_group.command("list")
 @_account_option
 @click.option("--label", help="Only keys whose label contains this text (case-insensitive).")
+@click.option(
+    "--page", type=click.IntRange(min=1), help="Show this page only (from 1), as the API pages."
+)
+@click.option(
+    "--per-page",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="Keys per page, with --page.",
+)
 @_json_option
 @_fail_cleanly
-def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
-    """List an account's keys.
+def keys_list(
+    account_id: int, label: str | None, page: int | None, per_page: int, as_json: bool
+) -> None:
+    """List an account's keys, all of them or one page.
 
     Tables mask secrets; --json shows them as KEYGUARD_SECRET_DISPLAY says (in
     full by default).
     """
     with _keyguard() as runtime:
         runtime.service.get_account(account_id)
-        views = runtime.service.list_keys(account_id, label)
-        _print_keys(views, runtime, as_json)
+        if page is None:
+            _print_keys(runtime.service.list_keys(account_id, label), runtime, as_json)
+            return
+        found = runtime.service.page_of_keys(account_id, label, page, per_page)
+        _print_keys(found.views, runtime, as_json)
+    if not as_json:
+        pages = max(1, -(-found.total // per_page))
+        click.echo(f"Page {page} of {pages} ({found.total} keys).")
 
 
 @keys_group.command("create")
@@ -629,6 +648,52 @@ def keys_roll(key_id: int, account_id: int, grace: timedelta, as_json: bool) -> 
         _print_keys([old, new], runtime, as_json=False)
     _print_secret("Secret:", new.value)
     click.echo(f"Key {key_id} works until {_when(old.key.settings.expires_at)}.")
+
+
+@keys_group.command("usage")
+@click.argument("key_id", type=int)
+@_account_option
+@click.option(
+    "--granularity",
+    type=click.Choice([granularity.value for granularity in Granularity]),
+    default=Granularity.HOUR.value,
+    show_default=True,
+    help="One bar per minute, hour or day.",
+)
+@click.option(
+    "--last",
+    type=_Duration(),
+    default="1d",
+    show_default=True,
+    help="How far back from now: 1h, 1d, 7d …",
+)
+@_json_option
+@_fail_cleanly
+def keys_usage(
+    key_id: int, account_id: int, granularity: str, last: timedelta, as_json: bool
+) -> None:
+    """Chart a key's requests: allowed, and refused (401, 403, 429), per bucket."""
+    until = datetime.now(UTC)
+    chosen = Granularity(granularity)
+    with _keyguard() as runtime:
+        points = runtime.service.usage_series(account_id, key_id, chosen, Span(until - last, until))
+    if as_json:
+        _echo_json([point.document() for point in points])
+        return
+    _console().print(_usage_chart(points, chosen))
+
+
+def _usage_chart(points: list[Point], granularity: Granularity) -> Table:
+    """A bar per bucket: allowed as full blocks, refused as shaded ones."""
+    width = 40
+    largest = max((sum(point.counts) for point in points), default=0) or 1
+    table = _table(f"{granularity.value} (UTC)", "allowed", "refused", "")
+    shown = "%Y-%m-%d %H:%M" if granularity is not Granularity.DAY else "%Y-%m-%d"
+    for point in points:
+        allowed, refused = point.counts[0], sum(point.counts[1:])
+        bar = "█" * round(width * allowed / largest) + "░" * round(width * refused / largest)
+        table.add_row(point.start.strftime(shown), str(allowed), str(refused), bar)
+    return table
 
 
 @keys_group.command("delete")

@@ -19,7 +19,7 @@ from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import Level
 from keyguard.limits import WindowLimiter
 from keyguard.metering import RATE_LIMITED, Meter, Window
-from keyguard.usage import UsageRecorder
+from keyguard.usage import Outcome, UsageRecorder
 from keyguard.vault import Vault
 
 
@@ -124,27 +124,34 @@ class Decider:
         key = self._cache.get(self._vault.digest(token))
         if key is None and self._previous is not None:
             key = self._cache.get(self._previous.digest(token))
-        if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
+        if key is None:
             return self._unauthorized(charge)
-        if key.expires is not None and self._clock() >= key.expires:
+        if (
+            not key.active
+            or key.account_id in self._cache.blocked_accounts
+            or (key.expires is not None and self._clock() >= key.expires)
+        ):
+            self._usage.count(key.key_id, key.account_id, Outcome.UNAUTHORIZED)
             return self._unauthorized(charge)
         if key.networks is not None:
             address = parse_client(ip) if ip else None
             if address is None or not key.networks.permits(address):
                 shown = str(address) if address is not None else "(unknown)"
                 message = f"IP address {shown} is not permitted for this API key"
+                self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
                 return Decision(False, 403, message, key.account_id, key.key_id)
         route = self._routes.match(method, path)
         needed = route.label if route else "full"  # unknown and ambiguous paths need full access
         refusal = self._refusal(key, route)
         if refusal is not None:
+            self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
             return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
         window = None
         if key.ratelimit is not None:
             window = self.meter.admit(key.key_id, key.ratelimit)
             if window is None:
                 return self._rate_limited(key, needed)
-        self._usage.touch(key.key_id)
+        self._usage.touch(key.key_id, key.account_id)
         allowed = self._allowed.get((key.key_id, needed))
         if (
             allowed is None
@@ -170,6 +177,7 @@ class Decider:
 
     def _rate_limited(self, key: CachedKey, needed: str) -> Decision:
         # Not a failed authentication: the key is good, so the failure limit is not charged.
+        self._usage.count(key.key_id, key.account_id, Outcome.RATE_LIMITED)
         wait, window = self.meter.refusal(key.key_id)
         return Decision(False, 429, RATE_LIMITED, key.account_id, key.key_id, needed, wait, window)
 

@@ -40,9 +40,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from keyguard.domain.ratelimit import RateLimit, seconds_until_allowed
-from keyguard.storage.counters import Counters, Slot
+
+if TYPE_CHECKING:  # the middleware imports this module, and must not load SQLAlchemy
+    from keyguard.storage.counters import Counters, Slot
 
 log = logging.getLogger("keyguard.metering")
 
@@ -126,7 +129,7 @@ class Meter:
 
     def __init__(
         self,
-        counters: Counters | None = None,
+        counters: "Counters | None" = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._counters = counters

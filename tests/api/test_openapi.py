@@ -252,7 +252,8 @@ def test_request_body_refers_to_a_component_schema_with_every_field(
     assert schema == {"$ref": f"#/components/schemas/{component}"}
     assert body["required"] is required
     properties = resolve(document, schema["$ref"])["properties"]
-    assert set(properties) == {"label", "permitted_ips", *FLAGS, *GROUPS, "expires_at"}
+    expected = {"label", "permitted_ips", *FLAGS, *GROUPS, "expires_at", "ratelimit"}
+    assert set(properties) == expected
 
 
 def test_create_body_requires_label_and_update_body_refuses_unknown_fields(
@@ -291,6 +292,7 @@ def test_documented_api_key_schema_requires_both_generations_of_names(
         "expires_at",
         "rolled_from",
         "leaked_at",
+        "ratelimit",
     ]
 
 
@@ -404,7 +406,7 @@ def test_forward_auth_is_documented_for_every_method(client: TestClient) -> None
 def test_the_route_map_is_published_in_the_document(client: TestClient, keyguard: Keyguard) -> None:
     published = openapi(client)["x-keyguard-routes"]
 
-    assert len(published) == len(keyguard.routes.routes) == 139  # Wavix's 136 and keyguard's
+    assert len(published) == len(keyguard.routes.routes) == 141  # Wavix's 136 and keyguard's
     assert {"method": "POST", "path": "/v1/cdrs", "scope": "calls", "level": "read"} in published
     assert {"method": "PUT", "path": "/v1/buy/cart", "scope": "numbers", "level": "write"} in (
         published
@@ -447,6 +449,8 @@ class TestWithARouteMapFile:
             ("/v1/api-keys/{id}/activate", None),
             ("/v1/api-keys/{id}/deactivate", None),
             ("/v1/api-keys/{id}/roll", None),
+            ("/v1/api-keys/{id}/usage", None),
+            ("/v1/usage", None),
             ("/v1/audit-log", None),
         }
         assert "is refused for every key" in document["info"]["description"]

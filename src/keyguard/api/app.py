@@ -38,6 +38,7 @@ from keyguard.api.schemas import (
     update_request_model,
 )
 from keyguard.api.tokens import authenticate
+from keyguard.api.usage import usage_router
 from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
 from keyguard.domain.routes import UnknownRoutes
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     install_error_handlers(app)
     app.include_router(key_router(runtime.service))
     app.include_router(audit_router())
+    app.include_router(usage_router(runtime.service))
     if runtime.settings.admin_token is not None:
         app.include_router(admin_router(runtime.service.groups))
 

@@ -114,6 +114,42 @@ class RateLimitModel(BaseModel):
     duration: int = Field(ge=1, le=MAX_DURATION, description="The window, in seconds.")
 
 
+class UsagePoint(BaseModel):
+    start: datetime = Field(description="The bucket's start, UTC.")
+    allowed: int
+    unauthorized: int = Field(
+        description="401 although the key exists: it was inactive, "
+        "expired or leaked, or its account suspended."
+    )
+    forbidden: int = Field(description="403: the address, the scope or the route.")
+    rate_limited: int = Field(description="429: the key's rate limit.")
+    no_credits: int = Field(description="429: the key's credits ran out.")
+
+
+class UsageSeries(BaseModel):
+    key_id: int
+    granularity: Literal["minute", "hour", "day"]
+    from_: datetime = Field(alias="from")
+    to: datetime
+    items: list[UsagePoint]
+
+
+class KeyTotals(BaseModel):
+    key_id: int
+    allowed: int
+    unauthorized: int
+    forbidden: int
+    rate_limited: int
+    no_credits: int
+
+
+class UsageTotals(BaseModel):
+    granularity: Literal["minute", "hour", "day"]
+    from_: datetime = Field(alias="from", description="The first bucket's start.")
+    to: datetime
+    items: list[KeyTotals]
+
+
 class RollRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

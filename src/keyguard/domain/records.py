@@ -131,4 +131,6 @@ def settings_document(settings: KeySettings) -> dict[str, Any]:
 
 def timestamp(value: datetime | None) -> str | None:
     """A time as the wire and the audit trail show it: ``2026-01-31T12:00:00Z``."""
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value is None:
+        return None
+    return f"{value.year:04d}{value:-%m-%dT%H:%M:%S}Z"  # %Y is not padded before year 1000

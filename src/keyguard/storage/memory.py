@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyguard.domain.audit import STATUS_ACTIONS
+from keyguard.domain.counts import OUTCOMES, Granularity, totals
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
@@ -38,6 +39,8 @@ class MemoryStore:
         self._audit: list[AuditRecord] = []
         self._revision = 0
         self._secret_check: bytes | None = None
+        # (key id, granularity, bucket start) -> (account id, a count per outcome)
+        self._usage: dict[tuple[int, Granularity, datetime], tuple[int, tuple[int, ...]]] = {}
 
     def migrate(self) -> None:
         pass
@@ -143,16 +146,26 @@ class MemoryStore:
             self._revision += 1
             return self._insert(account_id, digest, sealed_value, settings, actor)
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
         needle = label.casefold() if label else ""
         with self._lock:
-            return [
+            found = [
                 key
                 for key in self._keys.values()
                 if key.account_id == account_id
                 and not key.deleted
                 and needle in key.settings.label.casefold()
             ]
+        return found[offset : None if limit is None else offset + limit]
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        return len(self.list_keys(account_id, label))
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None:
         key = self._keys.get(key_id)
@@ -254,6 +267,58 @@ class MemoryStore:
                 before = when - timedelta(seconds=settle)
                 if key is not None and (key.last_used_at is None or key.last_used_at < before):
                     self._keys[key_id] = replace(key, last_used_at=when)
+
+    # -- usage counts -------------------------------------------------------------
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        with self._lock:
+            for key_id, added in counts.items():
+                for granularity in Granularity:
+                    bucket = (key_id, granularity, granularity.floor(at))
+                    account_id, held = self._usage.get(bucket, (added[0], (0,) * len(OUTCOMES)))
+                    summed = tuple(a + b for a, b in zip(held, added[1:], strict=True))
+                    self._usage[bucket] = (account_id, summed)
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        return {
+            start: counts
+            for (key, _, start), (owner, counts) in self._buckets(granularity, since, until)
+            if key == key_id and owner == account_id
+        }
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        found: dict[int, list[tuple[int, ...]]] = {}
+        for (key_id, _, _), (owner, counts) in self._buckets(granularity, since, until):
+            if owner == account_id:
+                found.setdefault(key_id, []).append(counts)
+        return {key_id: totals(rows) for key_id, rows in sorted(found.items())}
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        with self._lock:
+            old = [bucket for bucket in self._usage if bucket[2] < before.get(bucket[1], bucket[2])]
+            for bucket in old:
+                del self._usage[bucket]
+            return len(old)
+
+    def _buckets(
+        self, granularity: Granularity, since: datetime, until: datetime
+    ) -> list[tuple[tuple[int, Granularity, datetime], tuple[int, tuple[int, ...]]]]:
+        first = granularity.floor(since)
+        with self._lock:
+            return [
+                (bucket, held)
+                for bucket, held in self._usage.items()
+                if bucket[1] is granularity and first <= bucket[2] < until
+            ]
 
     # -- internals --------------------------------------------------------------
 

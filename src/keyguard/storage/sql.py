@@ -28,6 +28,7 @@ from sqlalchemy import (
     cast,
     column,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -37,11 +38,14 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
+from keyguard.domain.counts import OUTCOMES, Granularity
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.records import (
@@ -59,7 +63,7 @@ from keyguard.domain.records import (
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
-from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
+from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, key_usage, meta
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
@@ -247,6 +251,70 @@ class SQLStore:
         message = str(error.orig).lower()
         return any(sign in message for sign in _SQLITE_UNAVAILABLE)
 
+    # -- usage counts -------------------------------------------------------------
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        rows = [
+            {
+                "key_id": key_id,
+                "account_id": added[0],
+                "granularity": granularity.value,
+                "bucket": granularity.floor(at),
+                **dict(zip(OUTCOMES, added[1:], strict=True)),
+            }
+            for key_id, added in counts.items()
+            for granularity in Granularity
+        ]
+        upsert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(key_usage)
+        statement = upsert.on_conflict_do_update(
+            index_elements=["key_id", "granularity", "bucket"],
+            set_={name: key_usage.c[name] + upsert.excluded[name] for name in OUTCOMES},
+        )
+        with self._translate_errors(), self.engine.begin() as connection:
+            connection.execute(statement, rows)
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        query = select(key_usage.c.bucket, *(key_usage.c[name] for name in OUTCOMES)).where(
+            key_usage.c.key_id == key_id,
+            key_usage.c.account_id == account_id,
+            *_span(granularity, since, until),
+        )
+        with self._reading() as connection:
+            return {row[0]: tuple(row[1:]) for row in connection.execute(query)}
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        query = (
+            select(key_usage.c.key_id, *(func.sum(key_usage.c[name]) for name in OUTCOMES))
+            .where(key_usage.c.account_id == account_id, *_span(granularity, since, until))
+            .group_by(key_usage.c.key_id)
+            .order_by(key_usage.c.key_id)
+        )
+        with self._reading() as connection:
+            return {
+                row[0]: tuple(int(count) for count in row[1:]) for row in connection.execute(query)
+            }
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        with self._translate_errors(), self.engine.begin() as connection:
+            return sum(
+                connection.execute(
+                    delete(key_usage).where(
+                        key_usage.c.granularity == granularity.value,
+                        key_usage.c.bucket < bound,
+                    )
+                ).rowcount
+                for granularity, bound in before.items()
+            )
+
     def change_signal(self) -> "ChangeSignal | None":
         """Push notification of changes: LISTEN/NOTIFY on PostgreSQL, none elsewhere."""
         if self.dialect != "postgresql":
@@ -368,6 +436,9 @@ class SQLStore:
                         changed_at=now,
                     )
                 )
+                connection.execute(
+                    update(accounts).where(accounts.c.id == account_id).values(key_count=0)
+                )
         return replace(account, status=status, revision=revision)
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
@@ -437,6 +508,7 @@ class SQLStore:
                 )
             )
         )
+        _count_keys(connection, account_id, +1)
         after = settings_document(settings)
         if rolled_from is not None:
             after["rolled_from"] = rolled_from
@@ -453,14 +525,31 @@ class SQLStore:
             rolled_from=rolled_from,
         )
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
-        query = select(api_keys).where(
-            api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)
-        )
-        if label:
-            query = query.where(self._label_contains(label))
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
+        query = select(*_KEY_COLUMNS).where(*self._live_keys(account_id, label))
+        query = query.order_by(api_keys.c.id).offset(offset or None).limit(limit)
         with self._reading() as connection:
-            return [_key(row) for row in connection.execute(query.order_by(api_keys.c.id))]
+            return [_key(row) for row in connection.execute(query)]
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        if label:
+            query = select(func.count()).where(*self._live_keys(account_id, label))
+        else:
+            query = select(accounts.c.key_count).where(accounts.c.id == account_id)
+        with self._reading() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    def _live_keys(self, account_id: int, label: str | None) -> list[ColumnElement[bool]]:
+        conditions = [api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)]
+        if label:
+            conditions.append(self._label_contains(label))
+        return conditions
 
     def _label_contains(self, needle: str) -> ColumnElement[bool]:
         """Case-insensitive substring, for every alphabet: SQLite's own case folding
@@ -564,6 +653,7 @@ class SQLStore:
                     changed_at=changed_at,
                 )
             )
+            _count_keys(connection, account_id, -1)
             _audit(
                 connection,
                 account_id,
@@ -577,7 +667,7 @@ class SQLStore:
         )
 
     def changes_since(self, revision: int) -> Changes:
-        keys = select(*_FEED_COLUMNS).where(api_keys.c.revision > revision)
+        keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
         changed = select(accounts).where(accounts.c.revision > revision)
         if revision == 0:
             keys = keys.where(api_keys.c.deleted_at.is_(None))
@@ -665,6 +755,14 @@ class SQLStore:
                 )
 
 
+def _span(granularity: Granularity, since: datetime, until: datetime) -> list[ColumnElement[bool]]:
+    return [
+        key_usage.c.granularity == granularity.value,
+        key_usage.c.bucket >= granularity.floor(since),
+        key_usage.c.bucket < until,
+    ]
+
+
 def _audit(
     connection: Connection,
     account_id: int,
@@ -687,6 +785,15 @@ def _audit(
             before=before,
             after=after,
         )
+    )
+
+
+def _count_keys(connection: Connection, account_id: int, change: int) -> None:
+    """Keep the account's count of live keys, which lists report without counting."""
+    connection.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(key_count=accounts.c.key_count + change)
     )
 
 
@@ -713,9 +820,9 @@ def _new_id(result: CursorResult[Any]) -> int:
     return int(primary_key[0])
 
 
-# The change feed reads the JSON columns as text: a first load reads every key,
-# and most keys have no allow-list and no scopes, which need no JSON parser.
-_FEED_COLUMNS = [
+# Change feeds and lists read the JSON columns as text: a first load reads every
+# key, and most keys have no allow-list and no scopes, which need no JSON parser.
+_KEY_COLUMNS = [
     *(column for column in api_keys.c if column.name not in ("permitted_ips", "scopes")),
     cast(api_keys.c.permitted_ips, Text).label("permitted_ips"),
     cast(api_keys.c.scopes, Text).label("scopes"),

@@ -24,7 +24,10 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    text,
 )
+
+from keyguard.domain.counts import OUTCOMES
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -68,6 +71,7 @@ accounts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    Column("key_count", BigInteger, nullable=False, server_default="0"),  # live keys
     sqlite_autoincrement=True,
 )
 
@@ -94,6 +98,13 @@ api_keys = Table(
     Column("leaked_at", UTCDateTime, nullable=True),
     # {"limit": N, "duration": S}; NULL: no rate limit
     Column("ratelimit", JSON(none_as_null=True), nullable=True),
+    Index(
+        "ix_api_keys_live",
+        "account_id",
+        "id",
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
@@ -116,6 +127,19 @@ audit_log = Table(
     sqlite_autoincrement=True,
 )
 
+# Requests per key, counted by each process and added up at every usage flush: one row
+# per key, granularity ("minute", "hour", "day") and bucket start. The columns are the
+# outcomes of keyguard.usage.Outcome.
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("granularity", String(6), primary_key=True),
+    Column("bucket", UTCDateTime, primary_key=True),
+    Column("account_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    *(Column(name, BigInteger, nullable=False, server_default="0") for name in OUTCOMES),
+    Index("ix_key_usage_account", "account_id", "granularity", "bucket"),
+)
 
 # Rate-limit counts that processes share when no Redis is configured
 # (keyguard.storage.counters): each process's total per key and window, kept a

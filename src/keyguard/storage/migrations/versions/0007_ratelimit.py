@@ -2,7 +2,7 @@
 and the counts processes share to enforce it when no Redis is configured.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0009
 Create Date: 2026-12-01
 """
 
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-# 0006 (webhooks) is not on main yet; this follows it once it is.
-down_revision = "0005"
+# 0006 (webhooks) is not on main yet: this follows main's head, 0009, until it is.
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
