@@ -1,6 +1,7 @@
 """Per-key rate limits over HTTP: the ``ratelimit`` field and the 429 answers."""
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -259,3 +260,22 @@ def test_clients_of_one_process_share_the_limit(client_from: ClientFactory, tena
     statuses = [forward(client, token).status_code for client in (first, second) * 3]
 
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+def test_rate_limited_requests_are_counted_in_the_keys_usage(
+    client: TestClient, tenant: Tenant
+) -> None:
+    key = create_key(client, tenant, ratelimit={"limit": 2, "duration": 3600})
+    for _ in range(5):
+        forward(client, key["value"])
+    path = f"{KEYS}/{key['id']}/usage?granularity=minute"
+
+    deadline, points = time.monotonic() + 5, []
+    while time.monotonic() < deadline:  # counts reach the database with the usage flush
+        points = client.get(path, headers=tenant.headers).json()["items"]
+        if sum(point["rate_limited"] for point in points) == 3:
+            break
+        time.sleep(0.05)
+
+    assert sum(point["rate_limited"] for point in points) == 3
+    assert sum(point["allowed"] for point in points) == 2
