@@ -37,6 +37,7 @@ FIELD_ORDER = (
     "expires_at",
     "rolled_from",
     "leaked_at",
+    "ratelimit",
 )
 # current name -> seed-era name
 FLAG_NAMES = {
