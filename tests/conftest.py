@@ -71,6 +71,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
+REDIS_URL_VARIABLE = "KEYGUARD_TEST_REDIS_URL"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server the rate-limit tests share counts through (``.ci/run`` sets it)."""
+    url = os.environ.get(REDIS_URL_VARIABLE)
+    if not url:
+        missing(f"Redis: set {REDIS_URL_VARIABLE} (e.g. redis://127.0.0.1:6379/0) to run this test")
+    return url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of the test's own, so that tests sharing one Redis never meet."""
+    return f"keyguard-test-{uuid.uuid4().hex[:12]}:"
+
+
 @contextmanager
 def postgres_schema(server: str) -> Iterator[str]:
     """A throwaway schema on ``server``; the URL's connections use only it."""

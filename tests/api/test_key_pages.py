@@ -1,5 +1,6 @@
 """``GET /v1/api-keys?page=&per_page=``: a bare array still, with the pages in headers."""
 
+
 import pytest
 from starlette.testclient import TestClient
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from keyguard.api.keys import read_json
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
 from keyguard.api.tokens import authenticate
-from keyguard.decide import Decider
+from keyguard.decide import Decider, Decision
 from keyguard.errors import InvalidInput
 from keyguard.limits import WindowLimiter
 
@@ -86,7 +86,15 @@ def verify_router(
                 "key_id": decision.key_id,
                 "scope": decision.scope,
                 "retry_after": decision.retry_after,
-            }
+            },
+            headers=None if decision.ratelimit is None else _headers(decision),
         )
 
     return router
+
+
+def _headers(decision: Decision) -> dict[str, str]:
+    """A rate-limited key's ``RateLimit-Policy`` and ``RateLimit``, as forward auth sends them."""
+    assert decision.ratelimit is not None
+    fields = decision.ratelimit.headers(decision.retry_after)
+    return {name.decode(): value.decode() for name, value in fields}
