@@ -542,3 +542,11 @@ def test_every_page_passes_axe_at_390_pixels(page: Page, live: Live) -> None:
     page.goto("/console/audit")
     check("audit log")
     assert visited == {name: [] for name in visited}
+
+
+def test_the_readme_screenshots_can_be_taken(browser: Browser, tmp_path: Path) -> None:
+    from tests.screenshots import take
+
+    taken = take(tmp_path, browser)
+    assert [path.name for path in taken] == ["keys.png", "create.png"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in taken)

@@ -25,9 +25,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParameter
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from pydantic import SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 
+from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse
 from keyguard.api.tokens import authenticate
 from keyguard.cache import KeyCache
 from keyguard.console import present
@@ -334,18 +335,14 @@ def console_router(console: Console) -> APIRouter:
             error = None
         except InvalidInput as refused:
             views, total, error = [], 0, refused.message
-        pages_total = max(1, -(-total // PER_PAGE))
         here = {"label": label} if label else {}
         return pages.render(
             "keys.html",
             **await common(signed),
+            **_pager("keys", here, number, total, PER_PAGE),
             views=views,
             total=total,
             label=label,
-            page=number,
-            pages=pages_total,
-            previous=_link("keys", {**here, "page": number - 1}) if number > 1 else None,
-            next=_link("keys", {**here, "page": number + 1}) if number < pages_total else None,
             back=_link("keys", {**here, "page": number}),
             done=DONE.get(done),
             error=error,
@@ -531,19 +528,15 @@ def console_router(console: Console) -> APIRouter:
             error = None
         except InvalidInput as refused:
             records, total, error = [], 0, refused.message
-        pages_total = max(1, -(-total // AUDIT_PER_PAGE))
         filters = {name: value for name, value in given.items() if value}
         return pages.render(
             "audit.html",
             **await common(signed),
+            **_pager("audit", filters, number, total, AUDIT_PER_PAGE),
             records=records,
             total=total,
             given=given,
             actions=ACTIONS,
-            page=number,
-            pages=pages_total,
-            previous=_link("audit", {**filters, "page": number - 1}) if number > 1 else None,
-            next=_link("audit", {**filters, "page": number + 1}) if number < pages_total else None,
             error=error,
         )
 
@@ -586,6 +579,19 @@ def _page_number(text: str) -> int:
     return min(int(text), MAX_PAGE) if text.isdigit() and int(text) >= 1 else 1
 
 
+def _pager(
+    page: str, query: Mapping[str, str], number: int, total: int, per_page: int
+) -> dict[str, Any]:
+    """What the pager of a listing shows: this page, how many, and links to the next ones."""
+    pages = max(1, -(-total // per_page))
+    return {
+        "page": number,
+        "pages": pages,
+        "previous": _link(page, {**query, "page": number - 1}) if number > 1 else None,
+        "next": _link(page, {**query, "page": number + 1}) if number < pages else None,
+    }
+
+
 def _link(page: str, query: Mapping[str, object]) -> str:
     shown = {name: value for name, value in query.items() if value not in ("", None)}
     return f"{PREFIX}/{page}" + (f"?{urlencode(shown)}" if shown else "")
@@ -622,11 +628,16 @@ def _time(text: str, name: str) -> datetime | None:
 # -- the operator's one-time links ------------------------------------------------------
 
 
+class ConsoleLink(BaseModel):
+    url: str = Field(description="Opens the sign-in page; works once.")
+    expires_at: datetime = Field(description="15 minutes after it was made, UTC.")
+
+
 def console_link_router(
     console: Console, admin_token: SecretStr, failures: WindowLimiter | None
 ) -> APIRouter:
     """``POST /admin/v1/accounts/{id}/console-link``: a sign-in link for one account."""
-    router = APIRouter(prefix="/admin/v1", tags=["Operator"])
+    router = APIRouter(prefix="/admin/v1", tags=["Operator"], responses=ERROR_RESPONSES)
 
     @router.post(
         "/accounts/{account_id}/console-link",
@@ -635,6 +646,10 @@ def console_link_router(
         description="A link that signs its first user in to the account's web console, "
         "once, within 15 minutes. Changes made in that session are recorded as the "
         "operator's.",
+        responses={
+            200: {"model": ConsoleLink},
+            404: {"model": ErrorResponse, "description": "No such account."},
+        },
     )
     async def console_link(
         request: Request, account_id: Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
