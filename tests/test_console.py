@@ -392,6 +392,36 @@ def test_only_a_full_access_key_signs_in_and_failures_count_toward_the_limit(liv
         assert attempt(key) == 303  # a valid key is never refused by the failure limit
 
 
+def test_the_keyboard_alone_signs_in_and_reaches_create_key(page: Page, live: Live) -> None:
+    _, key = live.account()
+    page.goto("/console/")
+    page.keyboard.press("Tab")  # the skip link
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("API key")).to_be_focused()
+    page.keyboard.type(key)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Create key":
+            break
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Create key")).to_be_visible()
+
+
+def test_create_and_deactivate_work_without_javascript(browser: Browser, live: Live) -> None:
+    _, key = live.account()
+    context = browser.new_context(base_url=live.base_url, java_script_enabled=False)
+    page = context.new_page()
+    sign_in(page, key)
+    key_id, secret = create_in_console(page, "no script", scopes={"numbers": "read"})
+    assert live.key(key, key_id)["numbers"] == {"allow": "read"}
+    page.get_by_role("link", name="Done").click()
+    row(page, "no script").get_by_role("button", name="Deactivate").click()
+    within(PROPAGATION, lambda: live.forward(secret) == 401)
+    context.close()
+
+
 # -- security ------------------------------------------------------------------------------
 
 
