@@ -134,12 +134,11 @@ def add_keys(router: APIRouter, pages: Pages) -> None:
         if signed is None:
             return pages.signed_out(request)
         number = page_number(page)
-        offset = (number - 1) * PER_PAGE
         try:
-            views, total = await run_in_threadpool(
-                service.key_page, signed.account_id, label or None, offset, PER_PAGE
+            found = await run_in_threadpool(
+                service.page_of_keys, signed.account_id, label or None, number, PER_PAGE
             )
-            error = None
+            views, total, error = found.views, found.total, None
         except InvalidInput as refused:
             views, total, error = [], 0, refused.message
         here = {"label": label} if label else {}

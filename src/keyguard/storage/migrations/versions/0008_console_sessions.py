@@ -6,7 +6,7 @@ POST that made it and the page that shows it once, sealed under a key derived
 from the session id, which only the browser has.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0009
 Create Date: 2026-12-01
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from keyguard.storage.tables import UTCDateTime
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
