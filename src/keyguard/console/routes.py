@@ -28,8 +28,8 @@ def console_router(console: Console) -> APIRouter:
     add_sign_in(router, pages)
     add_keys(router, pages)
     add_audit(router, pages)
-    # Usage: a per-key page with charts by minute, hour and day goes here once
-    # metering lands; the edit page and the keys table keep a place for it.
+    # Usage: charts of KeyService.usage_series go on the edit page's Usage section,
+    # and a sparkline column in the keys table; both templates mark the place.
 
     @router.get("/static/{name}")
     async def static(name: str) -> FileResponse:
