@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit fuzz bench clean
+.PHONY: run test lint typecheck unit fuzz bench screenshots clean
 
 # make run [HOST=0.0.0.0] [PORT=9000]; only the command line sets them, not the environment.
 HOST = 127.0.0.1
@@ -33,6 +33,10 @@ fuzz: $(VENV)/.dev-installed
 		"replay: make fuzz KEYGUARD_TEST_FUZZ_SEED=$$seed KEYGUARD_TEST_FUZZ_EXAMPLES=$$examples"; \
 	KEYGUARD_TEST_FUZZ_SEED=$$seed KEYGUARD_TEST_FUZZ_EXAMPLES=$$examples \
 		$(BIN)/pytest tests/test_fuzz.py
+
+# The README's console screenshots (docs/console/*.png), from a running console in Chromium.
+screenshots: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.screenshots
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks

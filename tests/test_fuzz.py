@@ -76,6 +76,7 @@ OPERATIONS = [
     "POST /admin/v1/accounts/{account_id}/suspend",
     "POST /admin/v1/accounts/{account_id}/resume",
     "GET /admin/v1/accounts/{account_id}/keys",
+    "POST /admin/v1/accounts/{account_id}/console-link",
     "GET /admin/v1/audit-log",
     "GET /healthz",
     "GET /metrics",

@@ -77,6 +77,11 @@ class KeyCache:
     def get(self, digest: bytes) -> CachedKey | None:
         return self._by_digest.get(digest)
 
+    def by_id(self, key_id: int) -> CachedKey | None:
+        """The live key with this id, or None once it is deleted (or was never seen)."""
+        digest = self._digests.get(key_id)
+        return None if digest is None else self._by_digest.get(digest)
+
     def live_keys(self) -> list[CachedKey]:
         """Every live key in the snapshot, as of now."""
         with self._lock:

@@ -41,6 +41,7 @@ from keyguard.api.tokens import authenticate
 from keyguard.api.usage import usage_router
 from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
+from keyguard.console import Console, console_link_router, console_router, open_sessions
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.edge import ProxiedRequest, send_error
 from keyguard.forward import FORWARD_PATH, ForwardAuth, is_forward_auth
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     app.include_router(usage_router(runtime.service))
     if runtime.settings.admin_token is not None:
         app.include_router(admin_router(runtime.service.groups))
+    _console(app, runtime)
 
     @app.get(
         "/healthz",
@@ -158,6 +160,23 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     )
     forward = ForwardAuth(runtime.decider, runtime.trusted_proxies, runtime.client_ip_header)
     return Dispatcher(forward, LastResort(HeadAsGet(app)), runtime.settings.max_header_bytes)
+
+
+def _console(app: FastAPI, runtime: Keyguard) -> None:
+    """The web console at /console/, and the operator's sign-in links when enabled."""
+    console = Console(
+        runtime.service,
+        runtime.decider,
+        runtime.cache,
+        open_sessions(runtime.store),
+        runtime.trusted_proxies,
+        runtime.client_ip_header,
+        runtime.management_writes,
+    )
+    app.include_router(console_router(console))
+    admin_token = runtime.settings.admin_token
+    if admin_token is not None:
+        app.include_router(console_link_router(console, admin_token, runtime.auth_failures))
 
 
 class Dispatcher:

@@ -1,0 +1,115 @@
+"""The key form: what the browser posts, turned into the API's JSON body, and back.
+
+The console validates nothing itself: it builds the body the API would receive
+and lets :class:`~keyguard.service.KeyService` refuse it, so that a key set in
+the browser is exactly what ``GET /v1/api-keys/{id}`` returns afterwards, and a
+refusal carries the API's own message, shown next to the field it names.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from keyguard.domain.fields import NEVER
+from keyguard.domain.scopes import LEVEL_NAMES, Level, ScopeGroups
+from keyguard.service import KeyView
+
+Form = Mapping[str, list[str]]
+
+
+def first(form: Form, name: str, default: str = "") -> str:
+    values = form.get(name)
+    return values[0] if values else default
+
+
+@dataclass(frozen=True, slots=True)
+class KeyForm:
+    """The values the create and edit form shows: blank, a key's, or as last posted."""
+
+    label: str = ""
+    active: bool = True
+    restricted: bool = False
+    permitted_ips: str = ""
+    scopes_enabled: bool = False
+    scopes: dict[str, str] = field(default_factory=dict)
+    expires_at: str = ""  # as the datetime-local input shows it, in UTC
+
+    @classmethod
+    def blank(cls, groups: ScopeGroups) -> "KeyForm":
+        return cls(scopes=dict.fromkeys(groups, "none"))
+
+    @classmethod
+    def of(cls, view: KeyView, groups: ScopeGroups) -> "KeyForm":
+        settings = view.key.settings
+        expires = settings.expires_at
+        return cls(
+            label=settings.label,
+            active=settings.active,
+            restricted=settings.restricted,
+            permitted_ips="\n".join(settings.permitted_ips),
+            scopes_enabled=settings.scopes_enabled,
+            scopes={name: level.label for name, level in groups.complete(settings.scopes).items()},
+            expires_at="" if expires is None else expires.strftime("%Y-%m-%dT%H:%M"),
+        )
+
+    @classmethod
+    def posted(cls, form: Form, groups: ScopeGroups) -> "KeyForm":
+        return cls(
+            label=first(form, "label"),
+            active=first(form, "active") == "on",
+            restricted=first(form, "restricted") == "on",
+            permitted_ips=first(form, "permitted_ips"),
+            scopes_enabled=first(form, "scopes_enabled") == "on",
+            scopes={name: first(form, f"scope_{name}", "none") for name in groups},
+            expires_at=first(form, "expires_at").strip(),
+        )
+
+    def body(self, *, editing: bool) -> dict[str, Any]:
+        """The JSON body of ``POST /v1/api-keys`` (or ``PATCH`` when ``editing``)."""
+        body: dict[str, Any] = {
+            "label": self.label,
+            "active": self.active,
+            "restricted": self.restricted,
+            "permitted_ips": [
+                line.strip() for line in self.permitted_ips.splitlines() if line.strip()
+            ],
+            "scopes_enabled": self.scopes_enabled,
+        }
+        for name, level in self.scopes.items():
+            # An unknown level is passed on as given, for the API to refuse by name.
+            body[name] = {"allow": level if level in LEVEL_NAMES else level[:16]}
+        if self.expires_at:
+            body["expires_at"] = _as_utc(self.expires_at)
+        elif editing:
+            body["expires_at"] = NEVER  # an emptied field removes the expiry
+        return body
+
+
+def _as_utc(local: str) -> str:
+    """A datetime-local value (no zone: the form says UTC) in RFC 3339, if it is one."""
+    try:
+        moment = datetime.fromisoformat(local)
+    except ValueError:
+        return local  # the API refuses it with its own message
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def field_of(message: str, groups: ScopeGroups) -> str | None:
+    """Which form field an API refusal is about, so it is shown next to that field."""
+    lowered = message.lower()
+    if "label" in lowered:
+        return "label"
+    if lowered.startswith("ip ") or "permitted_ips" in lowered:
+        return "permitted_ips"
+    if "expires" in lowered:
+        return "expires_at"
+    if "scope" in lowered or any(lowered.endswith(f" {name}") for name in groups):
+        return "scopes"
+    return None
+
+
+def level_names() -> tuple[str, ...]:
+    return tuple(level.label for level in Level)

@@ -1,0 +1,82 @@
+"""How the console shows a key: status, masked value, scopes, times.
+
+Plain functions of a :class:`~keyguard.service.KeyView` and the clock; the
+templates call them and decide nothing themselves.
+"""
+
+from datetime import datetime
+
+from keyguard.domain import keys
+from keyguard.domain.scopes import Level, ScopeGroups
+from keyguard.service import KeyView
+
+SHOWN_SCOPES = 3
+
+
+def status(view: KeyView, now: datetime) -> str:
+    """active, inactive, expired or leaked: what the gate does with the key now."""
+    key = view.key
+    if key.leaked_at is not None:
+        return "leaked"
+    expires = key.settings.expires_at
+    if expires is not None and expires <= now:
+        return "expired"
+    return "active" if key.settings.active else "inactive"
+
+
+def masked(view: KeyView) -> str:
+    """The value as every page but the reveal-once panel shows it."""
+    return keys.mask(view.value)
+
+
+def restriction(view: KeyView) -> str:
+    settings = view.key.settings
+    if not settings.restricted:
+        return "Any address"
+    ips = settings.permitted_ips
+    if not ips:
+        return "No address"
+    if len(ips) == 1:
+        return ips[0]
+    return f"{ips[0]} and {len(ips) - 1} more"
+
+
+def scopes(view: KeyView, groups: ScopeGroups) -> str:
+    settings = view.key.settings
+    if not settings.scopes_enabled:
+        return "Full access"
+    granted = [
+        f"{name}: {level.label}"
+        for name, level in groups.complete(settings.scopes).items()
+        if level is not Level.NONE
+    ]
+    if not granted:
+        return "No scopes"
+    more = len(granted) - SHOWN_SCOPES
+    shown = ", ".join(granted[:SHOWN_SCOPES])
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def exact(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def relative(moment: datetime | None, now: datetime) -> str:
+    """``3 minutes ago``, ``in 2 days``, or ``never``."""
+    if moment is None:
+        return "never"
+    seconds = int((now - moment).total_seconds())
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 60:
+        return "just now" if not future else "in under a minute"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            text = f"{count} {unit}{'s' if count != 1 else ''}"
+            return f"in {text}" if future else f"{text} ago"
+    return "just now"  # unreachable: seconds >= 60 matched a unit

@@ -1,0 +1,81 @@
+"""The README's console screenshots, taken from a running console: ``make screenshots``.
+
+Starts keyguard in this process on an in-memory database, gives an account a few
+keys a tenant might have, signs in with Debian's Chromium and saves the keys page
+and the create form as PNG files (``docs/console/`` by default). The README shows
+them, and ``tests/test_console.py`` runs this too, so they stay takeable.
+"""
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import Browser, ViewportSize, sync_playwright
+from pydantic import SecretStr
+
+from keyguard.api.app import create_app
+from keyguard.config import Settings
+from keyguard.runtime import Keyguard
+from tests.test_differential import UvicornThread
+
+CHROMIUM = "/usr/bin/chromium"
+FOLDER = Path(__file__).resolve().parent.parent / "docs" / "console"
+VIEWPORT: ViewportSize = {"width": 1280, "height": 720}
+KEYS: tuple[dict[str, object], ...] = (
+    {"label": "Billing sync", "scopes_enabled": True, "billing": {"allow": "read"}},
+    {
+        "label": "SMS campaigns (production)",
+        "restricted": True,
+        "permitted_ips": ["203.0.113.0/24", "2001:db8::/48"],
+        "scopes_enabled": True,
+        "messages": {"allow": "write"},
+        "campaigns": {"allow": "write"},
+    },
+    {"label": "Contractor, until January", "expires_at": "2030-01-31T00:00:00Z"},
+    {"label": "Old staging key", "active": False},
+)
+
+
+def take(folder: Path = FOLDER, browser: Browser | None = None) -> list[Path]:
+    """Save ``keys.png`` and ``create.png`` in ``folder``; their paths.
+
+    Uses ``browser`` if given, else launches Debian's Chromium for the while.
+    """
+    if browser is None:
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(executable_path=CHROMIUM)
+            try:
+                return take(folder, launched)
+            finally:
+                launched.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = Settings(database_url="memory://", admin_token=SecretStr("screenshots-" + "0" * 32))
+    runtime = Keyguard(settings)
+    runtime.start()
+    server = UvicornThread(create_app(keyguard=runtime)).start()
+    try:
+        account, first = runtime.service.create_account("Acme Telecom")
+        for body in KEYS:
+            runtime.service.create_key(account.id, dict(body))
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"http://{server.address}/console/")
+        page.get_by_label("API key").fill(first.value)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="API keys").wait_for()
+        keys = folder / "keys.png"
+        page.screenshot(path=keys, full_page=True)
+        page.get_by_role("link", name="Create key").click()
+        page.get_by_label("Label").fill("Number porting bot")
+        page.get_by_label("Limit scopes").check()
+        page.get_by_role("group", name="numbers", exact=True).get_by_label("write").check()
+        create = folder / "create.png"
+        page.screenshot(path=create, full_page=True)
+        page.close()
+    finally:
+        server.stop()
+        runtime.stop()
+    return [keys, create]
+
+
+if __name__ == "__main__":
+    for path in take(Path(sys.argv[1]) if len(sys.argv) > 1 else FOLDER):
+        print(path)
