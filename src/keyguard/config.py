@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="When set, GET /metrics requires it as a bearer token."
     )
+    github_scanning_keys: Path | None = Field(
+        default=None,
+        description="GitHub's secret scanning public keys, a JSON file as "
+        "https://api.github.com/meta/public_keys/secret_scanning serves it: enables "
+        "POST /v1/secret-scanning/github.",
+    )
     auth_failures_per_minute: int = Field(
         default=30, ge=0, description="Failed authentications per client IP; 0 = no limit."
     )

@@ -25,6 +25,7 @@ from keyguard.limits import WindowLimiter
 from keyguard.metering import SYNC_INTERVAL, Meter
 from keyguard.metrics import EXPORT_INTERVAL, Metrics
 from keyguard.periodic import Periodic
+from keyguard.scanning_keys import ScanningKeys
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
 from keyguard.storage.counters import open_counters
@@ -196,6 +197,9 @@ class Keyguard:
             meter=self.meter,
         )
         self.management_writes = _limiter(settings.management_writes_per_minute)
+        # GitHub's keys, when it may report leaked keys (POST /v1/secret-scanning/github).
+        keys_file = settings.github_scanning_keys
+        self.scanning_keys = None if keys_file is None else ScanningKeys(keys_file)
         self.service = KeyService(
             self.store,
             self.vault,

@@ -5,7 +5,7 @@ store directly. Every write goes to the store first and then into this process's
 key snapshot, so the very next decision here sees it.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +33,7 @@ from keyguard.domain.records import (
     KeySettings,
     StoredKey,
 )
+from keyguard.domain.scanning import Match
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import InvalidInput, NotFound
 from keyguard.storage import AuditQuery, Store
@@ -195,6 +196,16 @@ class KeyService:
             raise NotFound()
         self._cache.put(tombstone)
 
+    def report_leaks(self, matches: Sequence[Match], actor: Actor) -> list[bool]:
+        """Revoke, as leaked, every key among the tokens a secret scanner found in public.
+
+        For each match, whether its token is a key of this keyguard: one revoked now,
+        or earlier (a report sent again changes nothing), or deleted. The key is looked
+        up in the store, not in this process's snapshot, so that a key made a moment
+        ago by another process is found too.
+        """
+        return [self._report_leak(match, actor) for match in matches]
+
     # -- usage counts -------------------------------------------------------------
 
     def usage_series(
@@ -238,6 +249,18 @@ class KeyService:
         return span.since, span.until
 
     # -- internals --------------------------------------------------------------
+
+    def _report_leak(self, match: Match, actor: Actor) -> bool:
+        if not keys.is_well_formed(match.token):
+            return False
+        digests = [self._vault.digest(match.token)]
+        if self._vault.previous is not None:  # a key not yet rewritten by a secret rotation
+            digests.append(self._vault.previous.digest(match.token))
+        key = self.store.leak_key(digests, match.where(), actor)
+        if key is None:
+            return False
+        self._cache.put(key)
+        return True
 
     def _update(
         self, account_id: int, key_id: int, changes: KeyChanges, actor: Actor, action: Action

@@ -19,6 +19,7 @@ from keyguard.domain.records import (
     KeySettings,
 )
 from keyguard.domain.scopes import Level
+from keyguard.errors import Conflict
 from keyguard.storage import AuditQuery, KeyRewrite, Store, open_store
 from keyguard.storage.sql import SQLStore
 from keyguard.storage.tables import accounts
@@ -689,3 +690,89 @@ def test_a_recount_repairs_counts_that_writers_of_an_older_version_did_not_keep(
     store.recount_keys()
 
     assert store.count_keys(account_id) == 2
+
+
+# -- leaks ------------------------------------------------------------------------------
+
+GITHUB = Actor("github", ip="192.0.2.30")
+FOUND = {"url": "https://github.com/octocat/x/blob/1/.env", "source": "content"}
+
+
+def test_a_leaked_key_is_inactive_for_good_in_one_audited_revision(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+
+    leaked = store.leak_key([_digest(), key.digest], FOUND, GITHUB)
+
+    assert leaked is not None
+    assert (leaked.id, leaked.settings, leaked.deleted) == (
+        key.id,
+        replace(key.settings, active=False),
+        False,
+    )
+    assert leaked.leaked_at is not None
+    assert leaked.leaked_at.tzinfo is UTC
+    assert store.get_key(account_id, key.id) == leaked
+    assert store.changes_since(key.revision) == Changes(leaked.revision, [leaked], [])
+    [record], _total = store.list_audit(AuditQuery(account_id, action="key.leak"))
+    assert (record.key_id, record.actor) == (key.id, GITHUB)
+    assert record.after is not None
+    assert {name: record.after[name] for name in FOUND} == FOUND
+    assert record.after["active"] is False
+
+
+def test_leaking_a_key_again_changes_nothing(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    leaked = store.leak_key([key.digest], FOUND, GITHUB)
+    revision = store.changes_since(0).revision
+
+    again = store.leak_key([key.digest], {"url": "elsewhere", "source": "commit"}, GITHUB)
+
+    assert again == leaked
+    assert store.changes_since(revision) == Changes(revision, [], [])
+    assert store.list_audit(AuditQuery(account_id, action="key.leak"))[1] == 1
+
+
+def test_a_leak_of_no_key_or_of_a_deleted_one_changes_nothing(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    tombstone = store.delete_key(account_id, key.id)
+    revision = store.changes_since(0).revision
+
+    assert store.leak_key([_digest()], FOUND, GITHUB) is None
+    assert store.leak_key([key.digest], FOUND, GITHUB) == tombstone
+    assert store.changes_since(revision) == Changes(revision, [], [])
+    assert store.list_audit(AuditQuery(account_id, action="key.leak"))[1] == 0
+
+
+def test_a_leaked_key_cannot_be_activated_but_may_change_otherwise(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    leaked = store.leak_key([key.digest], FOUND, GITHUB)
+    assert leaked is not None
+
+    with pytest.raises(Conflict):
+        store.update_key(account_id, key.id, KeyChanges(label="again", active=True))
+    assert store.get_key(account_id, key.id) == leaked
+    renamed = store.update_key(account_id, key.id, KeyChanges(label="renamed"))
+
+    assert renamed is not None
+    assert (renamed.settings, renamed.leaked_at) == (
+        replace(leaked.settings, label="renamed"),
+        leaked.leaked_at,
+    )
+
+
+def test_a_leaked_key_rolls_into_an_active_key(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k", active=True))
+    store.leak_key([key.digest], FOUND, GITHUB)
+    grace_until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+
+    rolled = store.roll_key(account_id, key.id, _digest(), b"n", grace_until)
+
+    assert rolled is not None
+    old, new = rolled
+    assert (old.settings.active, old.leaked_at is not None) == (False, True)
+    assert (new.settings.active, new.leaked_at, new.rolled_from) == (True, None, key.id)

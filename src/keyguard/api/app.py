@@ -1,6 +1,6 @@
 """The application factory."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -24,6 +24,7 @@ from keyguard.api.errors import (
     wavix_error,
 )
 from keyguard.api.keys import key_router
+from keyguard.api.scanning import SCANNING_PATH, scanning_router
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     SECURITY_SCHEMES,
@@ -49,8 +50,14 @@ from keyguard.middleware import KeyguardMiddleware
 from keyguard.runtime import Keyguard
 
 
-def _protected(path: str) -> bool:
-    return path.startswith("/v1/")
+def _key_protected(signed: frozenset[str]) -> Callable[[str], bool]:
+    """Which paths the key middleware decides: ``/v1/``, but for ``signed`` paths, whose
+    callers prove who they are by a signature."""
+
+    def protected(path: str) -> bool:
+        return path.startswith("/v1/") and path not in signed
+
+    return protected
 
 
 def create_app(settings: Settings | None = None, keyguard: Keyguard | None = None) -> Any:
@@ -85,6 +92,17 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     if runtime.settings.admin_token is not None:
         app.include_router(admin_router(runtime.service.groups))
     _console(app, runtime)
+    signed: frozenset[str] = frozenset()
+    if runtime.scanning_keys is not None:
+        signed = frozenset({SCANNING_PATH})
+        router = scanning_router(
+            runtime.service,
+            runtime.scanning_keys,
+            trusted_proxies=runtime.trusted_proxies,
+            client_ip_header=runtime.client_ip_header,
+            failures=runtime.auth_failures,
+        )
+        app.include_router(router)
 
     @app.get(
         "/healthz",
@@ -156,7 +174,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         decider=runtime.decider,
         trusted_proxies=runtime.trusted_proxies,
         client_ip_header=runtime.client_ip_header,
-        protect=_protected,
+        protect=_key_protected(signed),
     )
     forward = ForwardAuth(runtime.decider, runtime.trusted_proxies, runtime.client_ip_header)
     return Dispatcher(forward, LastResort(HeadAsGet(app)), runtime.settings.max_header_bytes)
@@ -331,6 +349,8 @@ def _security(path: str, settings: Settings) -> list[dict[str, list[str]]] | Non
         return None if settings.metrics_token is None else [{"metricsToken": []}]
     if path == "/auth/verify":
         return None if settings.verify_token is None else [{"verifyToken": []}]
+    if path == SCANNING_PATH:
+        return [{"githubSignature": []}]
     if path.startswith("/v1/") or path == FORWARD_PATH:  # forward auth: the judged key
         return KEY_SECURITY
     return None

@@ -70,15 +70,7 @@ def _writing(request: Request) -> tuple[KeyService, int, Actor]:
 
 async def read_json(request: Request, *, required: bool) -> object:
     """The request body as JSON; an absent body is ``{}`` unless ``required``."""
-    limit: int = request.app.state.keyguard.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InvalidInput("Request body too large", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InvalidInput("Request body too large", 413)
+    body = await read_body(request, request.app.state.keyguard.settings.max_body_bytes)
     if not body.strip():
         if required:
             raise InvalidInput.parameter("body")
@@ -87,6 +79,19 @@ async def read_json(request: Request, *, required: bool) -> object:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise InvalidInput.parameter("body") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body; a 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InvalidInput("Request body too large", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InvalidInput("Request body too large", 413)
+    return bytes(body)
 
 
 FULL_ACCESS = "Needs a full-access key: a scoped key could read stronger keys or mint one."

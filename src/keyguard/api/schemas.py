@@ -347,6 +347,13 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "operatorToken": {"type": "http", "scheme": "bearer", "description": "KEYGUARD_ADMIN_TOKEN"},
     "metricsToken": {"type": "http", "scheme": "bearer", "description": "KEYGUARD_METRICS_TOKEN"},
     "verifyToken": {"type": "http", "scheme": "bearer", "description": "KEYGUARD_VERIFY_TOKEN"},
+    "githubSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Github-Public-Key-Signature",
+        "description": "GitHub's signature of the body, by the key Github-Public-Key-Identifier "
+        "names among KEYGUARD_GITHUB_SCANNING_KEYS.",
+    },
 }
 
 

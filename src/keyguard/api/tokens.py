@@ -6,12 +6,13 @@ presented as the one ``Authorization: Bearer`` header of a request and compared
 in constant time. Two ``Authorization`` headers are refused, as they are for
 keys: a proxy and keyguard might each read a different one. A wrong token is a
 failed authentication of the caller, counted against the same limit as a wrong
-key, so that guessing a token is throttled like guessing a key.
+key, so that guessing a token is throttled like guessing a key. GitHub's signature
+on a secret scanning report is checked under the same limit (:func:`admit`).
 """
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydantic import SecretStr
 
@@ -47,19 +48,25 @@ def authenticate(
     client: str | None,
     failures: WindowLimiter | None,
 ) -> None:
-    """Admit a caller that presents ``expected``, or raise.
+    """Admit a caller that presents ``expected``, or raise as :func:`admit` does;
+    a missing, wrong or doubled token is a failed authentication."""
+    admit(client, failures, lambda: matches(presented_token(headers), expected))
+
+
+def admit(client: str | None, failures: WindowLimiter | None, proof: Callable[[], bool]) -> None:
+    """Admit a caller whose credential holds (``proof``), or raise.
 
     Raises :class:`RateLimited` while ``client`` is over the failed-authentication
-    limit, before looking at the token: a throttled caller learns nothing, even
-    from the right token. Raises :class:`Unauthorized` for a missing, wrong or
-    doubled token, and charges it to ``client``.
+    limit, before looking at the credential: a throttled caller learns nothing, even
+    from the right one. Raises :class:`Unauthorized` when ``proof`` fails, and
+    charges the failure to ``client``.
     """
     unit = failure_unit(client)
     if failures is not None and failures.blocked:
         wait = failures.retry_after(unit)
         if wait is not None:
             raise RateLimited(TOO_MANY_FAILURES.format(wait), wait)
-    if matches(presented_token(headers), expected):
+    if proof():
         return
     if failures is not None:
         wait = failures.hit(unit)

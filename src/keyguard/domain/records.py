@@ -33,12 +33,13 @@ Action = Literal[
     "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
     "key.roll", "key.leak", "key.expiring", "key.expire",
 ]  # fmt: skip
-ActorKind = Literal["key", "operator", "cli", "keyguard"]  # keyguard: notices of expiry
+ActorKind = Literal["key", "operator", "cli", "keyguard", "github"]  # keyguard: notices of expiry
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who made a change: an API key, the operator, the command line, or keyguard."""
+    """Who made a change: an API key, the operator, the command line, keyguard itself,
+    or GitHub's secret scanning reporting a leaked key."""
 
     kind: ActorKind
     key_id: int | None = None

@@ -8,7 +8,7 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from keyguard.domain.counts import Granularity
 from keyguard.domain.events import Delivery, Sweep
@@ -159,7 +159,8 @@ class Store(Protocol):
         actor: Actor = CLI,
         action: Action = "key.update",
     ) -> StoredKey | None:
-        """Apply ``changes`` atomically; ``None`` if the account has no such key."""
+        """Apply ``changes`` atomically; ``None`` if the account has no such key;
+        ``Conflict`` if they would activate a leaked key."""
 
     def roll_key(
         self,
@@ -172,13 +173,27 @@ class Store(Protocol):
     ) -> tuple[StoredKey, StoredKey] | None:
         """Replace a key by a new one with the same settings (``digest`` and
         ``sealed_value`` are the new secret's); the old key now expires at
-        ``grace_until``, or at its own expiry if sooner. Both as stored afterwards,
+        ``grace_until``, or at its own expiry if sooner (a leaked key's successor is
+        active: :func:`~keyguard.domain.leaks.successor_settings`). Both as stored afterwards,
         old first; ``None`` if the account has no such key; ``Conflict`` if it expired.
         Audited as ``key.create`` (naming ``rolled_from``) and ``key.roll``.
         """
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         """Revoke a key for good; its tombstone, or ``None`` if there was no such key."""
+
+    def leak_key(
+        self, digests: Sequence[bytes], found: Mapping[str, Any], actor: Actor = CLI
+    ) -> StoredKey | None:
+        """Revoke for good, as leaked, the key stored under one of ``digests``, whatever
+        its account: it becomes inactive with ``leaked_at`` set, in one transaction that
+        moves the revision, audited as ``key.leak`` with ``found`` (where the key was
+        found) added to the record's ``after``.
+
+        The key as stored afterwards. A key that leaked or was deleted before is
+        returned as it is: nothing is written and nothing audited again. ``None`` if
+        no key has one of ``digests``.
+        """
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
         """One page of the audit records that match, and how many match in all."""

@@ -10,6 +10,12 @@ from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity, totals
 from keyguard.domain.events import Delivery, Sweep, expiry_notice
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
+from keyguard.domain.leaks import (
+    is_revocable,
+    leaked_settings,
+    refuse_activation,
+    successor_settings,
+)
 from keyguard.domain.records import (
     CLI,
     KEYGUARD,
@@ -22,6 +28,7 @@ from keyguard.domain.records import (
     KeySettings,
     StoredKey,
     settings_document,
+    timestamp,
 )
 from keyguard.storage import AuditQuery, KeyRewrite, recorded_address
 
@@ -193,6 +200,7 @@ class MemoryStore:
             key = self.get_key(account_id, key_id)
             if key is None:
                 return None
+            refuse_activation(key, changes)
             self._revision += 1
             return self._rewrite_settings(key, apply(key.settings, changes), actor, action)
 
@@ -211,7 +219,9 @@ class MemoryStore:
                 return None
             old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
             self._revision += 1
-            new = self._insert(account_id, digest, sealed_value, key.settings, actor, key.id)
+            new = self._insert(
+                account_id, digest, sealed_value, successor_settings(key), actor, key.id
+            )
             noted = {"rolled_to": new.id}
             return self._rewrite_settings(key, old_settings, actor, "key.roll", noted), new
 
@@ -227,6 +237,21 @@ class MemoryStore:
                 account_id, "key.delete", actor, key_id, before=settings_document(key.settings)
             )
             return tombstone
+
+    def leak_key(
+        self, digests: Sequence[bytes], found: Mapping[str, Any], actor: Actor = CLI
+    ) -> StoredKey | None:
+        with self._lock:
+            key = next((key for key in self._keys.values() if key.digest in digests), None)
+            if key is None or not is_revocable(key):
+                return key
+            self._revision += 1
+            leaked_at = _now()
+            noted = {"leaked_at": timestamp(leaked_at), **found}
+            settings = leaked_settings(key.settings)
+            key = self._rewrite_settings(key, settings, actor, "key.leak", noted)
+            self._keys[key.id] = key = replace(key, leaked_at=leaked_at)
+            return key
 
     def changes_since(self, revision: int) -> Changes:
         with self._lock:

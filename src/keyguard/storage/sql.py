@@ -49,6 +49,12 @@ from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
+from keyguard.domain.leaks import (
+    is_revocable,
+    leaked_settings,
+    refuse_activation,
+    successor_settings,
+)
 from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.records import (
     CLI,
@@ -62,6 +68,7 @@ from keyguard.domain.records import (
     KeySettings,
     StoredKey,
     settings_document,
+    timestamp,
 )
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
@@ -616,6 +623,7 @@ class SQLStore:
             key = self._get_key(connection, account_id, key_id)
             if key is None:
                 return None
+            refuse_activation(key, changes)
             settings = apply(key.settings, changes)
             return self._rewrite_settings(connection, revision, key, settings, actor, action)
 
@@ -656,8 +664,9 @@ class SQLStore:
             if key is None:
                 return None
             old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
+            successor = successor_settings(key)
             new = self._insert_key(
-                connection, revision, account_id, digest, sealed_value, key.settings, actor, key.id
+                connection, revision, account_id, digest, sealed_value, successor, actor, key.id
             )
             old = self._rewrite_settings(
                 connection, revision, key, old_settings, actor, "key.roll", {"rolled_to": new.id}
@@ -693,6 +702,35 @@ class SQLStore:
         return replace(
             key, deleted=True, sealed_value=b"", revision=revision, changed_at=changed_at
         )
+
+    def leak_key(
+        self, digests: Sequence[bytes], found: Mapping[str, Any], actor: Actor = CLI
+    ) -> StoredKey | None:
+        # Most reports name keys that leaked before, or none: a read settles those
+        # without taking the write lock or moving the revision.
+        with self._reading() as connection:
+            key = self._key_by_digest(connection, digests)
+        if key is None or not is_revocable(key):
+            return key
+        with self._writing() as (connection, revision):
+            key = self._key_by_digest(connection, digests)  # again, under the write lock
+            if key is None or not is_revocable(key):
+                return key
+            leaked_at = _now()
+            noted = {"leaked_at": timestamp(leaked_at), **found}
+            settings = leaked_settings(key.settings)
+            key = self._rewrite_settings(
+                connection, revision, key, settings, actor, "key.leak", noted
+            )
+            connection.execute(
+                update(api_keys).where(api_keys.c.id == key.id).values(leaked_at=leaked_at)
+            )
+            return replace(key, leaked_at=leaked_at)
+
+    def _key_by_digest(self, connection: Connection, digests: Sequence[bytes]) -> StoredKey | None:
+        """The key stored under one of ``digests``, a deleted key's tombstone included."""
+        row = connection.execute(select(api_keys).where(api_keys.c.digest.in_(digests))).first()
+        return None if row is None else _key(row)
 
     def changes_since(self, revision: int) -> Changes:
         keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
