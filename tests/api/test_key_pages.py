@@ -1,6 +1,5 @@
 """``GET /v1/api-keys?page=&per_page=``: a bare array still, with the pages in headers."""
 
-
 import pytest
 from starlette.testclient import TestClient
 
