@@ -28,7 +28,7 @@ from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.counts import Granularity, Point
-from keyguard.domain.fields import parse_duration
+from keyguard.domain.fields import DURATION_UNITS, parse_duration
 from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
@@ -402,7 +402,7 @@ class _RateLimit(click.ParamType[object, "str | object"]):
         if found is None:
             self.fail(f"{value!r} is not a rate limit such as 100/60s, 5000/1h or none", param, ctx)
         limit, number, unit = found.groups()
-        seconds = int(number) * _Duration.units[(unit or "s").lower()]
+        seconds = int(number) * DURATION_UNITS[(unit or "s").lower()]
         return {"limit": int(limit), "duration": seconds}
 
 
