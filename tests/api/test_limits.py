@@ -356,13 +356,13 @@ class TestVerifyCallerWithToken:
 
 # -- changes per account ---------------------------------------------------------------------
 
-CHANGES = [
-    pytest.param("POST", "", {"label": "one too many"}, id="create"),
+CHANGES_TO_A_KEY = [
     pytest.param("PATCH", "/{key_id}", {"label": "one too many"}, id="update"),
     pytest.param("PATCH", "/{key_id}/deactivate", None, id="deactivate"),
     pytest.param("PATCH", "/{key_id}/activate", None, id="activate"),
     pytest.param("DELETE", "/{key_id}", None, id="delete"),
 ]
+CHANGES = [pytest.param("POST", "", {"label": "one too many"}, id="create"), *CHANGES_TO_A_KEY]
 
 
 def change_up_to_the_limit(client: TestClient, owner: Tenant) -> int:
@@ -423,6 +423,21 @@ def test_if_an_account_is_limited_then_it_may_still_read(
 
     for _ in range(2 * LIMIT):
         assert client.get(path.format(key_id=key_id), headers=tenant.headers).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CHANGES_TO_A_KEY)
+def test_if_a_change_names_a_key_id_that_cannot_exist_then_404_and_no_write_is_counted(
+    client: TestClient, tenant: Tenant, method: str, path: str, body: object
+) -> None:
+    url = KEYS + path.format(key_id=0)
+
+    statuses = [
+        client.request(method, url, json=body, headers=tenant.headers).status_code
+        for _ in range(LIMIT + 1)
+    ]
+
+    assert statuses == [404] * (LIMIT + 1)
+    assert client.post(KEYS, json={"label": "x"}, headers=tenant.headers).status_code == 200
 
 
 # -- a limit of 0 is no limit ----------------------------------------------------------------

@@ -1,16 +1,16 @@
 """``/v1/api-keys``: the Wavix-compatible key management API.
 
 Requests reach these handlers only after :class:`~keyguard.middleware.KeyguardMiddleware`
-has allowed them, so ``request.state.keyguard`` holds the caller's decision.
+has allowed them; :data:`~keyguard.api.requests.KeyCaller` is the key it allowed.
 """
 
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from keyguard.api.requests import Caller, KeyCaller, read_json
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     ErrorResponse,
@@ -20,10 +20,8 @@ from keyguard.api.schemas import (
     request_body,
     update_request_model,
 )
-from keyguard.decide import Decision
 from keyguard.domain.fields import MAX_LABEL_LENGTH
-from keyguard.domain.records import Actor
-from keyguard.errors import InvalidInput, RateLimited
+from keyguard.errors import RateLimited
 from keyguard.limits import WindowLimiter
 from keyguard.service import KeyService
 from keyguard.wire import key_object
@@ -35,59 +33,15 @@ KeyId = Annotated[
 ]
 
 
-def _caller(request: Request) -> int:
-    decision: Decision = request.state.keyguard
-    assert decision.account_id is not None
-    return decision.account_id
-
-
-def _actor(request: Request) -> Actor:
-    decision: Decision = request.state.keyguard
-    return Actor("key", decision.key_id, request.state.keyguard_client)
-
-
-def _service(request: Request) -> KeyService:
-    service: KeyService = request.app.state.keyguard.service
-    return service
-
-
-def _writing(request: Request) -> tuple[KeyService, int, Actor]:
-    """The service, account and actor of a write, within the account's write limit."""
-    account_id = _caller(request)
-    limiter: WindowLimiter | None = request.app.state.keyguard.management_writes
-    if limiter is not None:
-        wait = limiter.hit(account_id)
-        if wait is not None:
-            raise RateLimited(f"Too many changes to API keys; retry in {wait} seconds", wait)
-    return _service(request), account_id, _actor(request)
-
-
-async def read_json(request: Request, *, required: bool) -> object:
-    """The request body as JSON; an absent body is ``{}`` unless ``required``."""
-    limit: int = request.app.state.keyguard.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InvalidInput("Request body too large", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InvalidInput("Request body too large", 413)
-    if not body.strip():
-        if required:
-            raise InvalidInput.parameter("body")
-        return {}
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidInput.parameter("body") from None
-
-
 FULL_ACCESS = "Needs a full-access key: a scoped key could read stronger keys or mint one."
 
 
-def key_router(service: KeyService) -> APIRouter:
-    """The routes, documented with the deployment's scope groups."""
+def key_router(service: KeyService, writes: WindowLimiter | None, max_body_bytes: int) -> APIRouter:
+    """The routes, documented with the deployment's scope groups.
+
+    Each account may make ``writes`` changes a minute (no limit for None), in bodies
+    of at most ``max_body_bytes``.
+    """
     groups = service.groups
     api_key = key_model(groups)
     create_body = create_request_model(groups)
@@ -105,6 +59,25 @@ def key_router(service: KeyService) -> APIRouter:
     def render(view: Any) -> dict[str, Any]:
         return key_object(view, groups)
 
+    def charged(caller: Caller) -> Caller:
+        if writes is not None:
+            wait = writes.hit(caller.account_id)
+            if wait is not None:
+                raise RateLimited(f"Too many changes to API keys; retry in {wait} seconds", wait)
+        return caller
+
+    async def writer(caller: KeyCaller) -> Caller:
+        """The caller of a write, charged against its account's write limit."""
+        return charged(caller)
+
+    # The key id is a parameter here so that it is validated first: a request for a
+    # key that cannot exist is a 404 and costs the account no write.
+    async def key_writer(caller: KeyCaller, _key_id: KeyId) -> Caller:
+        """The caller of a change to a key, charged against its account's write limit."""
+        return charged(caller)
+
+    writing, key_writing = Depends(writer), Depends(key_writer)
+
     @router.get(
         "",
         operation_id="api_keys_list",
@@ -114,13 +87,13 @@ def key_router(service: KeyService) -> APIRouter:
         responses={200: {"model": list[api_key]}, **invalid},  # type: ignore[valid-type]
     )
     async def list_keys(
-        request: Request,
+        caller: KeyCaller,
         label: Annotated[
             str | None,
             Query(max_length=MAX_LABEL_LENGTH, description="Case-insensitive substring."),
         ] = None,
     ) -> JSONResponse:
-        views = await run_in_threadpool(_service(request).list_keys, _caller(request), label)
+        views = await run_in_threadpool(service.list_keys, caller.account_id, label)
         return JSONResponse([render(view) for view in views])
 
     @router.post(
@@ -134,10 +107,9 @@ def key_router(service: KeyService) -> APIRouter:
         responses={200: {"model": api_key}, **invalid},
         openapi_extra=request_body(create_body, required=True),
     )
-    async def create_key(request: Request) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        body = await read_json(request, required=True)
-        view = await run_in_threadpool(service.create_key, account_id, body, actor)
+    async def create_key(request: Request, caller: Annotated[Caller, writing]) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=True)
+        view = await run_in_threadpool(service.create_key, caller.account_id, body, caller.actor)
         return JSONResponse(render(view))
 
     @router.get(
@@ -147,8 +119,8 @@ def key_router(service: KeyService) -> APIRouter:
         description="One key of the account; another account's key id answers 404. " + FULL_ACCESS,
         responses={200: {"model": api_key}, **missing},
     )
-    async def get_key(request: Request, key_id: KeyId) -> JSONResponse:
-        view = await run_in_threadpool(_service(request).get_key, _caller(request), key_id)
+    async def get_key(caller: KeyCaller, key_id: KeyId) -> JSONResponse:
+        view = await run_in_threadpool(service.get_key, caller.account_id, key_id)
         return JSONResponse(render(view))
 
     @router.patch(
@@ -160,10 +132,13 @@ def key_router(service: KeyService) -> APIRouter:
         responses={200: {"model": api_key}, **invalid, **missing},
         openapi_extra=request_body(update_body, required=False),
     )
-    async def update_key(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        body = await read_json(request, required=False)
-        view = await run_in_threadpool(service.update_key, account_id, key_id, body, actor)
+    async def update_key(
+        request: Request, caller: Annotated[Caller, key_writing], key_id: KeyId
+    ) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=False)
+        view = await run_in_threadpool(
+            service.update_key, caller.account_id, key_id, body, caller.actor
+        )
         return JSONResponse(render(view))
 
     @router.delete(
@@ -174,23 +149,26 @@ def key_router(service: KeyService) -> APIRouter:
         "process within a second. " + FULL_ACCESS,
         responses={200: {"model": SuccessResponse}, **missing},
     )
-    async def delete_key(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        await run_in_threadpool(service.delete_key, account_id, key_id, actor)
+    async def delete_key(caller: Annotated[Caller, key_writing], key_id: KeyId) -> JSONResponse:
+        await run_in_threadpool(service.delete_key, caller.account_id, key_id, caller.actor)
         return JSONResponse({"success": True})
 
     for action, active in (("activate", True), ("deactivate", False)):
-        _add_toggle(router, action, active, missing)
+        _add_toggle(router, service, key_writing, action, active, missing)
 
     return router
 
 
 def _add_toggle(
-    router: APIRouter, action: str, active: bool, missing: dict[int | str, dict[str, Any]]
+    router: APIRouter,
+    service: KeyService,
+    key_writing: Any,
+    action: str,
+    active: bool,
+    missing: dict[int | str, dict[str, Any]],
 ) -> None:
-    async def toggle(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        await run_in_threadpool(service.set_active, account_id, key_id, active, actor)
+    async def toggle(caller: Annotated[Caller, key_writing], key_id: KeyId) -> JSONResponse:
+        await run_in_threadpool(service.set_active, caller.account_id, key_id, active, caller.actor)
         return JSONResponse({"success": True})
 
     router.add_api_route(
