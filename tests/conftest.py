@@ -6,14 +6,10 @@ rows.
 """
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-import psycopg
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
@@ -21,6 +17,12 @@ from starlette.testclient import TestClient
 from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
+from tests.postgres import postgres_schema
+
+# At home in tests/server.py, which the benchmarks share; tests take them from here,
+# beside the fixtures that make them.
+from tests.server import Tenant as Tenant
+from tests.server import bearer as bearer
 
 TEST_SECRET = SecretStr("test-secret-" + "0123456789abcdef" * 3)
 CLIENT_IP = "203.0.113.10"
@@ -68,23 +70,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-@contextmanager
-def postgres_schema(server: str) -> Iterator[str]:
-    """A throwaway schema on ``server``; the URL's connections use only it."""
-    name = f"kg_test_{uuid.uuid4().hex[:12]}"
-    conninfo = server.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE SCHEMA "{name}"')
-    separator = "&" if "?" in server else "?"
-    yield f"{server}{separator}options=-csearch_path%3D{name}&application_name={name}"
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            (name,),
-        )
-        admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-
-
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return Settings(
@@ -103,24 +88,6 @@ def keyguard(settings: Settings) -> Iterator[Keyguard]:
     runtime.store.close()
 
 
-def bearer(token: str) -> dict[str, str]:
-    """The ``Authorization`` header that presents ``token``."""
-    return {"Authorization": f"Bearer {token}"}
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """An account and its first, full-access key."""
-
-    account_id: int
-    key_id: int
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return bearer(self.token)
-
-
 def make_tenant(keyguard: Keyguard, name: str) -> Tenant:
     account, view = keyguard.service.create_account(name)
     return Tenant(account.id, view.key.id, view.value)
@@ -134,6 +101,26 @@ def tenant(keyguard: Keyguard) -> Tenant:
 @pytest.fixture
 def other_tenant(keyguard: Keyguard) -> Tenant:
     return make_tenant(keyguard, "globex")
+
+
+def create_key(client: TestClient, owner: Tenant, **fields: Any) -> dict[str, Any]:
+    """A new key of ``owner``'s account, made with its key: ``fields`` on top of the
+    label "test key"; the key object answered."""
+    response = client.post(
+        "/v1/api-keys", json={"label": "test key", **fields}, headers=owner.headers
+    )
+    assert response.status_code == 200, response.text
+    key: dict[str, Any] = response.json()
+    return key
+
+
+def list_keys(client: TestClient, owner: Tenant, label: str | None = None) -> list[Any]:
+    """The account's keys, but for the caller's own last use, which each request moves."""
+    params = {} if label is None else {"label": label}
+    response = client.get("/v1/api-keys", params=params, headers=owner.headers)
+    assert response.status_code == 200, response.text
+    keys: list[dict[str, Any]] = response.json()
+    return [key | {"last_used_at": None} if key["id"] == owner.key_id else key for key in keys]
 
 
 ClientFactory = Callable[[str], TestClient]

@@ -1,4 +1,5 @@
-"""Real ``keyguard serve`` processes for tests that need a server over TCP.
+"""Real ``keyguard serve`` processes, for tests that need a server over TCP and for
+the benchmarks (:mod:`benchmarks.server` builds on this module).
 
 A :class:`KeyguardServer` owns one database folder and one environment; it can
 be started, stopped gracefully (SIGTERM) or killed (SIGKILL), and started again
@@ -10,6 +11,9 @@ out servers and ends every one of them when the test ends, pass or fail::
     def servers(tmp_path: Path) -> Iterator[Servers]:
         with Servers(tmp_path) as started:
             yield started
+
+Nothing here imports pytest or keyguard itself: a server is reached only over
+HTTP and the ``keyguard`` command, as an operator reaches it.
 """
 
 import json
@@ -22,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -34,10 +39,35 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 PIN_TIMEOUT = 5.0
 WORKER_PID = re.compile(r'^keyguard_snapshot_keys\{pid="(\d+)"\}', re.MULTILINE)
+# Every test client is 127.0.0.1, and these tests and the benchmarks poll refused
+# keys and change keys faster than a person on purpose: the abuse limits (tested
+# in-process) would throttle them.
+NO_LIMITS = {
+    "KEYGUARD_AUTH_FAILURES_PER_MINUTE": "0",
+    "KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE": "0",
+}
 
 
 class ServerError(RuntimeError):
     """A keyguard process did not start, answer or stop as expected."""
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """An account and its first, full-access key."""
+
+    account_id: int
+    key_id: int
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
 
 
 def keyguard_command() -> list[str]:
@@ -60,8 +90,10 @@ class KeyguardServer:
 
     With ``secret_key=None`` the server generates its secret file beside the
     database. ``settings`` adds ``KEYGUARD_*`` variables, e.g.
-    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}``; ``options`` adds command-line
-    options of ``serve``, e.g. ``["--access-log"]``.
+    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}`` or another
+    ``KEYGUARD_DATABASE_URL``; ``options`` adds command-line options of ``serve``,
+    e.g. ``["--access-log"]``. The abuse limits are off (:data:`NO_LIMITS`) unless
+    ``limits``, which leaves them at keyguard's defaults.
     """
 
     def __init__(
@@ -72,6 +104,7 @@ class KeyguardServer:
         secret_key: str | None = SECRET,
         settings: Mapping[str, str] | None = None,
         options: Sequence[str] = (),
+        limits: bool = False,
     ) -> None:
         self.folder = folder
         self.options = tuple(options)
@@ -82,10 +115,8 @@ class KeyguardServer:
             name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")
         }
         self.env["KEYGUARD_DATABASE_URL"] = f"sqlite:///{self.database}"
-        # Every test client is 127.0.0.1, and these tests poll refused keys on
-        # purpose: the abuse limits (tested in-process) would throttle them.
-        self.env["KEYGUARD_AUTH_FAILURES_PER_MINUTE"] = "0"
-        self.env["KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE"] = "0"
+        if not limits:
+            self.env.update(NO_LIMITS)
         if secret_key is not None:
             self.env["KEYGUARD_SECRET_KEY"] = secret_key
         self.env.update(settings or {})
@@ -96,6 +127,11 @@ class KeyguardServer:
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The ``keyguard serve`` process; with one worker, the worker itself."""
+        return self._require_process().pid
 
     @property
     def running(self) -> bool:
@@ -212,6 +248,34 @@ class KeyguardServer:
         created: dict[str, Any] = json.loads(self.cli("accounts", "create", name, "--json"))
         return created
 
+    def client(self, token: str | None = None) -> httpx.Client:
+        """A client of the current run, presenting ``token`` if one is given."""
+        headers = bearer(token) if token is not None else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=10)
+
+    def create_tenant(self, name: str) -> Tenant:
+        """:meth:`create_account`, as a :class:`Tenant`."""
+        created = self.create_account(name)
+        key = created["api_key"]
+        return Tenant(int(created["account"]["id"]), int(key["id"]), str(key["value"]))
+
+
+def create_key(api: httpx.Client, **fields: Any) -> dict[str, Any]:
+    """A new key, made through ``api`` (a :meth:`KeyguardServer.client` presenting a
+    full-access key): ``fields`` on top of the label "test key"; the key object answered."""
+    answer = api.post("/v1/api-keys", json={"label": "test key", **fields})
+    assert answer.status_code == 200, answer.text
+    key: dict[str, Any] = answer.json()
+    return key
+
+
+def list_keys(api: httpx.Client) -> list[dict[str, Any]]:
+    """The keys of the account whose key ``api`` presents."""
+    answer = api.get("/v1/api-keys")
+    assert answer.status_code == 200, answer.text
+    keys: list[dict[str, Any]] = answer.json()
+    return keys
+
 
 class Servers:
     """Hands out :class:`KeyguardServer` instances and ends them all on exit."""
@@ -300,3 +364,15 @@ def workers_of(server: KeyguardServer) -> Iterator[list[Worker]]:
             pid = worker_pid(client, token)
             found.setdefault(pid, Worker(pid, client, token))
         yield list(found.values())
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found

@@ -19,7 +19,8 @@ from keyguard.config import Settings
 from keyguard.domain.records import KeySettings
 from keyguard.runtime import Keyguard
 from keyguard.storage import Store, open_store
-from tests.conftest import POSTGRES_URL_VARIABLE, TEST_SECRET, missing, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, TEST_SECRET, missing
+from tests.postgres import postgres_schema
 
 NOTIFIED_WITHIN = 5.0  # generous: without a notification it would never arrive
 

@@ -11,18 +11,19 @@ import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing
+from tests.postgres import postgres_schema
 from tests.server import (
     HOST,
     START_TIMEOUT,
     KeyguardServer,
     Servers,
     Worker,
+    create_key,
     free_port,
     keyguard_command,
     workers_of,
@@ -366,18 +367,6 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Keyg
         yield server.start(), admin
 
 
-def create_key(server: KeyguardServer, admin: str, **fields: Any) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{server.base_url}/v1/api-keys",
-        headers=bearer(admin),
-        json={"label": "new", **fields},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    key: dict[str, Any] = answer.json()
-    return key
-
-
 def test_with_two_workers_a_new_key_works_on_every_worker_within_one_second(
     two_workers: tuple[KeyguardServer, str],
 ) -> None:
@@ -385,7 +374,8 @@ def test_with_two_workers_a_new_key_works_on_every_worker_within_one_second(
     with workers_of(server) as workers:
         assert len(workers) == 2
 
-        key = create_key(server, admin)
+        with server.client(admin) as api:
+            key = create_key(api)
 
         answered_alike_by_every_worker(workers, key["value"], f"/v1/api-keys/{key['id']}", 200)
 
@@ -396,11 +386,12 @@ def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_se
     server, admin = two_workers
     with workers_of(server) as workers:
         assert len(workers) == 2
-        key = create_key(server, admin)
-        path = f"/v1/api-keys/{key['id']}"
-        answered_alike_by_every_worker(workers, key["value"], path, 200)
+        with server.client(admin) as api:
+            key = create_key(api)
+            path = f"/v1/api-keys/{key['id']}"
+            answered_alike_by_every_worker(workers, key["value"], path, 200)
 
-        deleted = httpx.delete(f"{server.base_url}{path}", headers=bearer(admin), timeout=10)
+            deleted = api.delete(path)
 
         assert deleted.status_code == 200, deleted.text
         answered_alike_by_every_worker(workers, key["value"], path, 401)
@@ -419,7 +410,8 @@ def test_without_trusted_proxies_a_local_peer_claiming_another_address_is_judged
     server = servers("no-proxies", settings=environment)
     admin: str = server.create_account("acme")["api_key"]["value"]
     server.start()
-    key = create_key(server, admin, restricted=True, permitted_ips=["198.51.100.7"])
+    with server.client(admin) as api:
+        key = create_key(api, restricted=True, permitted_ips=["198.51.100.7"])
     claiming = bearer(key["value"]) | {"X-Forwarded-For": "198.51.100.7"}
 
     with httpx.Client(base_url=server.base_url, headers=claiming, timeout=10) as client:
