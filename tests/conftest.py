@@ -7,6 +7,7 @@ rows.
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,21 +53,33 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each backend the suite runs on, with a database of the test's own.
+BACKENDS = ["sqlite", "postgresql"]
 
-    PostgreSQL runs when KEYGUARD_TEST_POSTGRES_URL names a server (``.ci/run``
-    sets it); each test gets a fresh schema there. If the variable is set and the
-    server does not answer, the tests fail: they never skip silently.
+
+@contextmanager
+def database(backend: str, folder: Path) -> Iterator[str]:
+    """A database of its own on ``backend`` (one of :data:`BACKENDS`, or ``memory``).
+
+    SQLite's lives in ``folder``. PostgreSQL runs when KEYGUARD_TEST_POSTGRES_URL
+    names a server (``.ci/run`` sets it), in a fresh schema there; if the variable
+    is set and the server does not answer, the test fails: it never skips silently.
     """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/keyguard.db"
-        return
-    server = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not server:
-        missing(f"PostgreSQL: set {POSTGRES_URL_VARIABLE} to run this test on PostgreSQL")
-    with postgres_schema(server) as url:
+    if backend == "memory":
+        yield "memory://"
+    elif backend == "sqlite":
+        yield f"sqlite:///{folder}/keyguard.db"
+    else:
+        server = os.environ.get(POSTGRES_URL_VARIABLE)
+        if not server:
+            missing(f"PostgreSQL: set {POSTGRES_URL_VARIABLE} to run this test on PostgreSQL")
+        with postgres_schema(server) as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each database backend the suite runs on, with a database of the test's own."""
+    with database(request.param, tmp_path) as url:
         yield url
 
 
