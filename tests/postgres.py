@@ -2,7 +2,8 @@
 tests that stop the database under keyguard.
 
 :func:`postgres_schema` gives a test (or a benchmark) a schema of its own on the
-server it names, and drops it afterwards.
+server it names, and drops it afterwards; :func:`postgres_database` a database of
+its own, for tests of LISTEN/NOTIFY, whose channels are shared by a database's schemas.
 
 :class:`PostgresCluster` runs ``initdb`` into a new temporary folder and
 ``postgres`` on a free 127.0.0.1 port with trust authentication. It can be
@@ -37,6 +38,7 @@ from typing import Self
 
 import psycopg
 from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from tests.server import HOST, children, free_port
 
@@ -67,6 +69,25 @@ def postgres_schema(server: str, prefix: str = "kg_test") -> Iterator[str]:
                 (name,),
             )
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    """A throwaway database on ``server``, and its URL (its connections are named after it).
+
+    Notifications reach every listener of a database, whatever its schema: only a
+    database of its own keeps other tests' writes from waking a test's listener.
+    """
+    name = f"kg_test_{uuid.uuid4().hex[:12]}"
+    conninfo = server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = make_url(server).set(database=name).update_query_dict({"application_name": name})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 class ClusterError(RuntimeError):
