@@ -4,8 +4,8 @@ Three phases against one ``keyguard serve`` on a fresh SQLite database:
 
 1. create ``keys`` keys in one account with ``POST /v1/api-keys`` from a few
    concurrent clients (every create is a durable SQLite write);
-2. list that account, without a filter and with a ``?label=`` filter that
-   matches one key in a hundred;
+2. list that account, without a filter, with a ``?label=`` filter that
+   matches one key in a hundred, and its first and last pages of 100;
 3. load ``GET /v1/api-keys/{id}`` and ``/healthz`` alternately with the same
    generator, and compare them. Beyond the bearer-key decision, the key route
    reads the key from the database in the thread pool, decrypts and renders it,
@@ -32,6 +32,7 @@ NEEDLE_EVERY = 100  # one key in NEEDLE_EVERY carries the needle in its label
 NEEDLE = "Needle"
 LABEL_FILTER = "nEEDLE"  # the filter is case-insensitive
 LIST_RUNS = 7
+PAGE = 100  # keys per page of the paged lists
 LIST_BUDGET = 30.0
 AUTH_ROUNDS = 3
 WARMUP_SECONDS = 1.0
@@ -128,9 +129,14 @@ def auth_cost(server: Server, generator: LoadGenerator, seconds: float) -> Compa
 def run(context: Context) -> Section:
     with running_keyguard(context.workers, settings=NO_LIMITS) as server:
         created = create_keys(server, context.keys)
+        last = -(-(created.created + 1) // PAGE)
         lists = [
             list_latency(server, "", created.created + 1),  # + the account's first key
             list_latency(server, f"?label={LABEL_FILTER}", created.needles),
+            list_latency(server, f"?page=1&per_page={PAGE}", min(PAGE, created.created + 1)),
+            list_latency(
+                server, f"?page={last}&per_page={PAGE}", (created.created + 1) % PAGE or PAGE
+            ),
         ]
         cost = auth_cost(server, context.generator, context.seconds)
     section = Section("management", f"Management API: {created.created:,} keys in one account")

@@ -134,6 +134,17 @@ def test_key_table_masks_secrets(run: Any) -> None:
          "keyguard: --scope 'messages' is not GROUP=LEVEL"),
         (["keys", "create", "--account", "404", "--label", "x"], "keyguard: Record not found"),
         (["accounts", "create", ""], "keyguard: Missing or invalid parameter name"),
+        (["keys", "create", "--account", "1", "--label", "x", "--expires-at", "yesterday"],
+         "keyguard: Expires at has incorrect format (UTC, as in 2027-01-31T00:00:00Z)"),
+        (["keys", "create", "--account", "1", "--label", "x",
+          "--expires-at", "2000-01-01T00:00:00Z"],
+         "keyguard: Expires at must be in the future"),
+        (["keys", "create", "--account", "1", "--label", "x",
+          "--expires-at", "2099-01-01T00:00:00Z", "--expires-in", "1d"],
+         "keyguard: Give --expires-at or --expires-in, not both"),
+        (["keys", "roll", "1", "--account", "1", "--grace", "8d"],
+         "keyguard: Grace seconds must be between 0 and 604800 (7 days)"),
+        (["keys", "roll", "99", "--account", "1"], "keyguard: Record not found"),
     ],
 )  # fmt: skip
 def test_refusals_print_one_sentence_and_exit_1(
@@ -149,6 +160,83 @@ def test_refusals_print_one_sentence_and_exit_1(
     assert result.stderr.strip() == message
     assert "Traceback" not in result.output
     assert run("keys", "list", "--account", "1", "--json").stdout == before
+
+
+def test_keys_expire_in_a_duration_or_at_a_time_and_never_on_update(run: Any) -> None:
+    account = str(_json(run("accounts", "create", "acme", "--json"))["account"]["id"])
+    before = datetime.now(UTC).replace(microsecond=0)
+
+    soon = _json(run("keys", "create", "--account", account, "--label", "x", "--expires-in",
+                     "90d", "--json"))  # fmt: skip
+    fixed = _json(run("keys", "create", "--account", account, "--label", "y", "--expires-at",
+                      "2099-01-31T00:00:00Z", "--json"))  # fmt: skip
+    never = _json(run("keys", "update", str(fixed["id"]), "--account", account, "--expires-at",
+                      "never", "--json"))  # fmt: skip
+
+    expires = datetime.strptime(soon["expires_at"], "%Y-%m-%dT%H:%M:%S%z")
+    assert before + timedelta(days=90) <= expires <= datetime.now(UTC) + timedelta(days=90)
+    assert fixed["expires_at"] == "2099-01-31T00:00:00Z"
+    assert never["expires_at"] is None
+    table = run("keys", "list", "--account", account).stdout
+    assert expires.strftime("%Y-%m-%d") in table
+    assert "never" in table
+
+
+@pytest.mark.parametrize("duration", ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"])
+def test_a_duration_that_does_not_parse_is_a_usage_error(run: Any, duration: str) -> None:
+    run("accounts", "create", "acme", "--json")
+    result = run("keys", "create", "--account", "1", "--label", "x", "--expires-in", duration)
+    assert result.exit_code == 2
+    assert "is not a duration such as 90d, 12h, 30m or 45s" in result.stderr
+
+
+def test_keys_roll_prints_the_new_secret_and_when_the_old_key_stops(run: Any) -> None:
+    created = _json(run("accounts", "create", "acme", "--json"))
+    old = created["api_key"]
+
+    result = run("keys", "roll", str(old["id"]), "--account", "1", "--grace", "1h")
+
+    assert result.exit_code == 0, result.output
+    listed = _json(run("keys", "list", "--account", "1", "--json"))
+    new = next(key for key in listed if key["rolled_from"] == old["id"])
+    assert new["value"] in result.stdout
+    ends = next(key for key in listed if key["id"] == old["id"])["expires_at"]
+    assert ends is not None
+    assert f"Key {old['id']} works until {ends.replace('T', ' ').rstrip('Z')}" in result.stdout
+
+
+def test_keys_list_shows_one_page_when_asked(run: Any) -> None:
+    run("accounts", "create", "acme", "--json")
+    for number in range(4):
+        run("keys", "create", "--account", "1", "--label", f"k{number}", "--json")
+
+    second = _json(run("keys", "list", "--account", "1", "--page", "2", "--per-page", "2",
+                       "--json"))  # fmt: skip
+    table = run("keys", "list", "--account", "1", "--page", "3", "--per-page", "2").stdout
+
+    assert [key["label"] for key in second] == ["k1", "k2"]
+    assert "Page 3 of 3 (5 keys)." in table
+    assert "k3" in table
+
+
+def test_keys_usage_charts_the_counts_of_the_last_day(run: Any) -> None:
+    created = _json(run("accounts", "create", "acme", "--json"))
+    key = created["api_key"]
+    runtime = Keyguard(load_settings())
+    runtime.cache.refresh()
+    for _ in range(3):
+        assert runtime.decider.decide(key["value"], "192.0.2.1", "GET", "/v1/numbers").allowed
+    runtime.usage.flush()
+    runtime.store.close()
+
+    points = _json(run("keys", "usage", str(key["id"]), "--account", "1", "--json"))
+    chart = run("keys", "usage", str(key["id"]), "--account", "1", "--granularity", "minute",
+                "--last", "5m").stdout  # fmt: skip
+
+    assert len(points) in (24, 25)  # the buckets of the last day, the current one included
+    assert sum(point["allowed"] for point in points) == 3
+    assert "█" in chart
+    assert "minute (UTC)" in chart
 
 
 def test_accounts_list_shows_each_accounts_status(run: Any) -> None:
@@ -353,6 +441,7 @@ def test_audit_shows_a_deleted_accounts_trail(run: Any) -> None:
 def _runtime() -> Iterator[Keyguard]:
     """The CLI's database, opened in-process as another keyguard process would."""
     runtime = Keyguard(load_settings())
+    runtime.cache.refresh()
     try:
         yield runtime
     finally:
@@ -374,7 +463,7 @@ def test_every_command_and_option_has_help() -> None:
         for option in command.params:
             if isinstance(option, click.Option) and not option.hidden:
                 assert option.help, f"keyguard {' '.join(path)} {option.opts[0]} has no help"
-    assert len(commands) == 15  # the group, its commands and subcommands
+    assert len(commands) == 17  # the group, its commands and subcommands
 
 
 def test_migrate_is_idempotent(run: Any) -> None:

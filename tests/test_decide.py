@@ -1,5 +1,8 @@
 """The decision function, over a real snapshot of a real store."""
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 
 from keyguard.cache import KeyCache
@@ -26,7 +29,8 @@ class World:
         self.cache = KeyCache(self.store)
         self.usage = UsageRecorder(self.store, clock=lambda: 1_700_000_000.0)
         route_map = routes or wavix_route_map().with_routes(MANAGEMENT_ROUTES)
-        self.decider = Decider(vault, self.cache, route_map, self.usage)
+        self.now = time.time()  # the decider's clock, which tests move
+        self.decider = Decider(vault, self.cache, route_map, self.usage, clock=lambda: self.now)
         self.service = KeyService(
             self.store, vault, self.cache, self.usage, groups=route_map.groups
         )
@@ -66,6 +70,33 @@ def test_inactive_key_is_401_and_reactivated_key_works(world: World) -> None:
     key_id = world.service.list_keys(world.account.id, "k")[0].key.id
     world.service.set_active(world.account.id, key_id, True)
     assert world.decide(token).allowed
+
+
+EXPIRY = "2099-01-31T12:00:00Z"
+EXPIRY_SECOND = datetime(2099, 1, 31, 12, tzinfo=UTC).timestamp()
+
+
+def test_key_works_until_the_second_it_expires_on_the_deciders_clock(world: World) -> None:
+    token = world.key(expires_at=EXPIRY)
+
+    world.now = EXPIRY_SECOND - 0.001
+    assert world.decide(token).allowed
+    world.now = EXPIRY_SECOND
+    assert world.decide(token) is UNAUTHORIZED
+    world.now = EXPIRY_SECOND + 86_400
+    assert world.decide(token) is UNAUTHORIZED
+
+
+def test_expired_key_with_another_scope_is_401_not_403(world: World) -> None:
+    token = world.key(expires_at=EXPIRY, scopes_enabled=True, numbers={"allow": "read"})
+    world.now = EXPIRY_SECOND
+
+    assert world.decide(token, "POST", "/v3/messages") is UNAUTHORIZED
+
+
+def test_key_without_expiry_never_expires(world: World) -> None:
+    world.now = EXPIRY_SECOND * 10
+    assert world.decide(world.root).allowed
 
 
 def test_deleted_key_is_401_at_once(world: World) -> None:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -189,6 +189,24 @@ def test_a_change_through_a_is_enforced_by_every_worker_of_b_within_one_second(
 
     shown = ", ".join(f"worker {pid}: {delay * 1000:.1f} ms" for pid, delay in delays.items())
     print(f"{change.__name__} through A, enforced by B: {shown}")
+    assert max(delays.values()) < PROPAGATION_BOUND, shown
+
+
+def test_an_expiry_set_through_a_is_enforced_by_every_worker_of_both_within_one_second(
+    pair: Pair, api_a: httpx.Client
+) -> None:
+    expires = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+    key = create_key(api_a, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    with workers_of(pair.a) as workers_a, workers_of(pair.b) as workers_b:
+        workers = workers_a + workers_b
+        settled(workers, Probe(key["value"], "GET", "/v3/messages", 200), time.monotonic())
+
+        time.sleep(max(0.0, expires.timestamp() - time.time()))
+        instant = time.monotonic()
+        delays = settled(workers, Probe(key["value"], "GET", "/v3/messages", 401), instant)
+
+    shown = ", ".join(f"worker {pid}: {delay * 1000:.1f} ms" for pid, delay in delays.items())
+    print(f"expiry enforced after the instant by A and B: {shown}")
     assert max(delays.values()) < PROPAGATION_BOUND, shown
 
 

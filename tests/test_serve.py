@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -394,6 +395,22 @@ def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_se
             deleted = api.delete(path)
 
         assert deleted.status_code == 200, deleted.text
+        answered_alike_by_every_worker(workers, key["value"], path, 401)
+
+
+def test_with_two_workers_an_expired_key_is_refused_by_every_worker_within_one_second(
+    two_workers: tuple[KeyguardServer, str],
+) -> None:
+    server, admin = two_workers
+    expires = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+    with workers_of(server) as workers:
+        with server.client(admin) as api:
+            key = create_key(api, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        path = f"/v1/api-keys/{key['id']}"
+        answered_alike_by_every_worker(workers, key["value"], path, 200)
+
+        time.sleep(max(0.0, expires.timestamp() - time.time()))
+
         answered_alike_by_every_worker(workers, key["value"], path, 401)
 
 

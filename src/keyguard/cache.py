@@ -27,10 +27,13 @@ class CachedKey:
 
     key_id: int
     account_id: int
-    active: bool
+    active: bool  # false for a leaked key too, whatever its settings say
     networks: AllowList | None  # None: not restricted
     scopes_enabled: bool
     levels: Mapping[str, Level] = field(default_factory=dict)
+    # A POSIX timestamp: decisions compare it with the clock, so a key expires on
+    # every process at its second, with no refresh or write needed then.
+    expires: float | None = None
 
     @classmethod
     def of(cls, key: StoredKey) -> "CachedKey":
@@ -38,12 +41,13 @@ class CachedKey:
         return cls(
             key_id=key.id,
             account_id=key.account_id,
-            active=settings.active,
+            active=settings.active and key.leaked_at is None,
             networks=AllowList.of(parse_networks(settings.permitted_ips))
             if settings.restricted
             else None,
             scopes_enabled=settings.scopes_enabled,
             levels=dict(settings.scopes),
+            expires=None if settings.expires_at is None else settings.expires_at.timestamp(),
         )
 
 

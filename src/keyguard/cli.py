@@ -14,9 +14,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
@@ -26,12 +26,13 @@ from rich.table import Table
 from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
-from keyguard.domain.records import AccountStatus
+from keyguard.domain.counts import Granularity, Point
+from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
 from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView
+from keyguard.service import KeyView, Span
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
@@ -360,6 +361,23 @@ def accounts_list(as_json: bool) -> None:
 # -- keys ----------------------------------------------------------------------
 
 
+class _Duration(click.ParamType[timedelta, "str | timedelta"]):
+    """A span of time as a number and a unit: ``90d``, ``12h``, ``30m``, ``45s``."""
+
+    name = "DURATION"
+    units: ClassVar[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+    def convert(
+        self, value: str | timedelta, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        number, unit = value[:-1], value[-1:].lower()
+        if not (number.isascii() and number.isdigit()) or unit not in self.units or len(number) > 6:
+            self.fail(f"{value!r} is not a duration such as 90d, 12h, 30m or 45s", param, ctx)
+        return timedelta(seconds=int(number) * self.units[unit])
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Manage the keys of one account, as the HTTP API does."""
@@ -406,6 +424,17 @@ def _key_options(function: F) -> F:
             help="A scope grant such as messages=write (or =none); repeat for several. On "
             "update, groups not named keep their level.",
         ),
+        click.option(
+            "--expires-at",
+            metavar="TIME",
+            help="When the key stops working, as in 2027-01-31T00:00:00Z; on update, "
+            "'never' removes an expiry.",
+        ),
+        click.option(
+            "--expires-in",
+            type=_Duration(),
+            help="When the key stops working, from now: 90d, 12h, 30m or 45s.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -420,6 +449,8 @@ def _key_body(
     permitted_ips: tuple[str, ...],
     scopes_enabled: bool | None,
     scopes: tuple[str, ...],
+    expires_at: str | None,
+    expires_in: timedelta | None,
 ) -> dict[str, Any]:
     """The API body for the options given, refusing any that would not do what they say.
 
@@ -433,12 +464,17 @@ def _key_body(
         raise InvalidInput(
             "--permitted-ip needs --restricted: without it any address may use the key"
         )
+    if expires_at is not None and expires_in is not None:
+        raise InvalidInput("Give --expires-at or --expires-in, not both")
+    if expires_in is not None:
+        expires_at = timestamp(datetime.now(UTC) + expires_in)
     body: dict[str, Any] = {
         "label": label,
         "active": active,
         "restricted": restricted,
         "permitted_ips": list(permitted_ips) if permitted_ips else None,
         "scopes_enabled": scopes_enabled,
+        "expires_at": expires_at,
     }
     for grant in scopes:
         group, sep, level = (part.strip() for part in grant.partition("="))
@@ -457,7 +493,8 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
     if as_json:
         _echo_json([key_object(view, groups) for view in views])
         return
-    table = _table("id", "label", "key", "active", "ips", "scopes", "last used", "created")
+    headers = ("id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires")
+    table = _table(*headers)
     for view in views:
         settings = view.key.settings
         scopes = (
@@ -475,6 +512,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
             scopes,
             _when(view.last_used_at),
             _when(view.key.created_at),
+            _when(settings.expires_at) if settings.expires_at else "never",
         )
     _console().print(table)
 
@@ -482,18 +520,36 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
 @keys_group.command("list")
 @_account_option
 @click.option("--label", help="Only keys whose label contains this text (case-insensitive).")
+@click.option(
+    "--page", type=click.IntRange(min=1), help="Show this page only (from 1), as the API pages."
+)
+@click.option(
+    "--per-page",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="Keys per page, with --page.",
+)
 @_json_option
 @_fail_cleanly
-def keys_list(account_id: int, label: str | None, as_json: bool) -> None:
-    """List an account's keys.
+def keys_list(
+    account_id: int, label: str | None, page: int | None, per_page: int, as_json: bool
+) -> None:
+    """List an account's keys, all of them or one page.
 
     Tables mask secrets; --json shows them as KEYGUARD_SECRET_DISPLAY says (in
     full by default).
     """
     with _keyguard() as runtime:
         runtime.service.get_account(account_id)
-        views = runtime.service.list_keys(account_id, label)
-        _print_keys(views, runtime, as_json)
+        if page is None:
+            _print_keys(runtime.service.list_keys(account_id, label), runtime, as_json)
+            return
+        found = runtime.service.page_of_keys(account_id, label, page, per_page)
+        _print_keys(found.views, runtime, as_json)
+    if not as_json:
+        pages = max(1, -(-found.total // per_page))
+        click.echo(f"Page {page} of {pages} ({found.total} keys).")
 
 
 @keys_group.command("create")
@@ -527,6 +583,81 @@ def keys_update(key_id: int, account_id: int, as_json: bool, **fields: Any) -> N
             _echo_json(key_object(view, runtime.service.groups))
             return
         _print_keys([view], runtime, as_json=False)
+
+
+@keys_group.command("roll")
+@click.argument("key_id", type=int)
+@_account_option
+@click.option(
+    "--grace",
+    type=_Duration(),
+    default="24h",
+    show_default=True,
+    help="How long the old key keeps working: 0s to 7d.",
+)
+@_json_option
+@_fail_cleanly
+def keys_roll(key_id: int, account_id: int, grace: timedelta, as_json: bool) -> None:
+    """Replace a key by a new one with the same settings, and print the new secret.
+
+    The old key keeps working until the grace period ends (never past its own
+    expiry), so that its users can move to the new one.
+    """
+    with _keyguard() as runtime:
+        body = {"grace_seconds": int(grace.total_seconds())}
+        old, new = runtime.service.roll_key(account_id, key_id, body)
+        if as_json:
+            _echo_json(key_object(new, runtime.service.groups))
+            return
+        _print_keys([old, new], runtime, as_json=False)
+    _print_secret("Secret:", new.value)
+    click.echo(f"Key {key_id} works until {_when(old.key.settings.expires_at)}.")
+
+
+@keys_group.command("usage")
+@click.argument("key_id", type=int)
+@_account_option
+@click.option(
+    "--granularity",
+    type=click.Choice([granularity.value for granularity in Granularity]),
+    default=Granularity.HOUR.value,
+    show_default=True,
+    help="One bar per minute, hour or day.",
+)
+@click.option(
+    "--last",
+    type=_Duration(),
+    default="1d",
+    show_default=True,
+    help="How far back from now: 1h, 1d, 7d …",
+)
+@_json_option
+@_fail_cleanly
+def keys_usage(
+    key_id: int, account_id: int, granularity: str, last: timedelta, as_json: bool
+) -> None:
+    """Chart a key's requests: allowed, and refused (401, 403, 429), per bucket."""
+    until = datetime.now(UTC)
+    chosen = Granularity(granularity)
+    with _keyguard() as runtime:
+        points = runtime.service.usage_series(account_id, key_id, chosen, Span(until - last, until))
+    if as_json:
+        _echo_json([point.document() for point in points])
+        return
+    _console().print(_usage_chart(points, chosen))
+
+
+def _usage_chart(points: list[Point], granularity: Granularity) -> Table:
+    """A bar per bucket: allowed as full blocks, refused as shaded ones."""
+    width = 40
+    largest = max((sum(point.counts) for point in points), default=0) or 1
+    table = _table(f"{granularity.value} (UTC)", "allowed", "refused", "")
+    shown = "%Y-%m-%d %H:%M" if granularity is not Granularity.DAY else "%Y-%m-%d"
+    for point in points:
+        allowed, refused = point.counts[0], sum(point.counts[1:])
+        bar = "█" * round(width * allowed / largest) + "░" * round(width * refused / largest)
+        table.add_row(point.start.strftime(shown), str(allowed), str(refused), bar)
+    return table
 
 
 @keys_group.command("delete")

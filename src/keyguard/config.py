@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     usage_flush_interval: float = Field(
         default=1.0, gt=0, le=3600, description="Seconds between last_used_at flushes."
     )
+    minute_counts_days: int = Field(
+        default=7, ge=1, le=3650, description="Days per-key counts by minute are kept."
+    )
+    hour_counts_days: int = Field(
+        default=90, ge=1, le=3650, description="Days per-key counts by hour are kept."
+    )
+    day_counts_days: int = Field(
+        default=730, ge=1, le=36500, description="Days per-key counts by day are kept."
+    )
     routes: Path | None = Field(
         default=None, description="A route map file; default: Wavix's routes and scopes."
     )

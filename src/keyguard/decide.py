@@ -17,7 +17,7 @@ from keyguard.domain.network import parse_address, parse_client
 from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import Level
 from keyguard.limits import WindowLimiter
-from keyguard.usage import UsageRecorder
+from keyguard.usage import Outcome, UsageRecorder
 from keyguard.vault import Vault
 
 
@@ -61,6 +61,7 @@ class Decider:
         usage: UsageRecorder,
         observe_latency: Callable[[float], None] | None = None,
         failures: WindowLimiter | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._vault = vault
         # While the server secret is rotated, a key not yet rewritten is found by
@@ -71,6 +72,7 @@ class Decider:
         self._usage = usage
         self._observe_latency = observe_latency
         self._failures = failures
+        self._clock = clock  # for key expiry: POSIX seconds
         # Plain counters cost ~50 ns; metrics read them when scraped. Latency is
         # sampled, one decision in SAMPLE_EVERY, to keep the clock off the hot path.
         self.outcomes = {200: 0, 401: 0, 403: 0, 429: 0}
@@ -116,20 +118,29 @@ class Decider:
         key = self._cache.get(self._vault.digest(token))
         if key is None and self._previous is not None:
             key = self._cache.get(self._previous.digest(token))
-        if key is None or not key.active or key.account_id in self._cache.blocked_accounts:
+        if key is None:
+            return self._unauthorized(charge)
+        if (
+            not key.active
+            or key.account_id in self._cache.blocked_accounts
+            or (key.expires is not None and self._clock() >= key.expires)
+        ):
+            self._usage.count(key.key_id, key.account_id, Outcome.UNAUTHORIZED)
             return self._unauthorized(charge)
         if key.networks is not None:
             address = parse_client(ip) if ip else None
             if address is None or not key.networks.permits(address):
                 shown = str(address) if address is not None else "(unknown)"
                 message = f"IP address {shown} is not permitted for this API key"
+                self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
                 return Decision(False, 403, message, key.account_id, key.key_id)
         route = self._routes.match(method, path)
         needed = route.label if route else "full"  # unknown and ambiguous paths need full access
         refusal = self._refusal(key, route)
         if refusal is not None:
+            self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
             return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
-        self._usage.touch(key.key_id)
+        self._usage.touch(key.key_id, key.account_id)
         allowed = self._allowed.get((key.key_id, needed))
         if allowed is None or allowed.account_id != key.account_id:
             if len(self._allowed) >= _ALLOWED_LIMIT:

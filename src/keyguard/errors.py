@@ -6,6 +6,7 @@ infrastructure that is broken::
 
     KeyguardError
     ├── InvalidInput        a request body or parameter is refused (400 or 422)
+    │   └── Conflict        the record's state refuses the change (409)
     ├── Unauthorized        the caller is not who the route requires (401)
     ├── NotFound            no such record for this account (404)
     ├── RateLimited         too many requests; retry after some seconds (429)
@@ -39,6 +40,13 @@ class InvalidInput(KeyguardError):  # noqa: N818 - reads as a fact, like httpx's
     @classmethod
     def parameter(cls, name: str) -> "InvalidInput":
         return cls(f"Missing or invalid parameter {name}", 400)
+
+
+class Conflict(InvalidInput):
+    """The record exists, but its state refuses the change: an expired key cannot roll."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409)
 
 
 class Unauthorized(KeyguardError):  # noqa: N818

@@ -7,6 +7,7 @@ The CLI and the app factory build one; nothing else constructs these parts.
 
 import logging
 import secrets
+from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy.engine import make_url
 from keyguard.cache import ChangeFollower, KeyCache
 from keyguard.config import Settings
 from keyguard.decide import Decider
+from keyguard.domain.counts import Granularity
 from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
 from keyguard.errors import ConfigurationError
@@ -29,14 +31,19 @@ from keyguard.vault import Vault, load_or_create_secret, read_secret, verify_sec
 log = logging.getLogger("keyguard.runtime")
 
 # keyguard's own management API; a key must have full access to use it.
+PRUNE_INTERVAL = 3600.0  # seconds between deletions of counts past their retention
+
 MANAGEMENT_ROUTES = (
     Route("GET", "/v1/api-keys", None),
     Route("POST", "/v1/api-keys", None),
     Route("GET", "/v1/api-keys/{id}", None),
     Route("PATCH", "/v1/api-keys/{id}", None),
     Route("DELETE", "/v1/api-keys/{id}", None),
+    Route("POST", "/v1/api-keys/{id}/roll", None),
     Route("PATCH", "/v1/api-keys/{id}/activate", None),
     Route("PATCH", "/v1/api-keys/{id}/deactivate", None),
+    Route("GET", "/v1/api-keys/{id}/usage", None),
+    Route("GET", "/v1/usage", None),
     Route("GET", "/v1/audit-log", None),
 )
 
@@ -175,6 +182,11 @@ class Keyguard:
             groups=self.routes.groups,
             prefix=settings.key_prefix,
             display=settings.secret_display,
+            retention={
+                Granularity.MINUTE: timedelta(days=settings.minute_counts_days),
+                Granularity.HOUR: timedelta(days=settings.hour_counts_days),
+                Granularity.DAY: timedelta(days=settings.day_counts_days),
+            },
         )
         self.metrics.watch(self.decider, self.cache, self.usage)
         self._tasks: list[Periodic | ChangeFollower] = [
@@ -183,6 +195,7 @@ class Keyguard:
                 "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
             ),
         ]
+        self._tasks.append(Periodic("usage pruning", self.service.prune_usage, PRUNE_INTERVAL))
         if self.metrics.shared:  # one of several workers: keep its figures current for all
             self._tasks.append(
                 Periodic("metrics export", self.metrics.export, EXPORT_INTERVAL, run_on_stop=True)

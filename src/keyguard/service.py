@@ -5,18 +5,21 @@ store directly. Every write goes to the store first and then into this process's
 key snapshot, so the very next decision here sees it.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from keyguard.cache import KeyCache
 from keyguard.config import SecretDisplay
 from keyguard.domain import keys
+from keyguard.domain.counts import MAX_POINTS, Granularity, Point, dense_series, points_between
 from keyguard.domain.fields import (
     MAX_LABEL_LENGTH,
     KeyChanges,
     is_clean_text,
     parse_create,
     parse_filter,
+    parse_roll,
     parse_update,
     settings_for_new_key,
 )
@@ -37,6 +40,19 @@ from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault
 
 MAX_ACCOUNT_NAME_LENGTH = 255
+DEFAULT_RETENTION = {
+    Granularity.MINUTE: timedelta(days=7),
+    Granularity.HOUR: timedelta(days=90),
+    Granularity.DAY: timedelta(days=730),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """From ``since`` (inclusive) to ``until`` (exclusive), in UTC."""
+
+    since: datetime
+    until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +62,14 @@ class KeyView:
     key: StoredKey
     value: str
     last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of an account's keys, and how many keys all its pages hold."""
+
+    views: list[KeyView]
+    total: int
 
 
 class KeyService:
@@ -61,6 +85,7 @@ class KeyService:
         groups: ScopeGroups,
         prefix: str = "kg",
         display: SecretDisplay = SecretDisplay.FULL,
+        retention: Mapping[Granularity, timedelta] | None = None,
     ) -> None:
         self.store = store
         self.groups = groups
@@ -69,6 +94,7 @@ class KeyService:
         self._usage = usage
         self._prefix = prefix
         self._display = display
+        self._retention = dict(retention or DEFAULT_RETENTION)
 
     # -- accounts -----------------------------------------------------------------
 
@@ -117,6 +143,15 @@ class KeyService:
         label = parse_filter("label", label)
         return [self._view(key) for key in self.store.list_keys(account_id, label)]
 
+    def page_of_keys(
+        self, account_id: int, label: str | None, number: int, per_page: int
+    ) -> KeyPage:
+        """Page ``number`` (from 1) of ``per_page`` keys, as ``list_keys`` orders them."""
+        label = parse_filter("label", label)
+        found = self.store.list_keys(account_id, label, (number - 1) * per_page, per_page)
+        total = self.store.count_keys(account_id, label)
+        return KeyPage([self._view(key) for key in found], total)
+
     def get_key(self, account_id: int, key_id: int) -> KeyView:
         return self._view(self._existing(account_id, key_id))
 
@@ -136,11 +171,71 @@ class KeyService:
         action: Action = "key.activate" if active else "key.deactivate"
         self._update(account_id, key_id, KeyChanges(active=active), actor, action)
 
+    def roll_key(
+        self, account_id: int, key_id: int, body: object, actor: Actor = CLI
+    ) -> tuple[KeyView, KeyView]:
+        """Replace a key by a new one; the old one works until the grace period ends.
+
+        The old key as it now is, then the new one with its secret shown once.
+        """
+        grace = parse_roll(body)
+        token, digest, sealed = self._new_secret()
+        grace_until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=grace)
+        rolled = self.store.roll_key(account_id, key_id, digest, sealed, grace_until, actor)
+        if rolled is None:
+            raise NotFound()
+        old, new = rolled
+        self._cache.put(old)
+        self._cache.put(new)
+        return self._view(old), KeyView(new, token, None)
+
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> None:
         tombstone = self.store.delete_key(account_id, key_id, actor)
         if tombstone is None:
             raise NotFound()
         self._cache.put(tombstone)
+
+    # -- usage counts -------------------------------------------------------------
+
+    def usage_series(
+        self, account_id: int, key_id: int, granularity: Granularity, span: Span
+    ) -> list[Point]:
+        """A key's counts, a point per bucket of the span (zeros where none was kept)."""
+        self._existing(account_id, key_id)
+        since, until = self._checked(span, granularity)
+        rows = self.store.usage_series(account_id, key_id, granularity, since, until)
+        return dense_series(rows, granularity, since, until)
+
+    def usage_totals(
+        self, account_id: int, span: Span
+    ) -> tuple[Granularity, dict[int, tuple[int, ...]]]:
+        """Each key's counts over the span, from the finest buckets still kept for its start."""
+        now = datetime.now(UTC)
+        granularity = next(
+            (kept for kept in Granularity if span.since >= now - self._retention[kept]),
+            Granularity.DAY,
+        )
+        since, until = self._checked(span, granularity, limit_points=False)
+        return granularity, self.store.usage_totals(account_id, granularity, since, until)
+
+    def prune_usage(self) -> int:
+        """Delete counts older than their retention."""
+        now = datetime.now(UTC)
+        return self.store.prune_usage(
+            {granularity: now - kept for granularity, kept in self._retention.items()}
+        )
+
+    @staticmethod
+    def _checked(
+        span: Span, granularity: Granularity, *, limit_points: bool = True
+    ) -> tuple[datetime, datetime]:
+        if span.since >= span.until:
+            raise InvalidInput("From must be earlier than to", 422)
+        if limit_points and points_between(span.since, span.until, granularity) > MAX_POINTS:
+            raise InvalidInput(
+                f"Too many points: at most {MAX_POINTS} {granularity.value}s per series", 422
+            )
+        return span.since, span.until
 
     # -- internals --------------------------------------------------------------
 

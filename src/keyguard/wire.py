@@ -3,16 +3,16 @@
 from typing import Any
 
 from keyguard.domain.records import Account, AuditRecord
+from keyguard.domain.records import timestamp as _timestamp
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.service import KeyView
 
-
-def _timestamp(value: Any) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+_LEVEL_LABELS = {level: level.label for level in Level}
 
 
 def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
-    """A key in Wavix's field order, with both generations of flag names."""
+    """A key in Wavix's field order, with both generations of flag names, then
+    keyguard's own fields: the key's life."""
     key, settings = view.key, view.key.settings
     body: dict[str, Any] = {
         "id": key.id,
@@ -27,9 +27,14 @@ def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
         "scopes_enabled": settings.scopes_enabled,
         "last_used_at": _timestamp(view.last_used_at),
     }
+    # A list renders 13 groups per key: the labels come from a table, not the enum.
+    scopes, labels = settings.scopes, _LEVEL_LABELS
     for group in groups:
-        body[group] = {"allow": settings.scopes.get(group, Level.NONE).label}
+        body[group] = {"allow": labels[scopes.get(group, Level.NONE)]}
     body["created_at"] = _timestamp(key.created_at)
+    body["expires_at"] = _timestamp(settings.expires_at)
+    body["rolled_from"] = key.rolled_from
+    body["leaked_at"] = _timestamp(key.leaked_at)
     return body
 
 

@@ -47,6 +47,7 @@ def settings_view(**changed: Any) -> dict[str, Any]:
         "permitted_ips": [],
         "scopes_enabled": False,
         "scopes": {},
+        "expires_at": None,
     }
     return view | changed
 

@@ -42,6 +42,9 @@ FIELD_ORDER = (
     "last_used_at",
     *GROUPS,
     "created_at",
+    "expires_at",
+    "rolled_from",
+    "leaked_at",
 )
 # current name -> seed-era name
 FLAG_NAMES = {
@@ -102,6 +105,9 @@ def defaults(label: str) -> dict[str, Any]:
         "scopes_enabled": False,
         "last_used_at": None,
         **{group: {"allow": "none"} for group in GROUPS},
+        "expires_at": None,
+        "rolled_from": None,
+        "leaked_at": None,
     }
 
 

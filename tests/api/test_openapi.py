@@ -245,7 +245,7 @@ def test_request_body_refers_to_a_component_schema_with_every_field(
     assert schema == {"$ref": f"#/components/schemas/{component}"}
     assert body["required"] is required
     properties = resolve(document, schema["$ref"])["properties"]
-    assert set(properties) == {"label", "permitted_ips", *FLAGS, *GROUPS}
+    assert set(properties) == {"label", "permitted_ips", *FLAGS, *GROUPS, "expires_at"}
 
 
 def test_create_body_requires_label_and_update_body_refuses_unknown_fields(
@@ -281,6 +281,9 @@ def test_documented_api_key_schema_requires_both_generations_of_names(
         "last_used_at",
         *GROUPS,
         "created_at",
+        "expires_at",
+        "rolled_from",
+        "leaked_at",
     ]
 
 
@@ -394,7 +397,7 @@ def test_forward_auth_is_documented_for_every_method(client: TestClient) -> None
 def test_the_route_map_is_published_in_the_document(client: TestClient, keyguard: Keyguard) -> None:
     published = openapi(client)["x-keyguard-routes"]
 
-    assert len(published) == len(keyguard.routes.routes) == 138  # Wavix's 136 and keyguard's
+    assert len(published) == len(keyguard.routes.routes) == 141  # Wavix's 136 and keyguard's
     assert {"method": "POST", "path": "/v1/cdrs", "scope": "calls", "level": "read"} in published
     assert {"method": "PUT", "path": "/v1/buy/cart", "scope": "numbers", "level": "write"} in (
         published
@@ -436,6 +439,9 @@ class TestWithARouteMapFile:
             ("/v1/api-keys/{id}", None),
             ("/v1/api-keys/{id}/activate", None),
             ("/v1/api-keys/{id}/deactivate", None),
+            ("/v1/api-keys/{id}/roll", None),
+            ("/v1/api-keys/{id}/usage", None),
+            ("/v1/usage", None),
             ("/v1/audit-log", None),
         }
         assert "is refused for every key" in document["info"]["description"]

@@ -1,17 +1,22 @@
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from keyguard.domain.fields import (
+    NEVER,
     KeyChanges,
     apply,
     parse_create,
+    parse_roll,
+    parse_time,
     parse_update,
+    rolled_settings,
     settings_for_new_key,
 )
 from keyguard.domain.records import KeySettings
 from keyguard.domain.scopes import Level, ScopeGroups
-from keyguard.errors import InvalidInput
+from keyguard.errors import Conflict, InvalidInput
 
 GROUPS = ScopeGroups()
 
@@ -154,3 +159,63 @@ def test_apply_changes_only_given_fields_and_drops_none_levels() -> None:
 def test_scope_object_without_allow_means_none(scope: dict[str, object]) -> None:
     changes = parse_update({"calls": scope}, GROUPS)
     assert changes.scopes == {"calls": Level.NONE}
+
+
+# -- expiry and roll ----------------------------------------------------------------
+
+NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2030-06-02T00:00:00Z", datetime(2030, 6, 2, tzinfo=UTC)),
+        ("2030-06-02T02:00:00+02:00", datetime(2030, 6, 2, tzinfo=UTC)),
+        ("2030-06-02T00:00:00.999Z", datetime(2030, 6, 2, tzinfo=UTC)),
+        ("2030-06-02t00:00:00z", datetime(2030, 6, 2, tzinfo=UTC)),
+        ("2030-06-02T00:00:00", None),
+        ("2030-06-02", None),
+        ("2030-13-02T00:00:00Z", None),
+        ("now", None),
+        ("2030-06-02T00:00:00Z" + " " * 40, None),
+    ],
+)
+def test_parse_time_takes_rfc3339_with_an_offset_to_the_second(
+    text: str, expected: datetime | None
+) -> None:
+    assert parse_time(text) == expected
+
+
+def test_expiry_must_be_later_than_now() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_create({"label": "k", "expires_at": "2030-06-01T12:00:00Z"}, GROUPS, NOW)
+    assert (caught.value.status, caught.value.message) == (422, "Expires at must be in the future")
+    later = parse_create({"label": "k", "expires_at": "2030-06-01T12:00:01Z"}, GROUPS, NOW)
+    assert later.expires_at == NOW + timedelta(seconds=1)
+
+
+def test_never_removes_an_expiry_and_null_keeps_it() -> None:
+    expiring = KeySettings(label="k", expires_at=NOW)
+    assert apply(expiring, parse_update({"expires_at": NEVER}, GROUPS, NOW)).expires_at is None
+    assert apply(expiring, parse_update({"expires_at": None}, GROUPS, NOW)).expires_at == NOW
+
+
+def test_roll_grace_defaults_to_a_day_and_is_bounded_to_a_week() -> None:
+    assert parse_roll({}) == 86_400
+    assert parse_roll({"grace_seconds": None}) == 86_400
+    assert parse_roll({"grace_seconds": 0}) == 0
+    assert parse_roll({"grace_seconds": 604_800}) == 604_800
+    for refused in (-1, 604_801, True, "1", 1.0):
+        with pytest.raises(InvalidInput):
+            parse_roll({"grace_seconds": refused})
+
+
+def test_rolled_key_expires_at_the_end_of_grace_or_its_own_expiry_if_sooner() -> None:
+    grace_end = NOW + timedelta(days=1)
+    forever = KeySettings(label="k")
+    soon = KeySettings(label="k", expires_at=NOW + timedelta(hours=1))
+
+    assert rolled_settings(forever, grace_end, NOW).expires_at == grace_end
+    assert rolled_settings(soon, grace_end, NOW) == soon
+    with pytest.raises(Conflict):
+        rolled_settings(soon, grace_end, NOW + timedelta(hours=1))

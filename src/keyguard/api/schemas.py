@@ -12,9 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from keyguard.domain.fields import (
     CLEAN_TEXT_PATTERN,
+    DEFAULT_GRACE_SECONDS,
+    EXPIRES_AT_FORMAT,
     FLAG_ALIASES,
+    MAX_GRACE_SECONDS,
     MAX_LABEL_LENGTH,
     MAX_PERMITTED_IPS,
+    NEVER,
 )
 from keyguard.domain.records import Action, ActorKind
 from keyguard.domain.routes import RouteMap
@@ -81,7 +85,66 @@ def key_model(groups: ScopeGroups) -> type[BaseModel]:
     fields["last_used_at"] = (datetime | None, ...)
     fields.update(dict.fromkeys(groups.names, (ScopePermission, ...)))
     fields["created_at"] = (datetime, ...)
+    fields["expires_at"] = (
+        datetime | None,
+        Field(description="From this second on the key is refused; null: never expires."),
+    )
+    fields["rolled_from"] = (
+        int | None,
+        Field(description="The id of the key this one replaced when that key was rolled."),
+    )
+    fields["leaked_at"] = (
+        datetime | None,
+        Field(description="When a secret scanner reported the key public; it is refused for good."),
+    )
     return create_model("ApiKey", **fields)
+
+
+class UsagePoint(BaseModel):
+    start: datetime = Field(description="The bucket's start, UTC.")
+    allowed: int
+    unauthorized: int = Field(
+        description="401 although the key exists: it was inactive, "
+        "expired or leaked, or its account suspended."
+    )
+    forbidden: int = Field(description="403: the address, the scope or the route.")
+    rate_limited: int = Field(description="429: the key's rate limit.")
+    no_credits: int = Field(description="429: the key's credits ran out.")
+
+
+class UsageSeries(BaseModel):
+    key_id: int
+    granularity: Literal["minute", "hour", "day"]
+    from_: datetime = Field(alias="from")
+    to: datetime
+    items: list[UsagePoint]
+
+
+class KeyTotals(BaseModel):
+    key_id: int
+    allowed: int
+    unauthorized: int
+    forbidden: int
+    rate_limited: int
+    no_credits: int
+
+
+class UsageTotals(BaseModel):
+    granularity: Literal["minute", "hour", "day"]
+    from_: datetime = Field(alias="from", description="The first bucket's start.")
+    to: datetime
+    items: list[KeyTotals]
+
+
+class RollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(
+        default=DEFAULT_GRACE_SECONDS,
+        ge=0,
+        le=MAX_GRACE_SECONDS,
+        description="How long the old key keeps working (never past its own expiry).",
+    )
 
 
 def _request_fields(groups: ScopeGroups) -> dict[str, Any]:
@@ -102,6 +165,14 @@ def _request_fields(groups: ScopeGroups) -> dict[str, Any]:
             Field(default=None, description=f"Older name of `{current}`; `{current}` wins."),
         )
     fields.update(dict.fromkeys(groups.names, (ScopeGrant | None, None)))
+    fields["expires_at"] = (
+        datetime | Literal["never"] | None,
+        Field(
+            default=None,
+            description=f"When the key stops working ({EXPIRES_AT_FORMAT}); must be in the "
+            f'future. "{NEVER}" removes an expiry (null means not given).',
+        ),
+    )
     return fields
 
 

@@ -2,19 +2,21 @@
 
 Both generations of Wavix field names are accepted (``is_active`` and
 ``active``, …); when a body gives both, the current name wins. JSON ``null``
-means "not given". Every refusal is an :class:`~keyguard.errors.InvalidInput`
-carrying Wavix's own message, raised before anything is changed.
+means "not given", so an expiry is removed with ``"expires_at": "never"``. Every
+refusal is an :class:`~keyguard.errors.InvalidInput` carrying Wavix's own message,
+raised before anything is changed.
 """
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TypeVar
 
 from keyguard.domain.network import canonical_entry
-from keyguard.domain.records import KeySettings
+from keyguard.domain.records import KeySettings, is_expired
 from keyguard.domain.scopes import LEVEL_NAMES, Level, ScopeGroups
-from keyguard.errors import InvalidInput
+from keyguard.errors import Conflict, InvalidInput
 
 T = TypeVar("T")
 
@@ -25,6 +27,11 @@ _UNCLEAN = re.compile(f"[{UNCLEAN_CHARACTERS}]")
 
 MAX_LABEL_LENGTH = 255
 MAX_PERMITTED_IPS = 100
+DEFAULT_GRACE_SECONDS = 24 * 3600
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+# PATCH treats JSON null as "not given", so removing an expiry needs a value of its own.
+NEVER: Final = "never"
+EXPIRES_AT_FORMAT = "UTC, as in 2027-01-31T00:00:00Z"
 
 # current name -> the seed-era name Wavix documented first
 FLAG_ALIASES: dict[str, str] = {
@@ -44,12 +51,16 @@ class KeyChanges:
     permitted_ips: tuple[str, ...] | None = None
     scopes_enabled: bool | None = None
     scopes: dict[str, Level] = field(default_factory=dict)
+    expires_at: datetime | Literal["never"] | None = None
 
 
-def parse_create(body: object, groups: ScopeGroups) -> KeyChanges:
-    """The fields of ``POST /v1/api-keys``; unknown fields are ignored."""
+def parse_create(body: object, groups: ScopeGroups, now: datetime | None = None) -> KeyChanges:
+    """The fields of ``POST /v1/api-keys``; unknown fields are ignored.
+
+    ``now`` (default: the clock) is what ``expires_at`` must be later than.
+    """
     data = _as_object(body)
-    changes = _parse(data, groups)
+    changes = _parse(data, groups, now)
     if changes.label is None:
         raise InvalidInput.parameter("label")
     if changes.restricted and changes.permitted_ips is None:
@@ -57,14 +68,38 @@ def parse_create(body: object, groups: ScopeGroups) -> KeyChanges:
     return changes
 
 
-def parse_update(body: object, groups: ScopeGroups) -> KeyChanges:
+def parse_update(body: object, groups: ScopeGroups, now: datetime | None = None) -> KeyChanges:
     """The fields of ``PATCH /v1/api-keys/{id}``; unknown fields are refused."""
     data = _as_object(body)
-    known = {"label", "permitted_ips", *FLAG_ALIASES, *FLAG_ALIASES.values(), *groups}
+    known = {
+        "label",
+        "permitted_ips",
+        "expires_at",
+        *FLAG_ALIASES,
+        *FLAG_ALIASES.values(),
+        *groups,
+    }
     for name in data:
         if name not in known:
             raise InvalidInput.parameter(_printable(name))
-    return _parse(data, groups)
+    return _parse(data, groups, now)
+
+
+def parse_roll(body: object) -> int:
+    """The grace period of ``POST /v1/api-keys/{id}/roll``, in seconds."""
+    data = _as_object(body)
+    for name in data:
+        if name != "grace_seconds":
+            raise InvalidInput.parameter(_printable(name))
+    grace = data.get("grace_seconds")
+    if grace is None:
+        return DEFAULT_GRACE_SECONDS
+    if not isinstance(grace, int) or isinstance(grace, bool):
+        raise InvalidInput.parameter("grace_seconds")
+    if not 0 <= grace <= MAX_GRACE_SECONDS:
+        message = f"Grace seconds must be between 0 and {MAX_GRACE_SECONDS} (7 days)"
+        raise InvalidInput(message, 422)
+    return grace
 
 
 def _as_object(body: object) -> Mapping[str, Any]:
@@ -73,7 +108,7 @@ def _as_object(body: object) -> Mapping[str, Any]:
     return body
 
 
-def _parse(data: Mapping[str, Any], groups: ScopeGroups) -> KeyChanges:
+def _parse(data: Mapping[str, Any], groups: ScopeGroups, now: datetime | None) -> KeyChanges:
     return KeyChanges(
         label=_label(data.get("label")),
         active=_flag(data, "active"),
@@ -81,6 +116,7 @@ def _parse(data: Mapping[str, Any], groups: ScopeGroups) -> KeyChanges:
         permitted_ips=_permitted_ips(data.get("permitted_ips")),
         scopes_enabled=_flag(data, "scopes_enabled"),
         scopes={name: _level(name, data[name]) for name in groups if data.get(name) is not None},
+        expires_at=_expires_at(data.get("expires_at"), now or datetime.now(UTC)),
     )
 
 
@@ -138,6 +174,36 @@ def _permitted_ips(value: object) -> tuple[str, ...] | None:
     return tuple(entries)
 
 
+def _expires_at(value: object, now: datetime) -> datetime | Literal["never"] | None:
+    if value is None:
+        return None
+    if value == NEVER:
+        return NEVER
+    if not isinstance(value, str):
+        raise InvalidInput.parameter("expires_at")
+    moment = parse_time(value)
+    if moment is None:
+        raise InvalidInput(f"Expires at has incorrect format ({EXPIRES_AT_FORMAT})", 422)
+    if moment <= now:
+        raise InvalidInput("Expires at must be in the future", 422)
+    return moment
+
+
+def parse_time(text: str) -> datetime | None:
+    """An RFC 3339 time with its offset, in UTC to the second (a fraction is dropped,
+    so that the key object shows the very second it expires); ``None`` if it is not one."""
+    text = text.upper()  # RFC 3339 allows "t" and "z"
+    if len(text) > 40 or "T" not in text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # a time without an offset is ambiguous: refused
+        return None
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
 def _level(group: str, value: object) -> Level:
     if not isinstance(value, dict):
         raise InvalidInput(f"API key scope {group}: must be a hash", 422)
@@ -167,6 +233,7 @@ def apply(settings: KeySettings, changes: KeyChanges) -> KeySettings:
         permitted_ips=_given(changes.permitted_ips, settings.permitted_ips),
         scopes_enabled=_given(changes.scopes_enabled, settings.scopes_enabled),
         scopes=_granted({**settings.scopes, **changes.scopes}),
+        expires_at=_expiry(changes.expires_at, settings.expires_at),
     )
 
 
@@ -176,9 +243,26 @@ def settings_for_new_key(changes: KeyChanges) -> KeySettings:
     return apply(KeySettings(label=changes.label), changes)
 
 
+def _expiry(value: datetime | Literal["never"] | None, current: datetime | None) -> datetime | None:
+    if isinstance(value, str):  # NEVER
+        return None
+    return current if value is None else value
+
+
 def _given(value: T | None, current: T) -> T:
     return current if value is None else value
 
 
 def _granted(levels: Mapping[str, Level]) -> dict[str, Level]:
     return {name: level for name, level in levels.items() if level is not Level.NONE}
+
+
+def rolled_settings(settings: KeySettings, grace_until: datetime, now: datetime) -> KeySettings:
+    """The settings of a key being rolled: it now expires when the grace ends, or at
+    its own expiry if that comes first. An expired key cannot be rolled."""
+    if is_expired(settings, now):
+        raise Conflict("API key has expired; create a new key instead")
+    expires_at = grace_until
+    if settings.expires_at is not None:
+        expires_at = min(settings.expires_at, grace_until)
+    return replace(settings, expires_at=expires_at)

@@ -30,6 +30,7 @@ class Account:
 Action = Literal[
     "account.create", "account.suspend", "account.resume", "account.delete",
     "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
+    "key.roll", "key.leak",
 ]  # fmt: skip
 ActorKind = Literal["key", "operator", "cli"]
 
@@ -68,6 +69,11 @@ class KeySettings:
     permitted_ips: tuple[str, ...] = ()
     scopes_enabled: bool = False
     scopes: Mapping[str, Level] = field(default_factory=dict)
+    expires_at: datetime | None = None  # refused from this second on; None: never
+
+
+def is_expired(settings: KeySettings, now: datetime) -> bool:
+    return settings.expires_at is not None and settings.expires_at <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,8 @@ class StoredKey:
 
     ``scopes`` holds granted levels only; a group that is absent is ``none``.
     ``deleted`` keys appear only in change feeds, so that caches drop them.
+    ``rolled_from`` names the key this one replaced; a key with ``leaked_at`` was
+    found in public and is refused for good, whatever ``active`` says.
     """
 
     id: int
@@ -88,6 +96,8 @@ class StoredKey:
     revision: int = 0
     deleted: bool = False
     changed_at: datetime | None = None  # when ``revision`` was written, to the microsecond
+    rolled_from: int | None = None
+    leaked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,4 +122,12 @@ def settings_document(settings: KeySettings) -> dict[str, Any]:
             for group, level in settings.scopes.items()
             if level is not Level.NONE
         },
+        "expires_at": timestamp(settings.expires_at),
     }
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """A time as the wire and the audit trail show it: ``2026-01-31T12:00:00Z``."""
+    if value is None:
+        return None
+    return f"{value.year:04d}{value:-%m-%dT%H:%M:%S}Z"  # %Y is not padded before year 1000

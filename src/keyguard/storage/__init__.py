@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from keyguard.domain.counts import Granularity
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     CLI,
@@ -130,8 +131,18 @@ class Store(Protocol):
         actor: Actor = CLI,
     ) -> StoredKey: ...
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
-        """The account's keys by id; ``label`` is a case-insensitive substring."""
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
+        """The account's live keys by id, from the ``offset``-th, at most ``limit`` of
+        them (``None``: all); ``label`` is a case-insensitive substring."""
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        """How many keys ``list_keys`` would give without ``offset`` and ``limit``."""
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None: ...
 
@@ -144,6 +155,22 @@ class Store(Protocol):
         action: Action = "key.update",
     ) -> StoredKey | None:
         """Apply ``changes`` atomically; ``None`` if the account has no such key."""
+
+    def roll_key(
+        self,
+        account_id: int,
+        key_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        grace_until: datetime,
+        actor: Actor = CLI,
+    ) -> tuple[StoredKey, StoredKey] | None:
+        """Replace a key by a new one with the same settings (``digest`` and
+        ``sealed_value`` are the new secret's); the old key now expires at
+        ``grace_until``, or at its own expiry if sooner. Both as stored afterwards,
+        old first; ``None`` if the account has no such key; ``Conflict`` if it expired.
+        Audited as ``key.create`` (naming ``rolled_from``) and ``key.roll``.
+        """
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         """Revoke a key for good; its tombstone, or ``None`` if there was no such key."""
@@ -161,6 +188,32 @@ class Store(Protocol):
     def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         """Move ``last_used_at`` forward, never back, for each key id given; skip a
         key whose stored time is within ``settle`` seconds of the new one."""
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        """Add request counts to the minute, hour and day buckets holding ``at``.
+
+        ``counts`` maps a key id to its account id followed by one count per
+        :class:`~keyguard.domain.counts.Outcome`; processes add up, never overwrite.
+        """
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        """A key's counts by bucket start, for buckets from ``since`` up to ``until``;
+        buckets with no count are absent."""
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        """Each of the account's keys with counts in that span, and its counts added up."""
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        """Delete buckets of each granularity that start before its time; how many went."""
 
     def change_signal(self) -> ChangeSignal | None:
         """A push channel for changes, if the backend has one; polling covers the rest."""

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyguard.domain.audit import STATUS_ACTIONS
-from keyguard.domain.fields import KeyChanges, apply
+from keyguard.domain.counts import OUTCOMES, Granularity, totals
+from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -41,6 +42,8 @@ class MemoryStore:
         self._secret_check: bytes | None = None
         # Change signals wait on it; a write wakes them when it moves the revision.
         self._revision_moved = threading.Condition(self._lock)
+        # (key id, granularity, bucket start) -> (account id, a count per outcome)
+        self._usage: dict[tuple[int, Granularity, datetime], tuple[int, tuple[int, ...]]] = {}
 
     def migrate(self) -> None:
         pass
@@ -157,16 +160,26 @@ class MemoryStore:
             self._next_revision()
             return self._insert(account_id, digest, sealed_value, settings, actor)
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
         needle = label.casefold() if label else ""
         with self._lock:
-            return [
+            found = [
                 key
                 for key in self._keys.values()
                 if key.account_id == account_id
                 and not key.deleted
                 and needle in key.settings.label.casefold()
             ]
+        return found[offset : None if limit is None else offset + limit]
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        return len(self.list_keys(account_id, label))
 
     def get_key(self, account_id: int, key_id: int) -> StoredKey | None:
         key = self._keys.get(key_id)
@@ -187,16 +200,26 @@ class MemoryStore:
             if key is None:
                 return None
             self._next_revision()
-            updated = replace(
-                key,
-                settings=apply(key.settings, changes),
-                revision=self._revision,
-                changed_at=datetime.now(UTC),
-            )
-            self._keys[key_id] = updated
-            before, after = settings_document(key.settings), settings_document(updated.settings)
-            self._record(account_id, action, actor, key_id, before=before, after=after)
-            return updated
+            return self._rewrite_settings(key, apply(key.settings, changes), actor, action)
+
+    def roll_key(
+        self,
+        account_id: int,
+        key_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        grace_until: datetime,
+        actor: Actor = CLI,
+    ) -> tuple[StoredKey, StoredKey] | None:
+        with self._lock:
+            key = self.get_key(account_id, key_id)
+            if key is None:
+                return None
+            old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
+            self._next_revision()
+            new = self._insert(account_id, digest, sealed_value, key.settings, actor, key.id)
+            noted = {"rolled_to": new.id}
+            return self._rewrite_settings(key, old_settings, actor, "key.roll", noted), new
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         with self._lock:
@@ -259,6 +282,58 @@ class MemoryStore:
                 if key is not None and (key.last_used_at is None or key.last_used_at < before):
                     self._keys[key_id] = replace(key, last_used_at=when)
 
+    # -- usage counts -------------------------------------------------------------
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        with self._lock:
+            for key_id, added in counts.items():
+                for granularity in Granularity:
+                    bucket = (key_id, granularity, granularity.floor(at))
+                    account_id, held = self._usage.get(bucket, (added[0], (0,) * len(OUTCOMES)))
+                    summed = tuple(a + b for a, b in zip(held, added[1:], strict=True))
+                    self._usage[bucket] = (account_id, summed)
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        return {
+            start: counts
+            for (key, _, start), (owner, counts) in self._buckets(granularity, since, until)
+            if key == key_id and owner == account_id
+        }
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        found: dict[int, list[tuple[int, ...]]] = {}
+        for (key_id, _, _), (owner, counts) in self._buckets(granularity, since, until):
+            if owner == account_id:
+                found.setdefault(key_id, []).append(counts)
+        return {key_id: totals(rows) for key_id, rows in sorted(found.items())}
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        with self._lock:
+            old = [bucket for bucket in self._usage if bucket[2] < before.get(bucket[1], bucket[2])]
+            for bucket in old:
+                del self._usage[bucket]
+            return len(old)
+
+    def _buckets(
+        self, granularity: Granularity, since: datetime, until: datetime
+    ) -> list[tuple[tuple[int, Granularity, datetime], tuple[int, tuple[int, ...]]]]:
+        first = granularity.floor(since)
+        with self._lock:
+            return [
+                (bucket, held)
+                for bucket, held in self._usage.items()
+                if bucket[1] is granularity and first <= bucket[2] < until
+            ]
+
     # -- internals --------------------------------------------------------------
 
     def _next_revision(self) -> None:
@@ -267,6 +342,23 @@ class MemoryStore:
         self._revision += 1
         self._revision_moved.notify_all()
 
+    def _rewrite_settings(
+        self,
+        key: StoredKey,
+        settings: KeySettings,
+        actor: Actor,
+        action: Action,
+        noted: Mapping[str, Any] | None = None,
+    ) -> StoredKey:
+        updated = replace(
+            key, settings=settings, revision=self._revision, changed_at=datetime.now(UTC)
+        )
+        self._keys[key.id] = updated
+        before = settings_document(key.settings)
+        after = {**settings_document(settings), **(noted or {})}
+        self._record(key.account_id, action, actor, key.id, before=before, after=after)
+        return updated
+
     def _insert(
         self,
         account_id: int,
@@ -274,6 +366,7 @@ class MemoryStore:
         sealed_value: bytes,
         settings: KeySettings,
         actor: Actor,
+        rolled_from: int | None = None,
     ) -> StoredKey:
         if digest in self._digests:
             raise ValueError("duplicate key digest")
@@ -287,9 +380,13 @@ class MemoryStore:
             created_at=_now(),
             revision=self._revision,
             changed_at=datetime.now(UTC),
+            rolled_from=rolled_from,
         )
         self._keys[key.id] = key
-        self._record(account_id, "key.create", actor, key.id, after=settings_document(settings))
+        after = settings_document(settings)
+        if rolled_from is not None:
+            after["rolled_from"] = rolled_from
+        self._record(account_id, "key.create", actor, key.id, after=after)
         return key
 
     def _tombstone(self, key: StoredKey) -> StoredKey:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     cast,
     column,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -37,12 +38,15 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
-from keyguard.domain.fields import KeyChanges, apply
+from keyguard.domain.counts import OUTCOMES, Granularity
+from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -58,7 +62,7 @@ from keyguard.domain.records import (
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
-from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, meta
+from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, key_usage, meta
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
@@ -246,6 +250,70 @@ class SQLStore:
         message = str(error.orig).lower()
         return any(sign in message for sign in _SQLITE_UNAVAILABLE)
 
+    # -- usage counts -------------------------------------------------------------
+
+    def record_counts(self, counts: Mapping[int, Sequence[int]], at: datetime) -> None:
+        rows = [
+            {
+                "key_id": key_id,
+                "account_id": added[0],
+                "granularity": granularity.value,
+                "bucket": granularity.floor(at),
+                **dict(zip(OUTCOMES, added[1:], strict=True)),
+            }
+            for key_id, added in counts.items()
+            for granularity in Granularity
+        ]
+        upsert = (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(key_usage)
+        statement = upsert.on_conflict_do_update(
+            index_elements=["key_id", "granularity", "bucket"],
+            set_={name: key_usage.c[name] + upsert.excluded[name] for name in OUTCOMES},
+        )
+        with self._translate_errors(), self.engine.begin() as connection:
+            connection.execute(statement, rows)
+
+    def usage_series(
+        self,
+        account_id: int,
+        key_id: int,
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[datetime, tuple[int, ...]]:
+        query = select(key_usage.c.bucket, *(key_usage.c[name] for name in OUTCOMES)).where(
+            key_usage.c.key_id == key_id,
+            key_usage.c.account_id == account_id,
+            *_span(granularity, since, until),
+        )
+        with self._reading() as connection:
+            return {row[0]: tuple(row[1:]) for row in connection.execute(query)}
+
+    def usage_totals(
+        self, account_id: int, granularity: Granularity, since: datetime, until: datetime
+    ) -> dict[int, tuple[int, ...]]:
+        query = (
+            select(key_usage.c.key_id, *(func.sum(key_usage.c[name]) for name in OUTCOMES))
+            .where(key_usage.c.account_id == account_id, *_span(granularity, since, until))
+            .group_by(key_usage.c.key_id)
+            .order_by(key_usage.c.key_id)
+        )
+        with self._reading() as connection:
+            return {
+                row[0]: tuple(int(count) for count in row[1:]) for row in connection.execute(query)
+            }
+
+    def prune_usage(self, before: Mapping[Granularity, datetime]) -> int:
+        with self._translate_errors(), self.engine.begin() as connection:
+            return sum(
+                connection.execute(
+                    delete(key_usage).where(
+                        key_usage.c.granularity == granularity.value,
+                        key_usage.c.bucket < bound,
+                    )
+                ).rowcount
+                for granularity, bound in before.items()
+            )
+
     def change_signal(self) -> "ChangeSignal | None":
         """Push notification of changes: LISTEN/NOTIFY on PostgreSQL, none elsewhere."""
         if self.dialect != "postgresql":
@@ -367,6 +435,9 @@ class SQLStore:
                         changed_at=now,
                     )
                 )
+                connection.execute(
+                    update(accounts).where(accounts.c.id == account_id).values(key_count=0)
+                )
         return replace(account, status=status, revision=revision)
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
@@ -418,6 +489,7 @@ class SQLStore:
         sealed_value: bytes,
         settings: KeySettings,
         actor: Actor,
+        rolled_from: int | None = None,
     ) -> StoredKey:
         changed_at = datetime.now(UTC)
         created_at = changed_at.replace(microsecond=0)
@@ -430,13 +502,16 @@ class SQLStore:
                     created_at=created_at,
                     revision=revision,
                     changed_at=changed_at,
-                    **settings_document(settings),
+                    rolled_from=rolled_from,
+                    **_settings_columns(settings),
                 )
             )
         )
-        _audit(
-            connection, account_id, "key.create", actor, key_id, after=settings_document(settings)
-        )
+        _count_keys(connection, account_id, +1)
+        after = settings_document(settings)
+        if rolled_from is not None:
+            after["rolled_from"] = rolled_from
+        _audit(connection, account_id, "key.create", actor, key_id, after=after)
         return StoredKey(
             key_id,
             account_id,
@@ -446,16 +521,34 @@ class SQLStore:
             created_at,
             revision=revision,
             changed_at=changed_at,
+            rolled_from=rolled_from,
         )
 
-    def list_keys(self, account_id: int, label: str | None = None) -> list[StoredKey]:
-        query = select(api_keys).where(
-            api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)
-        )
-        if label:
-            query = query.where(self._label_contains(label))
+    def list_keys(
+        self,
+        account_id: int,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredKey]:
+        query = select(*_KEY_COLUMNS).where(*self._live_keys(account_id, label))
+        query = query.order_by(api_keys.c.id).offset(offset or None).limit(limit)
         with self._reading() as connection:
-            return [_key(row) for row in connection.execute(query.order_by(api_keys.c.id))]
+            return [_key(row) for row in connection.execute(query)]
+
+    def count_keys(self, account_id: int, label: str | None = None) -> int:
+        if label:
+            query = select(func.count()).where(*self._live_keys(account_id, label))
+        else:
+            query = select(accounts.c.key_count).where(accounts.c.id == account_id)
+        with self._reading() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    def _live_keys(self, account_id: int, label: str | None) -> list[ColumnElement[bool]]:
+        conditions = [api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)]
+        if label:
+            conditions.append(self._label_contains(label))
+        return conditions
 
     def _label_contains(self, needle: str) -> ColumnElement[bool]:
         """Case-insensitive substring, for every alphabet: SQLite's own case folding
@@ -495,15 +588,52 @@ class SQLStore:
             if key is None:
                 return None
             settings = apply(key.settings, changes)
-            changed_at = datetime.now(UTC)
-            connection.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id)
-                .values(revision=revision, changed_at=changed_at, **settings_document(settings))
-            )
-            before, after = settings_document(key.settings), settings_document(settings)
-            _audit(connection, account_id, action, actor, key_id, before=before, after=after)
+            return self._rewrite_settings(connection, revision, key, settings, actor, action)
+
+    def _rewrite_settings(
+        self,
+        connection: Connection,
+        revision: int,
+        key: StoredKey,
+        settings: KeySettings,
+        actor: Actor,
+        action: Action,
+        noted: Mapping[str, Any] | None = None,
+    ) -> StoredKey:
+        """Store ``key`` with ``settings``, audited as ``action`` (``noted`` added to
+        the record's ``after``)."""
+        changed_at = datetime.now(UTC)
+        connection.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key.id)
+            .values(revision=revision, changed_at=changed_at, **_settings_columns(settings))
+        )
+        before = settings_document(key.settings)
+        after = {**settings_document(settings), **(noted or {})}
+        _audit(connection, key.account_id, action, actor, key.id, before=before, after=after)
         return replace(key, settings=settings, revision=revision, changed_at=changed_at)
+
+    def roll_key(
+        self,
+        account_id: int,
+        key_id: int,
+        digest: bytes,
+        sealed_value: bytes,
+        grace_until: datetime,
+        actor: Actor = CLI,
+    ) -> tuple[StoredKey, StoredKey] | None:
+        with self._writing() as (connection, revision):
+            key = self._get_key(connection, account_id, key_id)
+            if key is None:
+                return None
+            old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
+            new = self._insert_key(
+                connection, revision, account_id, digest, sealed_value, key.settings, actor, key.id
+            )
+            old = self._rewrite_settings(
+                connection, revision, key, old_settings, actor, "key.roll", {"rolled_to": new.id}
+            )
+            return old, new
 
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         with self._writing() as (connection, revision):
@@ -522,6 +652,7 @@ class SQLStore:
                     changed_at=changed_at,
                 )
             )
+            _count_keys(connection, account_id, -1)
             _audit(
                 connection,
                 account_id,
@@ -535,7 +666,7 @@ class SQLStore:
         )
 
     def changes_since(self, revision: int) -> Changes:
-        keys = select(*_FEED_COLUMNS).where(api_keys.c.revision > revision)
+        keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
         changed = select(accounts).where(accounts.c.revision > revision)
         if revision == 0:
             keys = keys.where(api_keys.c.deleted_at.is_(None))
@@ -623,6 +754,14 @@ class SQLStore:
                 )
 
 
+def _span(granularity: Granularity, since: datetime, until: datetime) -> list[ColumnElement[bool]]:
+    return [
+        key_usage.c.granularity == granularity.value,
+        key_usage.c.bucket >= granularity.floor(since),
+        key_usage.c.bucket < until,
+    ]
+
+
 def _audit(
     connection: Connection,
     account_id: int,
@@ -645,6 +784,15 @@ def _audit(
             before=before,
             after=after,
         )
+    )
+
+
+def _count_keys(connection: Connection, account_id: int, change: int) -> None:
+    """Keep the account's count of live keys, which lists report without counting."""
+    connection.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(key_count=accounts.c.key_count + change)
     )
 
 
@@ -671,9 +819,9 @@ def _new_id(result: CursorResult[Any]) -> int:
     return int(primary_key[0])
 
 
-# The change feed reads the JSON columns as text: a first load reads every key,
-# and most keys have no allow-list and no scopes, which need no JSON parser.
-_FEED_COLUMNS = [
+# Change feeds and lists read the JSON columns as text: a first load reads every
+# key, and most keys have no allow-list and no scopes, which need no JSON parser.
+_KEY_COLUMNS = [
     *(column for column in api_keys.c if column.name not in ("permitted_ips", "scopes")),
     cast(api_keys.c.permitted_ips, Text).label("permitted_ips"),
     cast(api_keys.c.scopes, Text).label("scopes"),
@@ -697,6 +845,7 @@ def _key(row: Row[Any]) -> StoredKey:
         permitted_ips=tuple(_document(row.permitted_ips)),
         scopes_enabled=row.scopes_enabled,
         scopes=expand(_document(row.scopes)),
+        expires_at=row.expires_at,
     )
     return StoredKey(
         id=row.id,
@@ -709,7 +858,13 @@ def _key(row: Row[Any]) -> StoredKey:
         revision=row.revision,
         deleted=row.deleted_at is not None,
         changed_at=row.changed_at,
+        rolled_from=row.rolled_from,
+        leaked_at=row.leaked_at,
     )
+
+
+def _settings_columns(settings: KeySettings) -> dict[str, Any]:
+    return {**settings_document(settings), "expires_at": settings.expires_at}
 
 
 __all__ = ["SQLStore", "create_engine_for"]

@@ -23,7 +23,10 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    text,
 )
+
+from keyguard.domain.counts import OUTCOMES
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -67,6 +70,7 @@ accounts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("revision", BigInteger, nullable=False, server_default="0", index=True),
+    Column("key_count", BigInteger, nullable=False, server_default="0"),  # live keys
     sqlite_autoincrement=True,
 )
 
@@ -88,6 +92,16 @@ api_keys = Table(
     Column("deleted_at", UTCDateTime, nullable=True),
     Column("revision", BigInteger, nullable=False, index=True),
     Column("changed_at", UTCDateTime, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("rolled_from", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("leaked_at", UTCDateTime, nullable=True),
+    Index(
+        "ix_api_keys_live",
+        "account_id",
+        "id",
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
@@ -108,4 +122,18 @@ audit_log = Table(
     Column("after", JSON, nullable=True),
     Index("ix_audit_log_account_id_id", "account_id", "id"),
     sqlite_autoincrement=True,
+)
+
+# Requests per key, counted by each process and added up at every usage flush: one row
+# per key, granularity ("minute", "hour", "day") and bucket start. The columns are the
+# outcomes of keyguard.usage.Outcome.
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("granularity", String(6), primary_key=True),
+    Column("bucket", UTCDateTime, primary_key=True),
+    Column("account_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    *(Column(name, BigInteger, nullable=False, server_default="0") for name in OUTCOMES),
+    Index("ix_key_usage_account", "account_id", "granularity", "bucket"),
 )
