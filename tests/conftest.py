@@ -10,18 +10,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
+from keyguard.storage import AuditQuery
 from tests.postgres import postgres_schema
 
 # At home in tests/server.py, which the benchmarks share; tests take them from here,
 # beside the fixtures that make them.
+from tests.server import Servers
 from tests.server import Tenant as Tenant
 from tests.server import bearer as bearer
 
@@ -83,14 +87,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    """The suite's settings: the test secret, snapshot and usage refreshed every 50 ms."""
     return Settings(
         database_url=database_url,
         secret_key=TEST_SECRET,
         refresh_interval=0.05,
         usage_flush_interval=0.05,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return settings_for(database_url)
 
 
 @pytest.fixture
@@ -99,6 +109,16 @@ def keyguard(settings: Settings) -> Iterator[Keyguard]:
     runtime.store.migrate()
     yield runtime
     runtime.store.close()
+
+
+def stored(keyguard: Keyguard, account_id: int, *, last_use: bool = True) -> tuple[object, ...]:
+    """Everything the store holds for an account: the account, its keys, its audit trail;
+    with ``last_use=False``, not when its keys were last used, which requests move."""
+    store = keyguard.store
+    keys = store.list_keys(account_id)
+    held = keys if last_use else [(key.id, key.settings, key.revision) for key in keys]
+    trail = store.list_audit(AuditQuery(account_id, limit=1000))
+    return store.get_account(account_id), held, trail
 
 
 def make_tenant(keyguard: Keyguard, name: str) -> Tenant:
@@ -134,6 +154,55 @@ def list_keys(client: TestClient, owner: Tenant, label: str | None = None) -> li
     assert response.status_code == 200, response.text
     keys: list[dict[str, Any]] = response.json()
     return [key | {"last_used_at": None} if key["id"] == owner.key_id else key for key in keys]
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Real ``keyguard serve`` processes, every one ended when the test ends."""
+    with Servers(tmp_path) as started:
+        yield started
+
+
+def raw_request(
+    client: TestClient,
+    method: str,
+    raw_path: str,
+    headers: list[tuple[bytes, bytes]],
+    query: str = "",
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request straight to ``client``'s running app, as a server hands it over:
+    for what HTTP clients never send (a lower-case method, a path they would normalise).
+
+    The path arrives percent-decoded beside the raw bytes sent, as uvicorn gives it.
+    """
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("ascii"),
+        "root_path": "",
+        "query_string": query.encode("ascii"),
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": (CLIENT_IP, 50000),
+        "server": ("testserver", 80),
+    }
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    assert client.portal is not None, "the client runs the app's lifespan"
+    client.portal.call(client.app, scope, receive, send)
+    start, *bodies = messages
+    status: int = start["status"]
+    headers_out = {name.decode(): value.decode() for name, value in start["headers"]}
+    return status, headers_out, b"".join(body.get("body", b"") for body in bodies)
 
 
 ClientFactory = Callable[[str], TestClient]

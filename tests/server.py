@@ -5,12 +5,8 @@ A :class:`KeyguardServer` owns one database folder and one environment; it can
 be started, stopped gracefully (SIGTERM) or killed (SIGKILL), and started again
 on the same database. Each process runs in its own session, so stopping it also
 reaches the worker processes that ``--workers`` forks. :class:`Servers` hands
-out servers and ends every one of them when the test ends, pass or fail::
-
-    @pytest.fixture
-    def servers(tmp_path: Path) -> Iterator[Servers]:
-        with Servers(tmp_path) as started:
-            yield started
+out servers and ends every one of them when the test ends, pass or fail (the
+``servers`` fixture of tests/conftest.py gives each test one).
 
 Nothing here imports pytest or keyguard itself: a server is reached only over
 HTTP and the ``keyguard`` command, as an operator reaches it.
@@ -153,6 +149,13 @@ class KeyguardServer:
     def start(self, timeout: float = START_TIMEOUT) -> Self:
         """Start a new run on a fresh port; return once ``/healthz`` answers 200
         and every worker has started."""
+        self.spawn()
+        self._wait_until_healthy(timeout)
+        return self
+
+    def spawn(self, stdout: int | None = None) -> "subprocess.Popen[bytes]":
+        """Start a new run on a fresh port without waiting for it; what it prints goes
+        to the run's log, or to the file descriptor ``stdout`` (a terminal, say)."""
         if self.running:
             raise ServerError("The server is already running.")
         self.runs += 1
@@ -163,7 +166,7 @@ class KeyguardServer:
             *self.options,
         ]
         with (
-            (self.folder / f"serve-{self.runs}.stdout").open("wb") as stdout,
+            (self.folder / f"serve-{self.runs}.stdout").open("wb") as log,
             (self.folder / f"serve-{self.runs}.stderr").open("wb") as stderr,
         ):
             self._process = subprocess.Popen(
@@ -171,12 +174,15 @@ class KeyguardServer:
                 cwd=self.folder,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
+                stdout=log if stdout is None else stdout,
                 stderr=stderr,
                 start_new_session=True,
             )
-        self._wait_until_healthy(timeout)
-        return self
+        return self._process
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Until the run ends by itself; its exit status."""
+        return self._require_process().wait(timeout)
 
     def _wait_until_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

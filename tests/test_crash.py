@@ -1,9 +1,7 @@
 """What survives when the server dies: a crash, or a supervisor's stop."""
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Self
 
 import httpx
@@ -16,12 +14,6 @@ pytestmark = pytest.mark.slow
 
 WRITERS = 4
 ACKNOWLEDGED_BEFORE_KILL = 40
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
 
 
 def first_key(server: KeyguardServer) -> str:

@@ -48,12 +48,6 @@ def cluster() -> Iterator[PostgresCluster]:
         yield created.start()
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
-
-
 class Seen(NamedTuple):
     """What a proxy learns from one ``/auth/forward`` answer."""
 

@@ -4,7 +4,6 @@ import os
 import pty
 import re
 import select
-import signal
 import stat
 import subprocess
 import time
@@ -35,12 +34,6 @@ pytestmark = pytest.mark.slow
 # <prefix>_<32 base62 characters><6 base62 characters of checksum>
 TOKEN = re.compile(r"\b[a-z0-9]{1,16}_[0-9A-Za-z]{38}\b")
 IN_A_ROW = 20
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
 
 
 def printed_key(stdout: str) -> str:
@@ -178,19 +171,8 @@ def test_on_postgresql_the_first_key_file_is_beside_the_secret_file(
 def test_first_serve_on_a_terminal_prints_the_key_and_writes_no_file(tmp_path: Path) -> None:
     """Someone watching a terminal reads the key there, once."""
     server = KeyguardServer(tmp_path / "terminal", secret_key=None)
-    server.port = free_port()
-    command = [*keyguard_command(), "serve", "--host", HOST, "--port", str(server.port)]
     controller, terminal = pty.openpty()
-    with (tmp_path / "stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            cwd=server.folder,
-            env=server.env,
-            stdin=subprocess.DEVNULL,
-            stdout=terminal,
-            stderr=stderr,
-            start_new_session=True,
-        )
+    process = server.spawn(stdout=terminal)
     os.close(terminal)
     try:
         shown = read_terminal_until(controller, "curl ", process)
@@ -199,8 +181,7 @@ def test_first_serve_on_a_terminal_prints_the_key_and_writes_no_file(tmp_path: P
             f"{server.base_url}/v1/api-keys", headers=bearer(printed_key(shown)), timeout=10
         )
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
+        server.kill()
         os.close(controller)
 
     assert answer.status_code == 200, answer.text
