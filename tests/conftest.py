@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import pytest
+from alembic import command
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 from starlette.types import Message
@@ -21,6 +22,8 @@ from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
+from keyguard.storage.migrations import alembic_config
+from keyguard.storage.sql import SQLStore
 from tests.postgres import postgres_schema
 
 # At home in tests/server.py, which the benchmarks share; tests take them from here,
@@ -119,6 +122,12 @@ def stored(keyguard: Keyguard, account_id: int, *, last_use: bool = True) -> tup
     held = keys if last_use else [(key.id, key.settings, key.revision) for key in keys]
     trail = store.list_audit(AuditQuery(account_id, limit=1000))
     return store.get_account(account_id), held, trail
+
+
+def downgrade(store: SQLStore, revision: str) -> None:
+    """Take a database back to ``revision``: its rows as an older keyguard left them."""
+    with store.engine.begin() as connection:
+        command.downgrade(alembic_config(connection), revision)
 
 
 def make_tenant(keyguard: Keyguard, name: str) -> Tenant:

@@ -126,7 +126,7 @@ class KeyguardServer:
 
     @property
     def pid(self) -> int:
-        """The ``keyguard serve`` process; with one worker, the worker itself."""
+        """The server process's id, which is also its process group's (and its workers')."""
         return self._require_process().pid
 
     @property

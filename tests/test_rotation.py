@@ -23,10 +23,9 @@ from keyguard.domain.records import KeySettings
 from keyguard.errors import ConfigurationError
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery, open_store
-from keyguard.storage.migrations import upgrade
 from keyguard.storage.sql import SQLStore
 from keyguard.vault import Vault, rotate
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, downgrade
 from tests.server import Servers
 from tests.test_vault import recorded_check, started
 
@@ -139,10 +138,10 @@ def test_a_database_from_before_the_check_value_takes_the_check_of_the_secret_it
 ) -> None:
     store = open_store(database_url)
     assert isinstance(store, SQLStore)
-    with store.engine.begin() as connection:
-        upgrade(connection, "0003")
+    store.migrate()
     old = Keyguard(settings_with(database_url, OLD), store)
     _account, first = old.service.create_account("acme")
+    downgrade(store, "0003")
     store.close()
 
     with started(settings_with(database_url, NEW, OLD)) as runtime:

@@ -13,10 +13,9 @@ from keyguard.config import Settings
 from keyguard.errors import ConfigurationError
 from keyguard.runtime import Keyguard
 from keyguard.storage import Store, open_store
-from keyguard.storage.migrations import upgrade
 from keyguard.storage.sql import SQLStore
 from keyguard.vault import Vault, _derive, load_or_create_secret
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, downgrade
 
 SECRET = b"s" * 32
 
@@ -194,11 +193,11 @@ def database_from_before_the_check(database_url: str, secret: SecretStr, keys: i
     ``secret``."""
     store = open_store(database_url)
     assert isinstance(store, SQLStore)
-    with store.engine.begin() as connection:
-        upgrade(connection, "0003")
+    store.migrate()
     runtime = Keyguard(with_secret(database_url, secret), store)
     for number in range(keys):
         runtime.service.create_account(f"account {number}")
+    downgrade(store, "0003")
     store.close()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
@@ -27,6 +27,7 @@ from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.counts import Granularity, Point
+from keyguard.domain.fields import parse_duration
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
@@ -267,9 +268,12 @@ def _write_first_key(settings: Settings, key: str) -> Path:
 @main.command()
 @_fail_cleanly
 def migrate() -> None:
-    """Bring the database schema up to date."""
-    with _keyguard():
-        pass
+    """Bring the database schema up to date, and recount each account's keys.
+
+    Run it before new instances start, and once more when the last old one stopped.
+    """
+    with _keyguard() as runtime:
+        runtime.store.recount_keys()
     click.echo("Database schema is up to date.")
 
 
@@ -365,17 +369,16 @@ class _Duration(click.ParamType[timedelta, "str | timedelta"]):
     """A span of time as a number and a unit: ``90d``, ``12h``, ``30m``, ``45s``."""
 
     name = "DURATION"
-    units: ClassVar[dict[str, int]] = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 
     def convert(
         self, value: str | timedelta, param: click.Parameter | None, ctx: click.Context | None
     ) -> timedelta:
         if isinstance(value, timedelta):
             return value
-        number, unit = value[:-1], value[-1:].lower()
-        if not (number.isascii() and number.isdigit()) or unit not in self.units or len(number) > 6:
+        duration = parse_duration(value)
+        if duration is None:
             self.fail(f"{value!r} is not a duration such as 90d, 12h, 30m or 45s", param, ctx)
-        return timedelta(seconds=int(number) * self.units[unit])
+        return duration
 
 
 @main.group("keys")

@@ -8,14 +8,18 @@ import difflib
 import logging
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyguard.domain import keys
+from keyguard.domain.events import WHSEC_COMMAND, signing_secret
+from keyguard.domain.fields import parse_duration
 from keyguard.domain.network import ClientIPHeader, canonical_entry
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
@@ -108,6 +112,67 @@ class Settings(BaseSettings):
         description="The one header a trusted proxy names the client in: x-forwarded-for "
         "(its right-most address that is not a trusted proxy) or x-real-ip.",
     )
+
+    webhook_url: str | None = Field(
+        default=None,
+        description="Where lifecycle events are posted (http or https); webhooks are off "
+        "when unset.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="The webhook endpoint's signing secret, whsec_ and base64 (Standard "
+        "Webhooks); required with webhook_url.",
+    )
+    expiry_warning: timedelta = Field(
+        default=timedelta(days=7),
+        description="How long before a key expires key.expiring is sent: 7d, 12h, 30m, "
+        "45s, or ISO 8601 (P7D).",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            if info.data.get("webhook_url") is not None:
+                raise ValueError(
+                    "is required when KEYGUARD_WEBHOOK_URL is set: the receiver verifies "
+                    "every event with it. Make one with: " + WHSEC_COMMAND
+                )
+            return None
+        try:
+            signing_secret(value.get_secret_value())
+        except ValueError as error:
+            # The message describes the value's shape, never quotes it.
+            raise ValueError(f"{error}; make one with: {WHSEC_COMMAND}") from None
+        return value
+
+    @field_validator("expiry_warning", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if not isinstance(value, str) or value.startswith("P"):  # ISO 8601 too: P7D
+            return value
+        duration = parse_duration(value.strip())
+        if duration is None:
+            raise ValueError("must be a duration such as 7d, 12h, 30m or 45s")
+        return duration
+
+    @field_validator("expiry_warning")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero, e.g. 7d")
+        return value
 
     @field_validator("admin_token", "metrics_token", "verify_token")
     @classmethod

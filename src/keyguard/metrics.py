@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from keyguard.cache import KeyCache
     from keyguard.decide import Decider
     from keyguard.usage import UsageRecorder
+    from keyguard.webhooks import WebhookDeliverer
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 EXPORT_INTERVAL = 1.0  # seconds: how stale another worker's figures may be in a scrape
@@ -46,6 +47,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._watched: tuple[Decider, KeyCache, UsageRecorder] | None = None
         self._exported: dict[int, int] = {}
+        self._webhooks: _WebhookMetrics | None = None
         self.decision_seconds = Histogram(
             "keyguard_decision_seconds",
             "Time to decide one request (sampled: one decision in 64).",
@@ -97,12 +99,18 @@ class Metrics:
         """Report on the parts of a running keyguard that the figures come from."""
         self._watched = (decider, cache, usage)
 
+    def watch_webhooks(self, deliverer: "WebhookDeliverer") -> None:
+        """Report on lifecycle-webhook delivery too (only when webhooks are on)."""
+        self._webhooks = _WebhookMetrics(deliverer, self._registry, shared=self.shared)
+
     def export(self) -> None:
         """Copy the running parts' figures into the metrics (into the files, when shared)."""
         if self._watched is None:
             return
         decider, cache, usage = self._watched
         with self._lock:
+            if self._webhooks is not None:
+                self._webhooks.export()
             for status, count in decider.outcomes.items():
                 new = count - self._exported.get(status, 0)
                 if new > 0:
@@ -120,6 +128,49 @@ class Metrics:
         if self.shared_dir is not None:
             _forget_dead_workers(self.shared_dir)
         return generate_latest(self._scrape)
+
+
+class _WebhookMetrics:
+    """Delivery figures: counters of this process, and the backlog of the whole database."""
+
+    def __init__(
+        self, deliverer: "WebhookDeliverer", registry: CollectorRegistry, *, shared: bool
+    ) -> None:
+        self._deliverer = deliverer
+        self._exported = {"delivered": 0, "failures": 0, "dropped": 0}
+        # Every worker counts the same backlog in the database: one series, not one
+        # per worker ("livemax" when workers report together).
+        self._backlog = Gauge(
+            "keyguard_webhook_backlog",
+            "Lifecycle events committed but not yet delivered to the webhook endpoint.",
+            registry=registry,
+            multiprocess_mode="livemax" if shared else "all",
+        )
+        self._counters = {
+            "delivered": Counter(
+                "keyguard_webhook_deliveries",
+                "Lifecycle events the webhook endpoint accepted (2xx).",
+                registry=registry,
+            ),
+            "failures": Counter(
+                "keyguard_webhook_failures",
+                "Failed delivery attempts (an error or an answer other than 2xx); each is retried.",
+                registry=registry,
+            ),
+            "dropped": Counter(
+                "keyguard_webhook_dropped",
+                "Events given up: still failing when 24 hours old.",
+                registry=registry,
+            ),
+        }
+
+    def export(self) -> None:
+        self._backlog.set(self._deliverer.backlog)
+        for name, counter in self._counters.items():
+            count = getattr(self._deliverer, name)
+            if count > self._exported[name]:
+                counter.inc(count - self._exported[name])
+                self._exported[name] = count
 
 
 class _Workers(Collector):

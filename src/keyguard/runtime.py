@@ -10,6 +10,7 @@ import secrets
 from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -27,6 +28,9 @@ from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
 from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault, load_or_create_secret, read_secret, verify_secret, wrong_secret
+
+if TYPE_CHECKING:
+    from keyguard.webhooks import WebhookDeliverer
 
 log = logging.getLogger("keyguard.runtime")
 
@@ -140,6 +144,20 @@ def not_set_up(database_url: str) -> str:
     )
 
 
+def webhook_deliverer(settings: Settings, store: Store) -> "WebhookDeliverer | None":
+    """The lifecycle-webhook deliverer, if ``KEYGUARD_WEBHOOK_URL`` is set.
+
+    Every process configured with it takes part; the delivery lease in the
+    database keeps the delivering to one of them at a time.
+    """
+    if settings.webhook_url is None or settings.webhook_secret is None:
+        return None
+    from keyguard.webhooks import WebhookDeliverer, WebhookEndpoint
+
+    endpoint = WebhookEndpoint(settings.webhook_url, settings.webhook_secret.get_secret_value())
+    return WebhookDeliverer(store, endpoint, settings.expiry_warning)
+
+
 class Keyguard:
     """The parts of a running keyguard, and their background tasks."""
 
@@ -189,7 +207,10 @@ class Keyguard:
             },
         )
         self.metrics.watch(self.decider, self.cache, self.usage)
-        self._tasks: list[Periodic | ChangeFollower] = [
+        self.webhooks = webhook_deliverer(settings, self.store)
+        if self.webhooks is not None:
+            self.metrics.watch_webhooks(self.webhooks)
+        self._tasks: list[Periodic | ChangeFollower | WebhookDeliverer] = [
             Periodic("snapshot refresh", self.cache.refresh, settings.refresh_interval),
             Periodic(
                 "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
@@ -223,6 +244,8 @@ class Keyguard:
         signal = self.store.change_signal()
         if signal is not None:
             self._tasks.append(ChangeFollower(self.cache, signal))
+        if self.webhooks is not None:
+            self._tasks.append(self.webhooks)
         for task in self._tasks:
             task.start()
 

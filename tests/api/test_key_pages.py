@@ -135,7 +135,7 @@ def test_the_total_follows_creates_deletes_and_rolls(
     ],
 )
 def test_if_a_page_parameter_is_unacceptable_then_400_with_a_wavix_body(
-    client: TestClient, tenant: Tenant, params: dict[str, str | int | float], name: str
+    client: TestClient, tenant: Tenant, params: dict[str, int | float | str], name: str
 ) -> None:
     response = client.get(KEYS, params=params, headers=tenant.headers)
 

@@ -7,8 +7,10 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from keyguard.domain.counts import Granularity
+from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     Account,
@@ -19,6 +21,8 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import Level
 from keyguard.storage import AuditQuery, KeyRewrite, Store, open_store
+from keyguard.storage.sql import SQLStore
+from keyguard.storage.tables import accounts
 from tests.conftest import BACKENDS, database
 
 _digests = count(1)
@@ -498,6 +502,140 @@ def test_a_rolled_key_has_a_successor_with_its_settings_and_ends_with_the_grace(
     assert actions[:2] == ["key.roll", "key.create"]
 
 
+# -- webhook delivery: the audit trail is the outbox ---------------------------
+
+LEASE = timedelta(seconds=10)
+NOW = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+
+
+def test_the_first_claim_starts_delivery_after_the_newest_audit_record(store: Store) -> None:
+    _account(store)  # account.create and key.create: history, not announced
+    assert store.delivery_backlog(EVENT_ACTIONS) == 0
+    delivery = store.claim_delivery("a", NOW, LEASE)
+    assert delivery == Delivery(2)
+    account_id = _account(store, "later")
+    assert store.delivery_backlog(EVENT_ACTIONS) == 1
+    [event] = store.pending_events(delivery.delivered_through, EVENT_ACTIONS, 10)
+    assert (event.action, event.account_id) == ("key.create", account_id)
+
+
+def test_one_process_holds_the_lease_until_it_lapses_or_is_released(store: Store) -> None:
+    assert store.claim_delivery("a", NOW, LEASE) is not None
+    assert store.claim_delivery("b", NOW + LEASE / 2, LEASE) is None
+    assert store.claim_delivery("a", NOW + LEASE * 0.9, LEASE) is not None  # renewed
+    assert store.claim_delivery("b", NOW + LEASE * 1.5, LEASE) is None
+    assert store.claim_delivery("b", NOW + LEASE * 2, LEASE) is not None  # a's lapsed
+    assert store.claim_delivery("a", NOW + LEASE * 2, LEASE) is None
+    store.release_delivery("a")  # not a's to release
+    assert store.claim_delivery("a", NOW + LEASE * 2, LEASE) is None
+    store.release_delivery("b")
+    assert store.claim_delivery("a", NOW + LEASE * 2, LEASE) is not None
+
+
+def test_pending_events_are_the_announced_actions_after_the_cursor_in_commit_order(
+    store: Store,
+) -> None:
+    store.claim_delivery("a", NOW, LEASE)
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    store.update_key(account_id, key.id, KeyChanges(label="renamed"))
+    store.set_account_status(account_id, AccountStatus.SUSPENDED)
+    store.delete_key(account_id, key.id)
+    events = store.pending_events(0, EVENT_ACTIONS, 100)
+    assert [event.action for event in events] == [
+        "key.create", "key.create", "key.update", "account.suspend", "key.delete",
+    ]  # fmt: skip
+    assert [event.id for event in events] == sorted(event.id for event in events)
+    assert store.pending_events(events[2].id, EVENT_ACTIONS, 1) == [events[3]]
+    assert store.delivery_backlog(EVENT_ACTIONS) == 5
+
+
+def test_delivery_moves_forward_only_and_forgets_the_retry_it_passed(store: Store) -> None:
+    store.claim_delivery("a", NOW, LEASE)
+    _account(store)
+    [first] = store.pending_events(0, EVENT_ACTIONS, 10)
+    retry_at = NOW + timedelta(seconds=4)
+    store.delay_delivery("a", first.id, 3, retry_at)
+    store.delay_delivery("b", first.id, 9, NOW)  # b holds no lease: ignored
+    assert store.claim_delivery("a", NOW, LEASE) == Delivery(0, first.id, 3, retry_at)
+    store.advance_delivery(first.id)
+    store.advance_delivery(first.id - 1)
+    assert store.claim_delivery("a", NOW, LEASE) == Delivery(first.id)
+    assert store.pending_events(first.id, EVENT_ACTIONS, 10) == []
+    assert store.delivery_backlog(EVENT_ACTIONS) == 0
+
+
+WARNING = timedelta(days=7)
+
+
+def _notices(store: Store, account_id: int) -> list[tuple[str, int | None, str | None]]:
+    records = store.list_audit(AuditQuery(account_id, limit=100))[0]
+    return [
+        (record.action, record.key_id, (record.after or {}).get("expires_at"))
+        for record in reversed(records)
+        if record.action in ("key.expiring", "key.expire")
+    ]
+
+
+def _expiring(store: Store, account_id: int, label: str, expires_at: datetime) -> int:
+    settings = KeySettings(label=label, expires_at=expires_at)
+    return store.create_key(account_id, _digest(), b"s", settings).id
+
+
+def test_each_expiry_is_noted_once_ahead_and_once_when_it_comes(store: Store) -> None:
+    account_id = _account(store)
+    soon = _expiring(store, account_id, "soon", NOW + timedelta(days=3))
+    later = _expiring(store, account_id, "later", NOW + timedelta(days=30))
+    deleted = _expiring(store, account_id, "deleted", NOW + timedelta(days=1))
+    store.delete_key(account_id, deleted)
+    sweep = store.note_expiries(NOW, WARNING, None)
+    sweep = store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
+    assert _notices(store, account_id) == [("key.expiring", soon, "2026-12-11T12:00:00Z")]
+
+    sweep = store.note_expiries(NOW + timedelta(days=3), WARNING, sweep)  # soon expires
+    sweep = store.note_expiries(NOW + timedelta(days=23, hours=1), WARNING, sweep)
+    sweep = store.note_expiries(NOW + timedelta(days=31), WARNING, sweep)
+
+    assert _notices(store, account_id) == [
+        ("key.expiring", soon, "2026-12-11T12:00:00Z"),
+        ("key.expire", soon, "2026-12-11T12:00:00Z"),
+        ("key.expiring", later, "2027-01-07T12:00:00Z"),
+        ("key.expire", later, "2027-01-07T12:00:00Z"),
+    ]
+    [record] = store.list_audit(AuditQuery(account_id, action="key.expire", limit=1))[0]
+    assert (record.actor.kind, record.before) == ("keyguard", None)
+
+
+def test_a_key_that_expired_unwatched_is_noted_expired_only(store: Store) -> None:
+    account_id = _account(store)
+    key = _expiring(store, account_id, "k", NOW + timedelta(hours=1))
+    store.note_expiries(NOW + timedelta(days=1), WARNING, None)
+    assert _notices(store, account_id) == [("key.expire", key, "2026-12-08T13:00:00Z")]
+
+
+def test_a_new_expiry_gets_notices_of_its_own(store: Store) -> None:
+    account_id = _account(store)
+    key = _expiring(store, account_id, "k", NOW + timedelta(days=2))
+    sweep = store.note_expiries(NOW, WARNING, None)
+    store.update_key(account_id, key, KeyChanges(expires_at=NOW + timedelta(days=5)))
+    sweep = store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
+    store.update_key(account_id, key, KeyChanges(expires_at="never"))
+    store.note_expiries(NOW + timedelta(days=6), WARNING, sweep)
+    assert _notices(store, account_id) == [
+        ("key.expiring", key, "2026-12-10T12:00:00Z"),
+        ("key.expiring", key, "2026-12-13T12:00:00Z"),
+    ]
+
+
+def test_a_sweep_after_another_sees_keys_made_since_whatever_their_expiry(store: Store) -> None:
+    account_id = _account(store)
+    sweep = store.note_expiries(NOW, WARNING, None)
+    assert isinstance(sweep, Sweep)
+    made = _expiring(store, account_id, "made since", NOW + timedelta(hours=2))
+    store.note_expiries(NOW + timedelta(seconds=1), WARNING, sweep)
+    assert _notices(store, account_id) == [("key.expiring", made, "2026-12-08T14:00:00Z")]
+
+
 def test_counts_from_several_flushes_add_up_in_every_granularity(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
@@ -540,3 +678,18 @@ def test_counts_past_their_retention_are_pruned(store: Store) -> None:
         old,
         recent,
     ]
+
+
+def test_a_recount_repairs_counts_that_writers_of_an_older_version_did_not_keep(
+    store: Store,
+) -> None:
+    account_id = _account(store)
+    store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    if isinstance(store, SQLStore):  # as an instance of a version before 0005 leaves it
+        with store.engine.begin() as connection:
+            connection.execute(update(accounts).values(key_count=0))
+        assert store.count_keys(account_id) == 0
+
+    store.recount_keys()
+
+    assert store.count_keys(account_id) == 2

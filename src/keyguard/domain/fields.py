@@ -10,7 +10,7 @@ raised before anything is changed.
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
 from keyguard.domain.network import canonical_entry
@@ -187,6 +187,20 @@ def _expires_at(value: object, now: datetime) -> datetime | Literal["never"] | N
     if moment <= now:
         raise InvalidInput("Expires at must be in the future", 422)
     return moment
+
+
+DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A span of time as a number and a unit, ``90d``, ``12h``, ``30m`` or ``45s``;
+    ``None`` if it is not one."""
+    number, unit = text[:-1], text[-1:].lower()
+    if not (number.isascii() and number.isdigit()) or unit not in DURATION_UNITS:
+        return None
+    if len(number) > 6:  # a million days is already past any datetime
+        return None
+    return timedelta(seconds=int(number) * DURATION_UNITS[unit])
 
 
 def parse_time(text: str) -> datetime | None:

@@ -30,14 +30,14 @@ class Account:
 Action = Literal[
     "account.create", "account.suspend", "account.resume", "account.delete",
     "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
-    "key.roll", "key.leak",
+    "key.roll", "key.leak", "key.expiring", "key.expire",
 ]  # fmt: skip
-ActorKind = Literal["key", "operator", "cli"]
+ActorKind = Literal["key", "operator", "cli", "keyguard"]  # keyguard: notices of expiry
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who made a change: an API key, the operator, or the command line."""
+    """Who made a change: an API key, the operator, the command line, or keyguard."""
 
     kind: ActorKind
     key_id: int | None = None
@@ -45,6 +45,7 @@ class Actor:
 
 
 CLI = Actor("cli")
+KEYGUARD = Actor("keyguard")  # keyguard itself, noting that a key expires
 
 
 @dataclass(frozen=True, slots=True)

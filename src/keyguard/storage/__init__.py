@@ -5,12 +5,13 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 (``tests/storage/test_contract.py``).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from keyguard.domain.counts import Granularity
+from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import (
     CLI,
@@ -95,6 +96,10 @@ class Store(Protocol):
         A newer schema than this version knows is no reason: migrations keep the
         running version working during a rolling deploy.
         """
+
+    def recount_keys(self) -> None:
+        """Count each account's live keys anew. Writes keep the counts; processes of a
+        version before 0005 do not, so a rolling upgrade ends with a recount."""
 
     def ping(self) -> None:
         """Return when the database answers; raise ``StorageUnavailable`` if not."""
@@ -236,6 +241,45 @@ class Store(Protocol):
         A key is rewritten only while it is live and still has ``old_digest``; one
         deleted or rewritten meanwhile is left alone. Returns how many were rewritten.
         Settings, ``last_used_at`` and the audit trail are untouched: the key is the same.
+        """
+
+    # -- webhook delivery: the audit trail is the outbox ------------------------
+
+    def claim_delivery(self, owner: str, now: datetime, lease: timedelta) -> Delivery | None:
+        """Hold the delivery lease until ``now + lease``, if it is free, lapsed or
+        ``owner``'s; the delivery state then, ``None`` while another process holds it.
+
+        A process that waits for another's lease writes nothing. The first claim
+        ever starts delivery after the newest audit record.
+        """
+
+    def release_delivery(self, owner: str) -> None:
+        """Give the lease up at once, if ``owner`` holds it: another may take over."""
+
+    def pending_events(self, after: int, actions: Collection[str], limit: int) -> list[AuditRecord]:
+        """Up to ``limit`` audit records with one of ``actions`` and an id above
+        ``after``, in the order they were committed."""
+
+    def advance_delivery(self, through: int) -> None:
+        """Mark the events up to audit id ``through`` delivered, and forget the retry
+        of the one that was failing. It never moves back."""
+
+    def delay_delivery(self, owner: str, event: int, attempts: int, retry_at: datetime) -> None:
+        """Note that ``event`` failed ``attempts`` times and is due again at
+        ``retry_at``; only while ``owner`` holds the lease."""
+
+    def delivery_backlog(self, actions: Collection[str]) -> int:
+        """How many events (records with one of ``actions``) are not delivered yet."""
+
+    def note_expiries(self, now: datetime, warning: timedelta, since: Sweep | None) -> Sweep | None:
+        """Audit ``key.expiring`` for each live key that expires within ``warning`` of
+        ``now``, and ``key.expire`` for each whose expiry has come, once per key and
+        expiry time (:func:`~keyguard.domain.events.expiry_notice`); as keyguard
+        itself, each in the transaction that remembers it was given.
+
+        ``since`` is the previous sweep's answer: only keys that came due or changed
+        after it are looked at (``None``: every key). It answers ``since`` again when
+        it stopped at a batch's end, to look again. Leaked keys get no notices.
         """
 
 

@@ -2,16 +2,18 @@
 its :class:`~keyguard.storage.ChangeSignal`, the twin of PostgreSQL's LISTEN/NOTIFY."""
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity, totals
+from keyguard.domain.events import Delivery, Sweep, expiry_notice
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
+    KEYGUARD,
     Account,
     AccountStatus,
     Action,
@@ -42,11 +44,17 @@ class MemoryStore:
         self._secret_check: bytes | None = None
         # Change signals wait on it; a write wakes them when it moves the revision.
         self._revision_moved = threading.Condition(self._lock)
+        self._delivery: Delivery | None = None  # None until first claimed
+        self._lease: tuple[str, datetime] | None = None
+        self._noted: dict[tuple[int, str], datetime | None] = {}  # (key, notice): for expiry
         # (key id, granularity, bucket start) -> (account id, a count per outcome)
         self._usage: dict[tuple[int, Granularity, datetime], tuple[int, tuple[int, ...]]] = {}
 
     def migrate(self) -> None:
         pass
+
+    def recount_keys(self) -> None:
+        pass  # counts are counted when asked
 
     def needs_migration(self) -> bool:
         return False
@@ -281,6 +289,61 @@ class MemoryStore:
                 before = when - timedelta(seconds=settle)
                 if key is not None and (key.last_used_at is None or key.last_used_at < before):
                     self._keys[key_id] = replace(key, last_used_at=when)
+
+    # -- webhook delivery ---------------------------------------------------------
+
+    def claim_delivery(self, owner: str, now: datetime, lease: timedelta) -> Delivery | None:
+        with self._lock:
+            if self._lease is not None and self._lease[0] != owner and self._lease[1] > now:
+                return None
+            self._lease = (owner, now + lease)
+            if self._delivery is None:
+                self._delivery = Delivery(len(self._audit))
+            return self._delivery
+
+    def release_delivery(self, owner: str) -> None:
+        with self._lock:
+            if self._lease is not None and self._lease[0] == owner:
+                self._lease = None
+
+    def pending_events(self, after: int, actions: Collection[str], limit: int) -> list[AuditRecord]:
+        with self._lock:
+            return [record for record in self._audit[after:] if record.action in actions][:limit]
+
+    def advance_delivery(self, through: int) -> None:
+        with self._lock:
+            if self._delivery is None or self._delivery.delivered_through < through:
+                self._delivery = Delivery(through)
+
+    def delay_delivery(self, owner: str, event: int, attempts: int, retry_at: datetime) -> None:
+        with self._lock:
+            if self._delivery is not None and self._lease is not None and self._lease[0] == owner:
+                self._delivery = replace(
+                    self._delivery, retry_event=event, attempts=attempts, retry_at=retry_at
+                )
+
+    def delivery_backlog(self, actions: Collection[str]) -> int:
+        with self._lock:
+            if self._delivery is None:
+                return 0
+            after = self._audit[self._delivery.delivered_through :]
+            return sum(1 for record in after if record.action in actions)
+
+    def note_expiries(self, now: datetime, warning: timedelta, since: Sweep | None) -> Sweep | None:
+        del since  # every key is at hand
+        with self._lock:
+            for key in list(self._keys.values()):
+                if key.deleted or key.leaked_at is not None:
+                    continue
+                expires_at = key.settings.expires_at
+                warned = self._noted.get((key.id, "key.expiring"))
+                expired = self._noted.get((key.id, "key.expire"))
+                notice = expiry_notice(expires_at, now, warning, warned, expired)
+                if notice is not None:
+                    self._noted[key.id, notice] = expires_at
+                    after = settings_document(key.settings)
+                    self._record(key.account_id, notice, KEYGUARD, key.id, after=after)
+            return Sweep(now, self._revision)
 
     # -- usage counts -------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from sqlalchemy import (
     Engine,
     Row,
     Text,
+    and_,
     bindparam,
     cast,
     column,
@@ -55,9 +56,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity
+from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.records import (
     CLI,
+    KEYGUARD,
     Account,
     AccountStatus,
     Action,
@@ -71,7 +74,15 @@ from keyguard.domain.records import (
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
-from keyguard.storage.tables import UTCDateTime, accounts, api_keys, audit_log, key_usage, meta
+from keyguard.storage.tables import (
+    UTCDateTime,
+    accounts,
+    api_keys,
+    audit_log,
+    key_usage,
+    meta,
+    webhook_delivery,
+)
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
@@ -221,6 +232,15 @@ class SQLStore:
                     connection.execute(text("SELECT pg_advisory_xact_lock(7365221)"))
                 upgrade(connection)
 
+    def recount_keys(self) -> None:
+        with self._writing() as (connection, _revision):
+            live = (
+                select(func.count())
+                .where(api_keys.c.account_id == accounts.c.id, api_keys.c.deleted_at.is_(None))
+                .scalar_subquery()
+            )
+            connection.execute(update(accounts).values(key_count=live))
+
     def needs_migration(self) -> bool:
         from keyguard.storage.migrations import is_behind
 
@@ -355,6 +375,14 @@ class SQLStore:
     def _reading(self) -> Iterator[Connection]:
         with self._translate_errors(), self.engine.connect() as connection:
             yield connection
+
+    @contextmanager
+    def _updating(self) -> Iterator[Connection]:
+        """A write transaction that changes no key or account, so moves no revision."""
+        with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
+            connection = connection.execution_options(keyguard_write=True)
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[Connection, int]]:
@@ -761,6 +789,146 @@ class SQLStore:
                     )
                     .values(last_used_at=batch.c.used)
                 )
+
+    # -- webhook delivery ---------------------------------------------------------
+
+    def claim_delivery(self, owner: str, now: datetime, lease: timedelta) -> Delivery | None:
+        delivery = webhook_delivery.c
+        with self._reading() as connection:
+            row = connection.execute(select(webhook_delivery)).one()
+        if row.lease_owner not in (None, owner) and row.lease_until > now:
+            return None  # read first: a process waiting for the lease writes nothing
+        with self._updating() as connection:
+            # Another process may have claimed it since the read: only one claim of
+            # several at once finds the row still free.
+            claimed = connection.execute(
+                update(webhook_delivery)
+                .where(
+                    or_(
+                        delivery.lease_owner.is_(None),
+                        delivery.lease_owner == owner,
+                        delivery.lease_until <= now,
+                    )
+                )
+                .values(lease_owner=owner, lease_until=now + lease)
+            )
+            if claimed.rowcount == 0:
+                return None
+            newest = select(func.coalesce(func.max(audit_log.c.id), 0)).scalar_subquery()
+            connection.execute(
+                update(webhook_delivery)
+                .where(delivery.delivered_through.is_(None))
+                .values(delivered_through=newest)
+            )
+            return _delivery(connection.execute(select(webhook_delivery)).one())
+
+    def release_delivery(self, owner: str) -> None:
+        with self._updating() as connection:
+            connection.execute(
+                update(webhook_delivery)
+                .where(webhook_delivery.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def pending_events(self, after: int, actions: Collection[str], limit: int) -> list[AuditRecord]:
+        with self._reading() as connection:
+            rows = connection.execute(
+                select(audit_log)
+                .where(audit_log.c.id > after, audit_log.c.action.in_(actions))
+                .order_by(audit_log.c.id)
+                .limit(limit)
+            )
+            return [_audit_record(row) for row in rows]
+
+    def advance_delivery(self, through: int) -> None:
+        delivered = webhook_delivery.c.delivered_through
+        with self._updating() as connection:
+            connection.execute(
+                update(webhook_delivery)
+                .where(or_(delivered.is_(None), delivered < through))
+                .values(delivered_through=through, retry_event=None, attempts=0, retry_at=None)
+            )
+
+    def delay_delivery(self, owner: str, event: int, attempts: int, retry_at: datetime) -> None:
+        with self._updating() as connection:
+            connection.execute(
+                update(webhook_delivery)
+                .where(webhook_delivery.c.lease_owner == owner)
+                .values(retry_event=event, attempts=attempts, retry_at=retry_at)
+            )
+
+    def delivery_backlog(self, actions: Collection[str]) -> int:
+        delivered = select(webhook_delivery.c.delivered_through).scalar_subquery()
+        with self._reading() as connection:
+            return int(
+                connection.execute(
+                    select(func.count())
+                    .select_from(audit_log)
+                    .where(audit_log.c.id > delivered, audit_log.c.action.in_(actions))
+                ).scalar_one()
+            )
+
+    def note_expiries(self, now: datetime, warning: timedelta, since: Sweep | None) -> Sweep | None:
+        keys = api_keys.c
+        due = [
+            keys.deleted_at.is_(None),
+            keys.leaked_at.is_(None),
+            # expiry_notice(), as a query
+            or_(
+                and_(
+                    keys.expires_at <= now,
+                    or_(keys.expired_noted.is_(None), keys.expired_noted != keys.expires_at),
+                ),
+                and_(
+                    keys.expires_at > now,
+                    keys.expires_at <= now + warning,
+                    or_(keys.expiring_noted.is_(None), keys.expiring_noted != keys.expires_at),
+                ),
+            ),
+        ]
+        if since is not None:  # what came due since (ranges of the index), or changed since
+            came_due = since.at - _SWEEP_SLACK
+            due.append(
+                or_(
+                    keys.revision > since.revision,
+                    and_(keys.expires_at > came_due, keys.expires_at <= now),
+                    keys.expires_at > came_due + warning,
+                )
+            )
+        with self._reading() as connection:
+            revision = connection.execute(select(meta.c.revision)).scalar_one()
+            found = connection.execute(select(keys.id).where(*due).limit(_SWEEP_BATCH)).all()
+        if found:
+            with self._writing() as (connection, _revision):
+                # Read again under the write lock: a process that held the lease before
+                # may have given some of these notices since.
+                rows = connection.execute(
+                    select(api_keys).where(keys.id.in_([row.id for row in found]), *due)
+                )
+                for row in rows.all():
+                    _note_expiry(connection, _key(row), now)
+        return since if len(found) == _SWEEP_BATCH else Sweep(now, revision)  # more: again
+
+
+# A key changed just before a sweep may carry an expiry a little older than the
+# sweep's own time (another process's clock, a transaction committing late): each
+# sweep looks again this far back.
+_SWEEP_SLACK = timedelta(seconds=60)
+_SWEEP_BATCH = 1000
+
+
+def _note_expiry(connection: Connection, key: StoredKey, now: datetime) -> None:
+    expires_at = key.settings.expires_at
+    assert expires_at is not None
+    notice: Action = "key.expire" if expires_at <= now else "key.expiring"
+    column = "expired_noted" if notice == "key.expire" else "expiring_noted"
+    connection.execute(update(api_keys).where(api_keys.c.id == key.id).values({column: expires_at}))
+    after = settings_document(key.settings)
+    _audit(connection, key.account_id, notice, KEYGUARD, key.id, after=after)
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    return Delivery(row.delivered_through, row.retry_event, row.attempts, row.retry_at)
 
 
 def _span(granularity: Granularity, since: datetime, until: datetime) -> list[ColumnElement[bool]]:

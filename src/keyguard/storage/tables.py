@@ -95,6 +95,10 @@ api_keys = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("rolled_from", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
     Column("leaked_at", UTCDateTime, nullable=True),
+    # The expiry each notice (key.expiring, key.expire) was given for: once per expiry.
+    Column("expiring_noted", UTCDateTime, nullable=True),
+    Column("expired_noted", UTCDateTime, nullable=True),
+    Index("ix_api_keys_expires_at", "expires_at"),
     Index(
         "ix_api_keys_live",
         "account_id",
@@ -122,6 +126,21 @@ audit_log = Table(
     Column("after", JSON, nullable=True),
     Index("ix_audit_log_account_id_id", "account_id", "id"),
     sqlite_autoincrement=True,
+)
+
+# One row: how far webhook delivery has got through the audit trail (the outbox),
+# and which process holds the lease to deliver. A table of its own, so that
+# delivery never waits for ``keyguard_meta``'s row lock, which every writer takes.
+webhook_delivery = Table(
+    "webhook_delivery",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("delivered_through", BigInteger, nullable=True),  # None until first switched on
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("retry_event", BigInteger, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("retry_at", UTCDateTime, nullable=True),
 )
 
 # Requests per key, counted by each process and added up at every usage flush: one row

@@ -44,8 +44,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("accounts") as batch:
-        batch.drop_column("key_count")
+    # Not in batch mode: on SQLite that rebuilds the table, which the keys' foreign
+    # keys forbid. Both databases drop a column in place (SQLite since 3.35).
+    op.execute("ALTER TABLE accounts DROP COLUMN key_count")
     op.drop_index("ix_api_keys_live", "api_keys")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("leaked_at")
