@@ -19,7 +19,17 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import decide, drf, forward, limits, management, memory, postgres, propagation
+from benchmarks import (
+    decide,
+    drf,
+    forward,
+    limits,
+    management,
+    memory,
+    postgres,
+    propagation,
+    ratelimit,
+)
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
 from benchmarks.report import Section, show, write_json
@@ -33,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "propagation": propagation.run,
     "postgres": postgres.run,
     "limits": limits.run,
+    "ratelimit": ratelimit.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

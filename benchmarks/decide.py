@@ -23,7 +23,9 @@ in two patterns:
 
 Expiry costs a decision one clock read for keys that have one: a third keyguard
 holds the 1,000 keys again, each expiring in 2099, and the warm pattern runs on it
-too; its figures beside the same keys without an expiry are the check's cost.
+too; its figures beside the same keys without an expiry are the check's cost. A
+rate limit is measured the same way: a fourth keyguard holds the 1,000 keys with
+a limit they never reach (each decision counts one request in its key's window).
 
 A round's requests are built just before it is timed, as an HTTP parser would
 have just built them. Rounds alternate the cases, including keyguard's own
@@ -42,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -50,6 +53,7 @@ from benchmarks.report import Section, table, times
 from benchmarks.stats import median, median_interval
 from keyguard.config import Settings
 from keyguard.domain.keys import ALPHABET, BODY_LENGTH, checksum
+from keyguard.domain.ratelimit import MAX_LIMIT, RateLimit
 from keyguard.domain.records import KeySettings, StoredKey
 from keyguard.domain.scopes import Level
 from keyguard.runtime import Keyguard
@@ -62,6 +66,14 @@ TARGET_MICROSECONDS = 3.0
 TARGET_SCALING = 1.2  # large ÷ small
 TARGET_EXPIRY_MICROSECONDS = 0.2  # what an expiry may add to a decision
 FAR_EXPIRY = datetime(2099, 1, 1, tzinfo=UTC)
+TARGET_RATELIMIT_MICROSECONDS = 0.5  # what a rate limit may add to a decision
+NEVER_REACHED = RateLimit(MAX_LIMIT, 3600)
+# Keys as the warm pattern finds them in each keyguard: plain, or with one more setting.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "expiring": {"expires_at": FAR_EXPIRY},
+    "limited": {"ratelimit": NEVER_REACHED},
+}
+TARGETS = {"expiring": TARGET_EXPIRY_MICROSECONDS, "limited": TARGET_RATELIMIT_MICROSECONDS}
 
 WARM_IP, WARM_METHOD, WARM_PATH = "198.51.100.7", "POST", "/v3/messages"
 CLIENT_NETWORK = "198.51.100."  # spread clients: .1 to .254, all inside the last entry
@@ -106,7 +118,7 @@ def compose(secret: str) -> Keyguard:
     return Keyguard(Settings(database_url="memory://", secret_key=SecretStr(secret)))
 
 
-def fill(keyguard: Keyguard, tokens: list[str], size: int, expiring: bool = False) -> None:
+def fill(keyguard: Keyguard, tokens: list[str], size: int, variant: str | None = None) -> None:
     """Put ``size`` keys in the snapshot: ``tokens`` first, then random digests.
 
     The cyclic collector is paused meanwhile, as it would rescan the growing
@@ -115,8 +127,8 @@ def fill(keyguard: Keyguard, tokens: list[str], size: int, expiring: bool = Fals
     created = datetime.now(UTC)
     digest = keyguard.vault.digest
     kinds = KINDS
-    if expiring:
-        kinds = {name: replace(kind, expires_at=FAR_EXPIRY) for name, kind in KINDS.items()}
+    if variant is not None:
+        kinds = {name: replace(kind, **VARIANTS[variant]) for name, kind in KINDS.items()}
     gc.disable()
     try:
         for index in range(size):
@@ -153,12 +165,12 @@ class Snapshot:
 
 
 def build(
-    secret: str, tokens: list[str], size: int, expiring: bool = False
+    secret: str, tokens: list[str], size: int, variant: str | None = None
 ) -> tuple[Keyguard, Snapshot]:
     keyguard = compose(secret)
     before = resident_bytes()
     started = time.perf_counter()
-    fill(keyguard, tokens, size, expiring)
+    fill(keyguard, tokens, size, variant)
     elapsed = time.perf_counter() - started
     return keyguard, Snapshot(size, elapsed, resident_bytes() - before)
 
@@ -233,7 +245,8 @@ def cases(keyguards: dict[str, Keyguard], tokens: list[str]) -> dict[str, Callab
             spread = Spread(of_kind(pools[size], kind), random.Random(chooser.random()))
             found[f"warm_{kind}_{size}"] = partial(time_decide, keyguard, warm)
             found[f"spread_{kind}_{size}"] = partial(time_spread, keyguard, spread)
-        found[f"warm_{kind}_expiring"] = partial(time_decide, keyguards["expiring"], warm)
+        for variant in VARIANTS:
+            found[f"warm_{kind}_{variant}"] = partial(time_decide, keyguards[variant], warm)
     digest_batch = warm_calls(tokens[:SMALL])
     found["digest"] = partial(time_digest, keyguards["small"].vault.digest, digest_batch)
     return found
@@ -258,9 +271,11 @@ def run(context: Context) -> Section:  # noqa: ARG001
     secret = os.urandom(32).hex()
     tokens = make_tokens(len(KINDS) * SPREAD_PER_KIND)
     small, _ = build(secret, tokens, SMALL)
-    expiring, _ = build(secret, tokens, SMALL, expiring=True)
+    expiring, _ = build(secret, tokens, SMALL, "expiring")
+    limited, _ = build(secret, tokens, SMALL, "limited")
     large, snapshot = build(secret, tokens, LARGE)
-    rounds = measure({"small": small, "large": large, "expiring": expiring}, tokens)
+    keyguards = {"small": small, "large": large, "expiring": expiring, "limited": limited}
+    rounds = measure(keyguards, tokens)
     section = Section(
         "decide", "Decider.decide in-process: 1,000 vs 1,000,000 keys, warm and spread"
     )
@@ -319,28 +334,28 @@ def _describe(section: Section, rounds: dict[str, list[float]], snapshot: Snapsh
                 ]
             )
     rows.append(["digest alone (HMAC-SHA256)", _spread(rounds["digest"]), "", "", "", ""])
-    for kind in KIND_NAMES:
-        case = f"warm_{kind}"
-        added = [
-            expiring - plain
-            for expiring, plain in zip(
-                rounds[f"{case}_expiring"], rounds[f"{case}_small"], strict=True
-            )
-        ]
-        interval = median_interval(added)
-        verdict = interval.verdict(TARGET_EXPIRY_MICROSECONDS, at_least=False)
-        if verdict != "met":
-            missed.append(f"{case} with an expiry {verdict} ({median(added):+.2f} µs)")
-        rows.append(
-            [
-                f"warm, {KIND_LABELS[kind]}, expiring",
-                f"{_spread(rounds[f'{case}_expiring'])}, {median(added):+.2f}",
-                "",
-                "",
-                "",
-                verdict,
+    for variant, target in TARGETS.items():
+        for kind in KIND_NAMES:
+            case = f"warm_{kind}"
+            added = [
+                with_it - plain
+                for with_it, plain in zip(
+                    rounds[f"{case}_{variant}"], rounds[f"{case}_small"], strict=True
+                )
             ]
-        )
+            verdict = median_interval(added).verdict(target, at_least=False)
+            if verdict != "met":
+                missed.append(f"{case} {variant} {verdict} ({median(added):+.2f} µs)")
+            rows.append(
+                [
+                    f"warm, {KIND_LABELS[kind]}, {variant}",
+                    f"{_spread(rounds[f'{case}_{variant}'])}, {median(added):+.2f}",
+                    "",
+                    "",
+                    "",
+                    verdict,
+                ]
+            )
     section.tables.append(
         table(
             f"1. µs per allowed decision, median (range) of {ROUNDS} rounds of {CALLS:,} calls",
@@ -366,7 +381,9 @@ def _describe(section: Section, rounds: dict[str, list[float]], snapshot: Snapsh
     section.notes.append(
         f"Targets: ≤ {TARGET_MICROSECONDS:.1f} µs per decision and 1M / 1k ≤ "
         f"{TARGET_SCALING:.1f} for every case, an expiry adding ≤ "
-        f"{TARGET_EXPIRY_MICROSECONDS:.1f} µs, judged on the 95 % interval of each median "
+        f"{TARGET_EXPIRY_MICROSECONDS:.1f} µs and a rate limit (never reached) "
+        f"≤ {TARGET_RATELIMIT_MICROSECONDS:.1f} µs, beside the same keys without, "
+        "judged on the 95 % interval of each median "
         "(met or missed when the whole interval is on one side): "
         + ("met." if not missed else "; ".join(missed) + ".")
     )

@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Scope
 
+from benchmarks.forward import judged
+from benchmarks.report import Section, micro_text, ranged, ratio_text, table
 from benchmarks.stats import median
 from keyguard.api.app import create_app
 from keyguard.config import Settings
@@ -139,3 +141,50 @@ def interleave(
         return Interleaved(*results)
 
     return asyncio.run(measure())
+
+
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """How a section names an in-process comparison: its table, rows and figures."""
+
+    title: str
+    column: str  # what the rows differ in
+    baseline: str
+    subject: str
+    ratio: str  # "on / off"
+    figures: tuple[str, str, str]  # the figures' names: baseline, subject, ratio rounds
+
+
+def describe_interleaved(
+    section: Section, direct: Interleaved, labels: Labels, target: float, why: str
+) -> None:
+    """A table of both µs per request and their ratio, a note judging the ratio against
+    ``target`` (``why`` ends it), and the raw figures under ``in_process``."""
+    ratios = direct.ratios()
+    section.tables.append(
+        table(
+            f"{labels.title}: keyguard's app called directly, {len(ratios)} pairs of "
+            f"batches of {BATCH} requests, ABBA",
+            [labels.column, "µs per request"],
+            [
+                [labels.baseline, ranged(direct.baseline, micro_text)],
+                [labels.subject, ranged(direct.subject, micro_text)],
+                [f"ratio: {labels.ratio}, in rate", ranged(ratios, ratio_text)],
+            ],
+        )
+    )
+    section.notes.append(
+        f"Target {labels.ratio} ≥ {target:.2f}, in-process: "
+        + judged("in rate", ratios, target)
+        + f"; {why} {direct.added_microseconds():+.2f} µs per request (the median of the "
+        "pairs' differences). Over HTTP the server adds the same work to both, so the "
+        "ratio there is closer still to 1."
+    )
+    baseline, subject, ratio = labels.figures
+    section.figures["in_process"] = {
+        "pairs": len(ratios),
+        "batch": BATCH,
+        baseline: direct.baseline,
+        subject: direct.subject,
+        ratio: ratios,
+    }

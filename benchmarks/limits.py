@@ -51,11 +51,17 @@ from benchmarks.forward import (
     contest_table,
     describe,
     forward_headers,
-    judged,
     seed_keys,
     side_by_side,
 )
-from benchmarks.inprocess import BATCH, Interleaved, forward_app, http_scope, interleave
+from benchmarks.inprocess import (
+    Interleaved,
+    Labels,
+    describe_interleaved,
+    forward_app,
+    http_scope,
+    interleave,
+)
 from benchmarks.load import (
     HttpxLoad,
     LoadGenerator,
@@ -68,11 +74,8 @@ from benchmarks.paced import PacedClient, PacedResult
 from benchmarks.propagation import pin_workers
 from benchmarks.report import (
     Section,
-    micro_text,
     millis,
-    ranged,
     rate,
-    ratio_text,
     table,
     times,
 )
@@ -282,34 +285,18 @@ def in_process() -> Interleaved:
     return interleave(apps[0], apps[1])
 
 
+IN_PROCESS = Labels(
+    "1b. The same, in-process",
+    "limits",
+    "off (both 0)",
+    "at defaults",
+    "limits on / off",
+    ("microseconds_limits_off", "microseconds_limits_on", "ratio_on_over_off_rounds"),
+)
+
+
 def _describe_in_process(section: Section, direct: Interleaved) -> None:
-    ratios = direct.ratios()
-    section.tables.append(
-        table(
-            f"1b. The same, in-process: keyguard's app called directly, {len(ratios)} pairs of "
-            f"batches of {BATCH} requests, ABBA",
-            ["limits", "µs per request"],
-            [
-                ["off (both 0)", ranged(direct.baseline, micro_text)],
-                ["at defaults", ranged(direct.subject, micro_text)],
-                ["ratio: on / off, in rate", ranged(ratios, ratio_text)],
-            ],
-        )
-    )
-    section.notes.append(
-        f"Target limits on / off ≥ {ALLOWED_PATH_TARGET:.2f}, in-process: "
-        + judged("in rate", ratios, ALLOWED_PATH_TARGET)
-        + f"; the limits add {direct.added_microseconds():+.2f} µs per request (the median of "
-        "the pairs' differences). Over HTTP the server adds the same work to both, so the "
-        "ratio there is closer still to 1."
-    )
-    section.figures["in_process"] = {
-        "pairs": len(ratios),
-        "batch": BATCH,
-        "microseconds_limits_off": direct.baseline,
-        "microseconds_limits_on": direct.subject,
-        "ratio_on_over_off_rounds": ratios,
-    }
+    describe_interleaved(section, direct, IN_PROCESS, ALLOWED_PATH_TARGET, "the limits add")
 
 
 def _describe_flood(

@@ -6,6 +6,7 @@ rows.
 """
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +25,10 @@ from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
 from keyguard.storage.migrations import alembic_config
 from keyguard.storage.sql import SQLStore
-from tests.postgres import postgres_schema
 
-# At home in tests/server.py, which the benchmarks share; tests take them from here,
-# beside the fixtures that make them.
+# At home in tests/server.py and tests/postgres.py, which the benchmarks share; tests
+# take them from here too, beside the fixtures that make them.
+from tests.postgres import postgres_schema as postgres_schema
 from tests.server import Servers
 from tests.server import Tenant as Tenant
 from tests.server import bearer as bearer
@@ -61,6 +62,24 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+REDIS_URL_VARIABLE = "KEYGUARD_TEST_REDIS_URL"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server the rate-limit tests share counts through (``.ci/run`` sets it)."""
+    url = os.environ.get(REDIS_URL_VARIABLE)
+    if not url:
+        missing(f"Redis: set {REDIS_URL_VARIABLE} (e.g. redis://127.0.0.1:6379/0) to run this test")
+    return url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of the test's own, so that tests sharing one Redis never meet."""
+    return f"keyguard-test-{uuid.uuid4().hex[:12]}:"
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +323,20 @@ class Servers:
         for server in self._servers:
             if server.runs:
                 server.kill()
+
+
+def two_instances(
+    servers: Servers, workers: int, settings: Mapping[str, str]
+) -> tuple[KeyguardServer, KeyguardServer, str]:
+    """Instances A and B on one database (``settings`` names it), started together, and
+    the full-access key of an account ``acme`` created through A."""
+    a = servers("a", workers=workers, settings=settings)
+    b = servers("b", workers=workers, settings=settings)
+    admin: str = a.create_account("acme")["api_key"]["value"]
+    with ThreadPoolExecutor(2) as starting:
+        for started in [starting.submit(a.start), starting.submit(b.start)]:
+            started.result()
+    return a, b, admin
 
 
 class Worker(NamedTuple):

@@ -145,6 +145,10 @@ def test_key_table_masks_secrets(run: Any) -> None:
         (["keys", "roll", "1", "--account", "1", "--grace", "8d"],
          "keyguard: Grace seconds must be between 0 and 604800 (7 days)"),
         (["keys", "roll", "99", "--account", "1"], "keyguard: Record not found"),
+        (["keys", "create", "--account", "1", "--label", "x", "--ratelimit", "0/60s"],
+         "keyguard: Rate limit must be between 1 and 1000000000 requests"),
+        (["keys", "create", "--account", "1", "--label", "x", "--ratelimit", "10/2d"],
+         "keyguard: Rate limit duration must be between 1 and 86400 seconds (1 day)"),
     ],
 )  # fmt: skip
 def test_refusals_print_one_sentence_and_exit_1(
@@ -182,12 +186,46 @@ def test_keys_expire_in_a_duration_or_at_a_time_and_never_on_update(run: Any) ->
     assert "never" in table
 
 
-@pytest.mark.parametrize("duration", ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"])
-def test_a_duration_that_does_not_parse_is_a_usage_error(run: Any, duration: str) -> None:
+def test_keys_get_a_rate_limit_and_lose_it_with_none(run: Any) -> None:
+    account = str(_json(run("accounts", "create", "acme", "--json"))["account"]["id"])
+
+    minute = _json(run("keys", "create", "--account", account, "--label", "x", "--ratelimit",
+                       "100/60s", "--json"))  # fmt: skip
+    hourly = _json(run("keys", "update", str(minute["id"]), "--account", account,
+                       "--ratelimit", "5000/1h", "--json"))  # fmt: skip
+    table = run("keys", "list", "--account", account).stdout
+    seconds = _json(run("keys", "update", str(minute["id"]), "--account", account,
+                        "--ratelimit", "10/30", "--json"))  # fmt: skip
+    removed = _json(run("keys", "update", str(minute["id"]), "--account", account,
+                        "--ratelimit", "none", "--json"))  # fmt: skip
+
+    assert minute["ratelimit"] == {"limit": 100, "duration": 60}
+    assert hourly["ratelimit"] == {"limit": 5000, "duration": 3600}
+    assert "5000/3600s" in table
+    assert seconds["ratelimit"] == {"limit": 10, "duration": 30}
+    assert removed["ratelimit"] is None
+
+
+NOT_A_DURATION = "is not a duration such as 90d, 12h, 30m or 45s"
+NOT_A_RATE_LIMIT = "is not a rate limit such as 100/60s, 5000/1h or none"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        *(("--expires-in", duration, NOT_A_DURATION)
+          for duration in ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"]),
+        *(("--ratelimit", limit, NOT_A_RATE_LIMIT)
+          for limit in ["100", "100/", "/60s", "1.5/60s", "-1/60s", "100/60x", "ten/1m"]),
+    ],
+)  # fmt: skip
+def test_an_option_value_that_does_not_parse_is_a_usage_error(
+    run: Any, option: str, value: str, message: str
+) -> None:
     run("accounts", "create", "acme", "--json")
-    result = run("keys", "create", "--account", "1", "--label", "x", "--expires-in", duration)
+    result = run("keys", "create", "--account", "1", "--label", "x", option, value)
     assert result.exit_code == 2
-    assert "is not a duration such as 90d, 12h, 30m or 45s" in result.stderr
+    assert message in result.stderr
 
 
 def test_keys_roll_prints_the_new_secret_and_when_the_old_key_stops(run: Any) -> None:

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -81,9 +82,9 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
-# keyguard's fields beyond Wavix's, as a key that never expires, was not rolled and
-# did not leak has them; the official client keeps them as extras.
-NO_LIFECYCLE = {"expires_at": None, "rolled_from": None, "leaked_at": None}
+# keyguard's fields beyond Wavix's, as a key that never expires, was not rolled,
+# did not leak and has no rate limit has them; the official client keeps them as extras.
+NO_LIFECYCLE = {"expires_at": None, "rolled_from": None, "leaked_at": None, "ratelimit": None}
 
 
 def levels(key: ApiKey) -> dict[str, str]:
@@ -198,6 +199,29 @@ def test_update_changes_only_the_given_fields(admin: Wavix, tag: str) -> None:
         **NO_LIFECYCLE,
     }
     assert by_id(admin.api_keys.list(), key.id) == paused
+
+
+def test_a_key_with_a_rate_limit_is_parsed_and_keeps_it_through_updates(
+    admin: Wavix, tag: str
+) -> None:
+    limit = {"limit": 100, "duration": 60}
+    extra: Any = {"additional_body_parameters": {"ratelimit": limit}}
+    created: ApiKey = admin.api_keys.create(label=f"{tag} Metered", request_options=extra)
+
+    renamed: ApiKey = admin.api_keys.update(created.id, label=f"{tag} Metered EU")
+
+    assert isinstance(created, ApiKey)
+    assert created.model_extra == {
+        "is_active": True,
+        "is_restriction": False,
+        "is_scopes_enabled": False,
+        **NO_LIFECYCLE,
+        "ratelimit": limit,
+    }
+    assert renamed.label == f"{tag} Metered EU"
+    assert renamed.model_extra is not None
+    assert renamed.model_extra["ratelimit"] == limit
+    assert by_id(admin.api_keys.list(), created.id) == renamed
 
 
 def test_delete_answers_success_and_the_key_is_gone_from_list(admin: Wavix) -> None:

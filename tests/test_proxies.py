@@ -205,6 +205,42 @@ def test_the_apis_own_refusal_reaches_the_client_unchanged(
     assert answer.json()["path"] == f"/v1/numbers?status={status}"
 
 
+def test_key_over_its_rate_limit_is_429_with_retry_after_and_ratelimit_headers(
+    client: httpx.Client, api: EchoAPI, create_key: KeyFactory, proxy: ReverseProxy
+) -> None:
+    token = create_key(ratelimit={"limit": 2, "duration": 3600})["value"]
+    allowed = [client.get("/v1/numbers", headers=bearer(token)) for _ in range(2)]
+    hits = api.hits
+
+    refused = client.get("/v1/numbers", headers=bearer(token))
+
+    assert [answer.status_code for answer in allowed] == [200, 200]
+    if proxy.name == "nginx":  # the example passes on what the key has left
+        assert [answer.headers["RateLimit"].split(";")[1] for answer in allowed] == [
+            "r=1",
+            "r=0",
+        ]
+        assert allowed[0].headers["RateLimit-Policy"] == '"key";q=2;w=3600'
+    assert refused.status_code == 429
+    assert refused.json() == {"success": False, "message": "Rate limit exceeded"}
+    assert refused.headers["content-type"] == "application/json"
+    retry_after = int(refused.headers["Retry-After"])
+    assert retry_after >= 1
+    assert refused.headers["RateLimit-Policy"] == '"key";q=2;w=3600'
+    assert refused.headers["RateLimit"] == f'"key";r=0;t={retry_after}'
+    assert api.hits == hits
+
+
+def test_key_without_a_rate_limit_gets_no_ratelimit_headers(
+    client: httpx.Client, full_access: str
+) -> None:
+    answer = client.get("/v1/numbers", headers=bearer(full_access))
+
+    assert answer.status_code == 200
+    assert "RateLimit" not in answer.headers
+    assert "RateLimit-Policy" not in answer.headers
+
+
 def test_scoped_key_writing_where_it_may_only_read_is_403(
     client: httpx.Client, api: EchoAPI, create_key: KeyFactory
 ) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing
 from tests.postgres import postgres_schema
-from tests.server import KeyguardServer, Servers, Worker, create_key, workers_of
+from tests.server import KeyguardServer, Servers, Worker, create_key, two_instances, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +66,7 @@ def database() -> Iterator[str]:
 def pair(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Pair]:
     settings = {"KEYGUARD_DATABASE_URL": database}
     with Servers(tmp_path_factory.mktemp("scale-out")) as servers:
-        a = servers("a", workers=WORKERS, settings=settings)
-        b = servers("b", workers=WORKERS, settings=settings)
-        admin: str = a.create_account("acme")["api_key"]["value"]
-        with ThreadPoolExecutor(2) as starting:
-            for started in [starting.submit(a.start), starting.submit(b.start)]:
-                started.result()
-        yield Pair(a, b, admin)
+        yield Pair(*two_instances(servers, WORKERS, settings))
 
 
 @pytest.fixture

@@ -269,6 +269,7 @@ def test_an_event_is_the_audit_record_as_the_audit_log_shows_it(
                 "scopes_enabled": False,
                 "scopes": {},
                 "expires_at": None,
+                "ratelimit": None,
             },
         },
     }

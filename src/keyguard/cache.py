@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from keyguard.domain.network import AllowList, parse_networks
+from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.records import Account, AccountStatus, StoredKey
 from keyguard.domain.scopes import Level
 from keyguard.storage import ChangeSignal, Store
@@ -34,6 +35,7 @@ class CachedKey:
     # A POSIX timestamp: decisions compare it with the clock, so a key expires on
     # every process at its second, with no refresh or write needed then.
     expires: float | None = None
+    ratelimit: RateLimit | None = None  # None: the decision never meters this key
 
     @classmethod
     def of(cls, key: StoredKey) -> "CachedKey":
@@ -48,6 +50,7 @@ class CachedKey:
             scopes_enabled=settings.scopes_enabled,
             levels=dict(settings.scopes),
             expires=None if settings.expires_at is None else settings.expires_at.timestamp(),
+            ratelimit=settings.ratelimit,
         )
 
 

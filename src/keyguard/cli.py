@@ -9,6 +9,7 @@ does not parse is click's usage error (exit status 2).
 
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -27,7 +28,8 @@ from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.counts import Granularity, Point
-from keyguard.domain.fields import parse_duration
+from keyguard.domain.fields import DURATION_UNITS, parse_duration
+from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
@@ -381,6 +383,29 @@ class _Duration(click.ParamType[timedelta, "str | timedelta"]):
         return duration
 
 
+_RATE_LIMIT = re.compile(r"([0-9]{1,12})/([0-9]{1,6})([smhdSMHD]?)", re.ASCII)
+
+
+class _RateLimit(click.ParamType[object, "str | object"]):
+    """A rate limit as requests per duration, ``100/60s`` or ``5000/1h``, or ``none``."""
+
+    name = "N/DURATION"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() == NO_LIMIT:
+            return NO_LIMIT
+        found = _RATE_LIMIT.fullmatch(value.strip())
+        if found is None:
+            self.fail(f"{value!r} is not a rate limit such as 100/60s, 5000/1h or none", param, ctx)
+        limit, number, unit = found.groups()
+        seconds = int(number) * DURATION_UNITS[(unit or "s").lower()]
+        return {"limit": int(limit), "duration": seconds}
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Manage the keys of one account, as the HTTP API does."""
@@ -438,6 +463,12 @@ def _key_options(function: F) -> F:
             type=_Duration(),
             help="When the key stops working, from now: 90d, 12h, 30m or 45s.",
         ),
+        click.option(
+            "--ratelimit",
+            type=_RateLimit(),
+            help="At most N requests per DURATION, as in 100/60s or 5000/1h (1s to 1d); "
+            "on update, 'none' removes a limit.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -454,6 +485,7 @@ def _key_body(
     scopes: tuple[str, ...],
     expires_at: str | None,
     expires_in: timedelta | None,
+    ratelimit: object,
 ) -> dict[str, Any]:
     """The API body for the options given, refusing any that would not do what they say.
 
@@ -478,6 +510,7 @@ def _key_body(
         "permitted_ips": list(permitted_ips) if permitted_ips else None,
         "scopes_enabled": scopes_enabled,
         "expires_at": expires_at,
+        "ratelimit": ratelimit,
     }
     for grant in scopes:
         group, sep, level = (part.strip() for part in grant.partition("="))
@@ -496,7 +529,9 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
     if as_json:
         _echo_json([key_object(view, groups) for view in views])
         return
-    headers = ("id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires")
+    headers = (
+        "id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires", "limit"
+    )  # fmt: skip
     table = _table(*headers)
     for view in views:
         settings = view.key.settings
@@ -516,6 +551,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
             _when(view.last_used_at),
             _when(view.key.created_at),
             _when(settings.expires_at) if settings.expires_at else "never",
+            f"{limit.limit}/{limit.duration}s" if (limit := settings.ratelimit) else "-",
         )
     _console().print(table)
 

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
         description="Comma-separated addresses or CIDR ranges of proxies whose "
         "client_ip_header is believed.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis (redis://host:6379/0) for rate-limit counts shared by every "
+        "process; without it they are shared through the database.",
+    )
+    redis_prefix: str = Field(
+        default="keyguard:", max_length=64, description="Prefix of keyguard's Redis keys."
+    )
     client_ip_header: ClientIPHeader = Field(
         default=ClientIPHeader.X_FORWARDED_FOR,
         description="The one header a trusted proxy names the client in: x-forwarded-for "

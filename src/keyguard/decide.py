@@ -2,8 +2,9 @@
 
 :meth:`Decider.decide` takes a token, a client address, a method and a path and
 returns a :class:`Decision`. It reads only the in-memory key snapshot and the
-route map; a refusal is a value, never an exception; the one side effect is a
-note of the key's use, flushed to the database later in a batch.
+route map; a refusal is a value, never an exception; the side effects are a
+note of the key's use, flushed to the database later in a batch, and, for a key
+with a rate limit, one count in the :class:`~keyguard.metering.Meter`.
 """
 
 import time
@@ -17,6 +18,7 @@ from keyguard.domain.network import parse_address, parse_client
 from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import Level
 from keyguard.limits import WindowLimiter
+from keyguard.metering import RATE_LIMITED, Meter, Window
 from keyguard.usage import Outcome, UsageRecorder
 from keyguard.vault import Vault
 
@@ -25,9 +27,10 @@ class Decision(NamedTuple):
     """The answer for one request.
 
     ``status`` is 200 when allowed, else 401 (no usable key), 403 (a usable key
-    that may not do this), or 429 (the client address failed to authenticate
-    too often and must wait ``retry_after`` seconds; only a refused key is
-    ever answered 429). ``scope`` names what the
+    that may not do this), or 429: the client address failed to authenticate
+    too often, or the key is over its rate limit, and must wait ``retry_after``
+    seconds. ``ratelimit`` is the key's window when it has a rate limit, for the
+    ``RateLimit`` headers. ``scope`` names what the
     request needed: ``"messages:write"``, or ``"full"`` for a route (or an
     unknown path) that needs a full-access key; ``None`` when the key itself was
     refused.
@@ -40,6 +43,7 @@ class Decision(NamedTuple):
     key_id: int | None = None
     scope: str | None = None
     retry_after: int | None = None  # for 429: seconds until the client may try again
+    ratelimit: Window | None = None
 
 
 UNAUTHORIZED = Decision(False, 401, "Unauthorized")
@@ -62,6 +66,7 @@ class Decider:
         observe_latency: Callable[[float], None] | None = None,
         failures: WindowLimiter | None = None,
         clock: Callable[[], float] = time.time,
+        meter: Meter | None = None,
     ) -> None:
         self._vault = vault
         # While the server secret is rotated, a key not yet rewritten is found by
@@ -73,6 +78,7 @@ class Decider:
         self._observe_latency = observe_latency
         self._failures = failures
         self._clock = clock  # for key expiry: POSIX seconds
+        self.meter = meter if meter is not None else Meter(clock=clock)
         # Plain counters cost ~50 ns; metrics read them when scraped. Latency is
         # sampled, one decision in SAMPLE_EVERY, to keep the clock off the hot path.
         self.outcomes = {200: 0, 401: 0, 403: 0, 429: 0}
@@ -140,12 +146,21 @@ class Decider:
         if refusal is not None:
             self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
             return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
+        window = None
+        if key.ratelimit is not None:
+            window = self.meter.admit(key.key_id, key.ratelimit)
+            if window is None:
+                return self._rate_limited(key, needed)
         self._usage.touch(key.key_id, key.account_id)
         allowed = self._allowed.get((key.key_id, needed))
-        if allowed is None or allowed.account_id != key.account_id:
+        if (
+            allowed is None
+            or allowed.account_id != key.account_id
+            or allowed.ratelimit is not window
+        ):
             if len(self._allowed) >= _ALLOWED_LIMIT:
                 self._allowed.clear()
-            allowed = Decision(True, 200, "OK", key.account_id, key.key_id, needed)
+            allowed = Decision(True, 200, "OK", key.account_id, key.key_id, needed, None, window)
             self._allowed[key.key_id, needed] = allowed
         return allowed
 
@@ -159,6 +174,12 @@ class Decider:
             if wait is not None:
                 return Decision(False, 429, TOO_MANY_FAILURES.format(wait), retry_after=wait)
         return UNAUTHORIZED
+
+    def _rate_limited(self, key: CachedKey, needed: str) -> Decision:
+        # Not a failed authentication: the key is good, so the failure limit is not charged.
+        self._usage.count(key.key_id, key.account_id, Outcome.RATE_LIMITED)
+        wait, window = self.meter.refusal(key.key_id)
+        return Decision(False, 429, RATE_LIMITED, key.account_id, key.key_id, needed, wait, window)
 
     def _refusal(self, key: CachedKey, route: Route | None) -> str | None:
         """Why ``key`` may not take ``route``, or ``None`` if it may."""

@@ -100,6 +100,8 @@ async def send_decision(send: Send, decision: Decision, *, message_header: bool 
     for proxies such as nginx that answer the client from headers, not the body.
     """
     headers, body = _refusal(decision.status, decision.message, decision.retry_after)
+    if decision.ratelimit is not None:
+        headers = [*headers, *decision.ratelimit.headers(decision.retry_after)]
     if message_header:
         headers = [*headers, (b"x-keyguard-message", decision.message.encode("latin-1", "replace"))]
     await send({"type": "http.response.start", "status": decision.status, "headers": headers})

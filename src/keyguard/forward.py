@@ -37,7 +37,8 @@ def is_forward_auth(path: str) -> bool:
 
 
 class ForwardAuth:
-    """Answer 200 with the caller's identity, or 401/403 with a Wavix body."""
+    """Answer 200 with the caller's identity (and ``RateLimit`` headers for a key
+    with a rate limit), or 401/403/429 with a Wavix body."""
 
     def __init__(
         self,
@@ -74,9 +75,10 @@ class ForwardAuth:
         if not decision.allowed:
             await send_decision(send, decision, message_header=True)
             return
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": self._identity(decision)}
-        )
+        headers = self._identity(decision)
+        if decision.ratelimit is not None:  # what remains, for the proxy to pass on
+            headers = headers + decision.ratelimit.headers()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
     def _identity(self, decision: Decision) -> list[tuple[bytes, bytes]]:

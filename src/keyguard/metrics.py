@@ -63,6 +63,11 @@ class Metrics:
         self._decisions = Counter(
             "keyguard_decisions", "Decisions by outcome.", ["outcome"], registry=self._registry
         )
+        self._rate_limited = Counter(
+            "keyguard_rate_limited",
+            "Requests refused because their key was over its rate limit (all keys together).",
+            registry=self._registry,
+        )
         self._snapshot_keys = self._gauge("keyguard_snapshot_keys", "Live keys in the snapshot.")
         self._snapshot_age = self._gauge(
             "keyguard_snapshot_age_seconds",
@@ -116,6 +121,10 @@ class Metrics:
                 if new > 0:
                     self._decisions.labels(OUTCOMES[status]).inc(new)
                     self._exported[status] = count
+            refused = decider.meter.refused - self._exported.get(0, 0)
+            if refused > 0:  # key 0: no status; the meter's count
+                self._rate_limited.inc(refused)
+                self._exported[0] = decider.meter.refused
             self._snapshot_keys.set(len(cache))
             self._snapshot_age.set(cache.age if cache.age is not None else float("nan"))
             self._snapshot_revision.set(cache.revision)

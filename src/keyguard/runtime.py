@@ -22,10 +22,12 @@ from keyguard.domain.network import Network, parse_networks
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes, parse_route_map
 from keyguard.errors import ConfigurationError
 from keyguard.limits import WindowLimiter
+from keyguard.metering import SYNC_INTERVAL, Meter
 from keyguard.metrics import EXPORT_INTERVAL, Metrics
 from keyguard.periodic import Periodic
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
+from keyguard.storage.counters import open_counters
 from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault, load_or_create_secret, read_secret, verify_secret, wrong_secret
 
@@ -183,6 +185,7 @@ class Keyguard:
         self.client_ip_header = settings.client_ip_header
         # Failed authentications per client, by key or by operator token alike.
         self.auth_failures = _limiter(settings.auth_failures_per_minute)
+        self.meter = Meter(open_counters(self.store, settings.redis_url, settings.redis_prefix))
         self.decider = Decider(
             self.vault,
             self.cache,
@@ -190,6 +193,7 @@ class Keyguard:
             self.usage,
             observe_latency=self.metrics.decision_seconds.observe,
             failures=self.auth_failures,
+            meter=self.meter,
         )
         self.management_writes = _limiter(settings.management_writes_per_minute)
         self.service = KeyService(
@@ -217,6 +221,8 @@ class Keyguard:
             ),
         ]
         self._tasks.append(Periodic("usage pruning", self.service.prune_usage, PRUNE_INTERVAL))
+        if self.meter.shared:
+            self._tasks.append(Periodic("rate-limit sync", self.meter.sync, SYNC_INTERVAL))
         if self.metrics.shared:  # one of several workers: keep its figures current for all
             self._tasks.append(
                 Periodic("metrics export", self.metrics.export, EXPORT_INTERVAL, run_on_stop=True)
@@ -253,4 +259,5 @@ class Keyguard:
         """Stop the tasks (flushing usage) and release the database."""
         for task in self._tasks:
             task.stop()
+        self.meter.close()
         self.store.close()

@@ -35,6 +35,7 @@ def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
     body["expires_at"] = _timestamp(settings.expires_at)
     body["rolled_from"] = key.rolled_from
     body["leaked_at"] = _timestamp(key.leaked_at)
+    body["ratelimit"] = None if settings.ratelimit is None else settings.ratelimit.document()
     return body
 
 

@@ -48,6 +48,7 @@ def settings_view(**changed: Any) -> dict[str, Any]:
         "scopes_enabled": False,
         "scopes": {},
         "expires_at": None,
+        "ratelimit": None,
     }
     return view | changed
 

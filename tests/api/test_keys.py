@@ -45,6 +45,7 @@ FIELD_ORDER = (
     "expires_at",
     "rolled_from",
     "leaked_at",
+    "ratelimit",
 )
 # current name -> seed-era name
 FLAG_NAMES = {
@@ -108,6 +109,7 @@ def defaults(label: str) -> dict[str, Any]:
         "expires_at": None,
         "rolled_from": None,
         "leaked_at": None,
+        "ratelimit": None,
     }
 
 

@@ -245,7 +245,8 @@ def test_request_body_refers_to_a_component_schema_with_every_field(
     assert schema == {"$ref": f"#/components/schemas/{component}"}
     assert body["required"] is required
     properties = resolve(document, schema["$ref"])["properties"]
-    assert set(properties) == {"label", "permitted_ips", *FLAGS, *GROUPS, "expires_at"}
+    expected = {"label", "permitted_ips", *FLAGS, *GROUPS, "expires_at", "ratelimit"}
+    assert set(properties) == expected
 
 
 def test_create_body_requires_label_and_update_body_refuses_unknown_fields(
@@ -284,6 +285,7 @@ def test_documented_api_key_schema_requires_both_generations_of_names(
         "expires_at",
         "rolled_from",
         "leaked_at",
+        "ratelimit",
     ]
 
 

@@ -14,6 +14,7 @@ from keyguard.domain.fields import (
     rolled_settings,
     settings_for_new_key,
 )
+from keyguard.domain.ratelimit import NO_LIMIT, RateLimit
 from keyguard.domain.records import KeySettings
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.errors import Conflict, InvalidInput
@@ -219,3 +220,41 @@ def test_rolled_key_expires_at_the_end_of_grace_or_its_own_expiry_if_sooner() ->
     assert rolled_settings(soon, grace_end, NOW) == soon
     with pytest.raises(Conflict):
         rolled_settings(soon, grace_end, NOW + timedelta(hours=1))
+
+
+def test_a_rate_limit_is_set_kept_on_null_and_removed_with_none() -> None:
+    created = settings_for_new_key(
+        parse_create({"label": "k", "ratelimit": {"limit": 10, "duration": 60}}, GROUPS)
+    )
+    kept = apply(created, parse_update({"ratelimit": None, "label": "j"}, GROUPS))
+    removed = apply(created, parse_update({"ratelimit": NO_LIMIT}, GROUPS))
+
+    assert created.ratelimit == RateLimit(10, 60)
+    assert kept.ratelimit == RateLimit(10, 60)
+    assert removed.ratelimit is None
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ({"limit": 0, "duration": 60}, 422),
+        ({"limit": 1_000_000_001, "duration": 60}, 422),
+        ({"limit": 1, "duration": 86_401}, 422),
+        ({"limit": 1, "duration": 0}, 422),
+        ({"limit": 1.0, "duration": 60}, 400),
+        ({"limit": False, "duration": 60}, 400),
+        ({"limit": 1}, 400),
+        ("none ", 400),
+        ([], 400),
+    ],
+)
+def test_a_rate_limit_out_of_range_is_422_and_of_a_wrong_type_400(
+    value: object, status: int
+) -> None:
+    assert _refusal(parse_create, {"label": "k", "ratelimit": value})[0] == status
+    assert _refusal(parse_update, {"ratelimit": value})[0] == status
+
+
+def test_the_largest_rate_limit_is_accepted() -> None:
+    changes = parse_update({"ratelimit": {"limit": 1_000_000_000, "duration": 86_400}}, GROUPS)
+    assert changes.ratelimit == RateLimit(1_000_000_000, 86_400)

@@ -20,6 +20,7 @@ from keyguard.domain.fields import (
     MAX_PERMITTED_IPS,
     NEVER,
 )
+from keyguard.domain.ratelimit import MAX_DURATION, MAX_LIMIT, NO_LIMIT
 from keyguard.domain.records import Action, ActorKind
 from keyguard.domain.routes import RouteMap
 from keyguard.domain.scopes import ScopeGroups
@@ -97,7 +98,20 @@ def key_model(groups: ScopeGroups) -> type[BaseModel]:
         datetime | None,
         Field(description="When a secret scanner reported the key public; it is refused for good."),
     )
+    fields["ratelimit"] = (
+        RateLimitModel | None,
+        Field(description="At most `limit` requests per `duration` seconds; null: no limit."),
+    )
     return create_model("ApiKey", **fields)
+
+
+class RateLimitModel(BaseModel):
+    """A key's rate limit, counted over a sliding window of ``duration`` seconds."""
+
+    model_config = ConfigDict(title="RateLimit", extra="forbid")
+
+    limit: int = Field(ge=1, le=MAX_LIMIT, description="Requests allowed per window.")
+    duration: int = Field(ge=1, le=MAX_DURATION, description="The window, in seconds.")
 
 
 class UsagePoint(BaseModel):
@@ -171,6 +185,14 @@ def _request_fields(groups: ScopeGroups) -> dict[str, Any]:
             default=None,
             description=f"When the key stops working ({EXPIRES_AT_FORMAT}); must be in the "
             f'future. "{NEVER}" removes an expiry (null means not given).',
+        ),
+    )
+    fields["ratelimit"] = (
+        RateLimitModel | Literal["none"] | None,
+        Field(
+            default=None,
+            description=f'At most `limit` requests per `duration` seconds. "{NO_LIMIT}" removes '
+            "a limit (null means not given).",
         ),
     )
     return fields

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from keyguard.api.requests import peer_address, read_json
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
 from keyguard.api.tokens import token_holder
-from keyguard.decide import Decider
+from keyguard.decide import Decider, Decision
 from keyguard.errors import InvalidInput
 from keyguard.limits import WindowLimiter
 
@@ -90,7 +90,8 @@ def verify_router(
                 "key_id": decision.key_id,
                 "scope": decision.scope,
                 "retry_after": decision.retry_after,
-            }
+            },
+            headers=None if decision.ratelimit is None else _headers(decision),
         )
 
     return router
@@ -99,3 +100,10 @@ def verify_router(
 async def _peer(request: Request) -> str | None:
     """Without a token anyone may ask; its own address is charged for the keys it guesses."""
     return peer_address(request)
+
+
+def _headers(decision: Decision) -> dict[str, str]:
+    """A rate-limited key's ``RateLimit-Policy`` and ``RateLimit``, as forward auth sends them."""
+    assert decision.ratelimit is not None
+    fields = decision.ratelimit.headers(decision.retry_after)
+    return {name.decode(): value.decode() for name, value in fields}

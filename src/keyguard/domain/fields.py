@@ -2,7 +2,8 @@
 
 Both generations of Wavix field names are accepted (``is_active`` and
 ``active``, …); when a body gives both, the current name wins. JSON ``null``
-means "not given", so an expiry is removed with ``"expires_at": "never"``. Every
+means "not given", so an expiry is removed with ``"expires_at": "never"`` and a
+rate limit with ``"ratelimit": "none"``. Every
 refusal is an :class:`~keyguard.errors.InvalidInput` carrying Wavix's own message,
 raised before anything is changed.
 """
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
 from keyguard.domain.network import canonical_entry
+from keyguard.domain.ratelimit import RateLimit, parse_rate_limit
 from keyguard.domain.records import KeySettings, is_expired
 from keyguard.domain.scopes import LEVEL_NAMES, Level, ScopeGroups
 from keyguard.errors import Conflict, InvalidInput
@@ -52,6 +54,7 @@ class KeyChanges:
     scopes_enabled: bool | None = None
     scopes: dict[str, Level] = field(default_factory=dict)
     expires_at: datetime | Literal["never"] | None = None
+    ratelimit: RateLimit | Literal["none"] | None = None
 
 
 def parse_create(body: object, groups: ScopeGroups, now: datetime | None = None) -> KeyChanges:
@@ -75,6 +78,7 @@ def parse_update(body: object, groups: ScopeGroups, now: datetime | None = None)
         "label",
         "permitted_ips",
         "expires_at",
+        "ratelimit",
         *FLAG_ALIASES,
         *FLAG_ALIASES.values(),
         *groups,
@@ -117,6 +121,7 @@ def _parse(data: Mapping[str, Any], groups: ScopeGroups, now: datetime | None) -
         scopes_enabled=_flag(data, "scopes_enabled"),
         scopes={name: _level(name, data[name]) for name in groups if data.get(name) is not None},
         expires_at=_expires_at(data.get("expires_at"), now or datetime.now(UTC)),
+        ratelimit=parse_rate_limit(data.get("ratelimit")),
     )
 
 
@@ -248,6 +253,7 @@ def apply(settings: KeySettings, changes: KeyChanges) -> KeySettings:
         scopes_enabled=_given(changes.scopes_enabled, settings.scopes_enabled),
         scopes=_granted({**settings.scopes, **changes.scopes}),
         expires_at=_expiry(changes.expires_at, settings.expires_at),
+        ratelimit=_rate_limit(changes.ratelimit, settings.ratelimit),
     )
 
 
@@ -259,6 +265,14 @@ def settings_for_new_key(changes: KeyChanges) -> KeySettings:
 
 def _expiry(value: datetime | Literal["never"] | None, current: datetime | None) -> datetime | None:
     if isinstance(value, str):  # NEVER
+        return None
+    return current if value is None else value
+
+
+def _rate_limit(
+    value: RateLimit | Literal["none"] | None, current: RateLimit | None
+) -> RateLimit | None:
+    if isinstance(value, str):  # NO_LIMIT
         return None
     return current if value is None else value
 

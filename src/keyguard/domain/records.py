@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
+from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.scopes import Level
 
 
@@ -71,6 +72,7 @@ class KeySettings:
     scopes_enabled: bool = False
     scopes: Mapping[str, Level] = field(default_factory=dict)
     expires_at: datetime | None = None  # refused from this second on; None: never
+    ratelimit: RateLimit | None = None  # None: no rate limit
 
 
 def is_expired(settings: KeySettings, now: datetime) -> bool:
@@ -124,6 +126,7 @@ def settings_document(settings: KeySettings) -> dict[str, Any]:
             if level is not Level.NONE
         },
         "expires_at": timestamp(settings.expires_at),
+        "ratelimit": None if settings.ratelimit is None else settings.ratelimit.document(),
     }
 
 

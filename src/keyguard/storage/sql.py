@@ -58,6 +58,7 @@ from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
+from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.records import (
     CLI,
     KEYGUARD,
@@ -1023,6 +1024,7 @@ def _key(row: Row[Any]) -> StoredKey:
         scopes_enabled=row.scopes_enabled,
         scopes=expand(_document(row.scopes)),
         expires_at=row.expires_at,
+        ratelimit=RateLimit.of(_document(row.ratelimit)),
     )
     return StoredKey(
         id=row.id,

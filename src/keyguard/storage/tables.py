@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -99,6 +100,8 @@ api_keys = Table(
     Column("expiring_noted", UTCDateTime, nullable=True),
     Column("expired_noted", UTCDateTime, nullable=True),
     Index("ix_api_keys_expires_at", "expires_at"),
+    # {"limit": N, "duration": S}; NULL: no rate limit
+    Column("ratelimit", JSON(none_as_null=True), nullable=True),
     Index(
         "ix_api_keys_live",
         "account_id",
@@ -155,4 +158,24 @@ key_usage = Table(
     Column("account_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     *(Column(name, BigInteger, nullable=False, server_default="0") for name in OUTCOMES),
     Index("ix_key_usage_account", "account_id", "granularity", "bucket"),
+)
+
+# Rate-limit counts that processes share when no Redis is configured
+# (keyguard.storage.counters): each process's total per key and window, kept a
+# few windows, and when each process last synchronised.
+ratelimit_counts = Table(
+    "ratelimit_counts",
+    metadata,
+    Column("key_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("duration", Integer, primary_key=True),
+    Column("window", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("process", String(64), primary_key=True),
+    Column("admitted", BigInteger, nullable=False),
+    Column("claimed", BigInteger, nullable=False),  # what it may reach before its next sync
+)
+ratelimit_processes = Table(
+    "ratelimit_processes",
+    metadata,
+    Column("process", String(64), primary_key=True),
+    Column("seen_at", Float, nullable=False),  # POSIX seconds
 )
