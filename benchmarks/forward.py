@@ -42,10 +42,8 @@ def seed_keys(
     Through keyguard's own service, as ``keyguard keys create`` does, but in this
     process: one HTTP call or one CLI process per key would take far longer.
     """
-    env = deployment.env
     settings = Settings(
-        database_url=env["KEYGUARD_DATABASE_URL"],
-        secret_key=SecretStr(env["KEYGUARD_SECRET_KEY"]),
+        database_url=deployment.database_url, secret_key=SecretStr(deployment.secret_key)
     )
     keyguard = Keyguard(settings)
     account = deployment.tenant.account_id

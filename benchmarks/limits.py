@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from tests.server import NO_LIMITS
+
 from benchmarks.context import Context
 from benchmarks.forward import (
     FORWARD_PATH,
@@ -77,7 +79,7 @@ from benchmarks.report import (
     table,
     times,
 )
-from benchmarks.server import NO_LIMITS, Deployment, Server, deployed, serving
+from benchmarks.server import Deployment, Server, deployed, serving
 from benchmarks.stats import median
 from benchmarks.workers import cpu_seconds, listeners
 from keyguard.config import Settings
@@ -101,7 +103,7 @@ _DECISIONS = re.compile(rb'keyguard_decisions_total\{outcome="(\w+)",pid="\d+"\}
 
 def without_limits(deployment: Deployment) -> Deployment:
     """The same database, served with both abuse limits off."""
-    return replace(deployment, env={**deployment.env, **NO_LIMITS})
+    return replace(deployment, settings={**deployment.settings, **NO_LIMITS})
 
 
 def from_client(token: str, address: str) -> dict[str, str]:

@@ -17,11 +17,12 @@ import time
 from dataclasses import asdict, dataclass
 
 import httpx
+from tests.server import NO_LIMITS
 
 from benchmarks.context import Context
 from benchmarks.load import Comparison, LoadGenerator, Target, compare, pooled_rate
 from benchmarks.report import Section, comparison_table, millis, rate, table
-from benchmarks.server import NO_LIMITS, Server, running_keyguard
+from benchmarks.server import Server, running_keyguard
 from benchmarks.stats import Latency
 
 CREATE_CLIENTS = 4

@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, insert, select, update
+from tests.server import NO_LIMITS
 
 from benchmarks.context import Context
 from benchmarks.decide import KINDS
 from benchmarks.propagation import pin_workers
 from benchmarks.report import Section, table
 from benchmarks.server import (
-    NO_LIMITS,
     Deployment,
     Server,
     counted_keys,
@@ -138,7 +138,7 @@ class Measured:
 def measure(mix: str, kinds: Sequence[KeySettings]) -> Measured:
     with deployed(settings=NO_LIMITS) as deployment:
         empty = start(deployment, WORKERS, 1)
-        url = deployment.env["KEYGUARD_DATABASE_URL"]
+        url = deployment.database_url
         inserted = insert_keys(url, deployment.tenant.account_id, KEYS, kinds)
         loaded = start(deployment, WORKERS, KEYS + 1)
     return Measured(mix, empty, loaded, inserted)

@@ -22,14 +22,13 @@ from 127.0.0.1).
 
 import os
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import httpx
 import psycopg
-from psycopg import sql
+from tests.postgres import postgres_schema
+from tests.server import NO_LIMITS
 
 from benchmarks import management
 from benchmarks.context import Context
@@ -38,7 +37,6 @@ from benchmarks.load import Comparison, Target, compare
 from benchmarks.memory import Start, start
 from benchmarks.report import Section, comparison_table, millis, rate, table, times
 from benchmarks.server import (
-    NO_LIMITS,
     Server,
     deployed,
     running_keyguard,
@@ -66,28 +64,6 @@ SQL_TIMEOUT = "SET statement_timeout = '120s'"  # bounds the bulk insert and the
 
 def postgres_server() -> str:
     return os.environ.get(POSTGRES_URL_VARIABLE) or DEFAULT_POSTGRES_URL
-
-
-@contextmanager
-def postgres_schema(server: str) -> Iterator[str]:
-    """A throwaway schema on ``server``, and a URL whose connections use only it.
-
-    On the way out, connections still using it are ended and it is dropped.
-    """
-    name = f"kg_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    try:
-        separator = "&" if "?" in server else "?"
-        yield f"{server}{separator}options=-csearch_path%3D{name}&application_name={name}"
-    finally:
-        with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 # -- 1. propagation -----------------------------------------------------------
@@ -154,7 +130,7 @@ def propagation(a: Server, b: Server) -> Propagation:
 
 def measure_propagation(server: str, workers: int) -> Propagation:
     with (
-        postgres_schema(server) as url,
+        postgres_schema(server, "kg_bench") as url,
         deployed(url, NO_LIMITS) as deployment,
         serving(deployment, workers) as a,
         serving(deployment, workers) as b,
@@ -243,7 +219,7 @@ def fetch_rows(url: str) -> float:
 
 
 def measure_startup(server: str, workers: int) -> Startup:
-    with postgres_schema(server) as url, deployed(url, NO_LIMITS) as deployment:
+    with postgres_schema(server, "kg_bench") as url, deployed(url, NO_LIMITS) as deployment:
         one_key = start(deployment, workers, 1, BULK_START_TIMEOUT)
         inserted = insert_keys(url, deployment.tenant.account_id, BULK_KEYS)
         fetched = fetch_rows(url)
@@ -258,7 +234,7 @@ def side_by_side(context: Context, server: str, keys: int) -> tuple[list[Backend
     """Phases 2 and 3 on a SQLite server and a PostgreSQL server, both running throughout."""
     with (
         running_keyguard(context.workers, None, NO_LIMITS) as lite,
-        postgres_schema(server) as url,
+        postgres_schema(server, "kg_bench") as url,
         running_keyguard(context.workers, url, NO_LIMITS) as pg,
     ):
         backends = [manage(lite, keys), manage(pg, keys)]

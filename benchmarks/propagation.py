@@ -24,10 +24,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
+from tests.server import NO_LIMITS
+
 from benchmarks.context import Context
 from benchmarks.forward import FORWARD_PATH, WORKERS, forward_headers, seed_keys
 from benchmarks.report import Section, millis, table
-from benchmarks.server import NO_LIMITS, Server, deployed, serving, worker_pids
+from benchmarks.server import Server, deployed, serving, worker_pids
 from benchmarks.stats import Latency, median
 
 TRIALS = 50

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import httpx
+from tests.postgres import postgres_schema
+from tests.server import NO_LIMITS
 
 from benchmarks.accuracy import FORWARD, Accuracy, forward_headers, spread_load
 from benchmarks.context import Context
@@ -44,10 +46,10 @@ from benchmarks.inprocess import (
     http_scope,
     interleave,
 )
-from benchmarks.postgres import postgres_schema, postgres_server
+from benchmarks.postgres import postgres_server
 from benchmarks.propagation import Pinned, pin_workers
 from benchmarks.report import Section, table
-from benchmarks.server import NO_LIMITS, Server, deployed, serving
+from benchmarks.server import Server, deployed, serving
 from keyguard.domain.ratelimit import MAX_LIMIT
 
 COST_TARGET = 0.95
@@ -134,7 +136,7 @@ def two_instances(engine: str) -> Iterator[tuple[Server, Server]]:
         prefix = f"keyguard-bench-{os.urandom(6).hex()}:"
         settings |= {"KEYGUARD_REDIS_URL": redis, "KEYGUARD_REDIS_PREFIX": prefix}
     with (
-        postgres_schema(postgres_server()) as url,
+        postgres_schema(postgres_server(), "kg_bench") as url,
         deployed(url, settings) as deployment,
         serving(deployment, SHARED_WORKERS) as a,
         serving(deployment, SHARED_WORKERS) as b,

@@ -1,19 +1,21 @@
 """Real ``keyguard serve`` processes on a fresh database (SQLite unless a URL is given).
 
+The servers themselves are the tests' (:class:`tests.server.KeyguardServer`): one
+way to start, wait for and stop keyguard, for the suite and the benchmarks alike.
 :func:`running_keyguard` creates a temporary folder, an account with its
 full-access key (through the CLI, as an operator would), and a server on a free
 127.0.0.1 port; on the way out it stops the server's whole process group, even
 when the benchmark failed, and removes the folder. Its two halves serve more
 than one instance on one database: :func:`deployed` prepares the database,
-:func:`serving` starts each instance on it.
+:func:`serving` starts each instance on it. Unlike the tests' servers, these keep
+keyguard's abuse limits unless the benchmark's settings turn them off
+(:data:`tests.server.NO_LIMITS`).
 """
 
-import json
 import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,28 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from tests.server import (
+    HOST,
+    KeyguardServer,
+    ServerError,
+    Tenant,
+    bearer,
+    children,
+    free_port,
+)
 
-HOST = "127.0.0.1"
 BENCHMARKS_ROOT = Path(__file__).resolve().parent.parent  # where `benchmarks` imports from
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-
-
-class ServerError(RuntimeError):
-    """keyguard could not be prepared or did not come up."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    """An account and its first, full-access key."""
-
-    account_id: int
-    key_id: int
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,63 +49,35 @@ class Server:
     tenant: Tenant
     workers: int
     pid: int  # the `keyguard serve` process; with one worker, the worker itself
-    start_seconds: float  # from process start until /healthz answered as asked
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
 
-def keyguard_command() -> list[str]:
-    """The ``keyguard`` console script beside this interpreter, else ``python -m keyguard``."""
-    script = Path(sys.executable).with_name("keyguard")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "keyguard"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """A migrated database with one account, the environment that reaches it, a log folder."""
+    """A migrated database with one account, the settings that reach it, and a folder
+    for the servers' logs."""
 
-    env: dict[str, str]
+    settings: dict[str, str]  # KEYGUARD_* variables, KEYGUARD_DATABASE_URL among them
+    secret_key: str
     tenant: Tenant
     folder: Path
 
+    @property
+    def database_url(self) -> str:
+        return self.settings["KEYGUARD_DATABASE_URL"]
 
-def environment(
-    folder: Path, database_url: str | None = None, settings: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """This process's environment, minus any KEYGUARD_* of the developer's own,
-    plus ``settings`` (KEYGUARD_* variables the benchmark chooses)."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")}
-    env["KEYGUARD_DATABASE_URL"] = database_url or f"sqlite:///{folder / 'keyguard.db'}"
-    env["KEYGUARD_SECRET_KEY"] = secrets.token_urlsafe(48)
-    env.update(settings or {})
-    return env
-
-
-def create_tenant(env: dict[str, str], name: str) -> Tenant:
-    """Migrate the database and create an account, with ``keyguard accounts create``."""
-    command = [*keyguard_command(), "accounts", "create", name, "--json"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    if completed.returncode != 0:
-        raise ServerError(f"keyguard accounts create failed: {completed.stderr.strip()}")
-    created = json.loads(completed.stdout)
-    key = created["api_key"]
-    return Tenant(int(created["account"]["id"]), int(key["id"]), str(key["value"]))
-
-
-# keyguard's abuse limits would refuse a benchmark's own traffic: it is one client
-# at 127.0.0.1 that refuses keys on purpose and changes keys faster than a person.
-NO_LIMITS = {
-    "KEYGUARD_AUTH_FAILURES_PER_MINUTE": "0",
-    "KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE": "0",
-}
+    def server(self, workers: int = 1) -> KeyguardServer:
+        """A server on this database (not yet started), with a log folder of its own."""
+        folder = Path(tempfile.mkdtemp(prefix="server-", dir=self.folder))
+        return KeyguardServer(
+            folder,
+            workers=workers,
+            secret_key=self.secret_key,
+            settings=self.settings,
+            limits=True,  # as the benchmark's settings leave them
+        )
 
 
 @contextmanager
@@ -132,9 +97,16 @@ def deployed(
     database_url: str | None = None, settings: Mapping[str, str] | None = None
 ) -> Iterator[Deployment]:
     """A temporary folder and a migrated database (SQLite in the folder by default)."""
-    with tempfile.TemporaryDirectory(prefix="keyguard-bench-") as folder:
-        env = environment(Path(folder), database_url, settings)
-        yield Deployment(env, create_tenant(env, "bench"), Path(folder))
+    with tempfile.TemporaryDirectory(prefix="keyguard-bench-") as name:
+        folder = Path(name)
+        chosen = {
+            "KEYGUARD_DATABASE_URL": database_url or f"sqlite:///{folder / 'keyguard.db'}",
+            **(settings or {}),
+        }
+        secret_key = secrets.token_urlsafe(48)
+        setup = KeyguardServer(folder / "setup", secret_key=secret_key, settings=chosen)
+        tenant = setup.create_tenant("bench")  # `keyguard accounts create` migrates first
+        yield Deployment(chosen, secret_key, tenant, folder)
 
 
 @contextmanager
@@ -147,63 +119,29 @@ def serving(
 ) -> Iterator[Server]:
     """One ``keyguard serve`` on the deployment's database, stopped on the way out.
 
-    It is ready when ``/healthz`` answers 200, and, if ``keys`` is given, when
-    its snapshot holds at least that many keys.
+    It is ready when every worker has started and ``/healthz`` answers 200, and,
+    if ``keys`` is given, when its snapshot holds at least that many keys.
     """
-    port = free_port()
-    log_path = deployment.folder / f"server-{port}.log"
-    command = [*keyguard_command(), "serve", "--host", HOST, "--port", str(port)]
-    started = time.perf_counter()
-    process = spawn([*command, "--workers", str(workers)], deployment.env, log_path)
-    try:
-        base_url = f"http://{HOST}:{port}"
-        wait_until_healthy(process, base_url, log_path, keys, timeout, deployment.env)
-        elapsed = time.perf_counter() - started
-        yield Server(base_url, deployment.tenant, workers, process.pid, elapsed)
-    finally:
-        stop(process)
-
-
-def spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a server with its output in ``log_path``."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so stop() reaches workers
-        )
-
-
-def wait_until_healthy(
-    process: subprocess.Popen[bytes],
-    base_url: str,
-    log: Path,
-    keys: int | None,
-    timeout: float,
-    env: Mapping[str, str],
-) -> None:
+    server = deployment.server(workers)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerError(f"keyguard serve exited with {process.returncode}:\n{tail(log)}")
-        with suppress(httpx.HTTPError):
-            response = httpx.get(base_url + "/healthz", timeout=1.0)
-            if response.status_code == 200 and (
-                keys is None or snapshot_keys(base_url, env) >= keys
-            ):
-                return
-        time.sleep(0.05)
-    waited = "healthy" if keys is None else f"healthy with {keys:,} keys"
-    raise ServerError(f"keyguard serve was not {waited} after {timeout:.0f} s:\n{tail(log)}")
+    try:
+        server.start(timeout)
+        token = deployment.settings.get("KEYGUARD_METRICS_TOKEN")
+        while keys is not None and snapshot_keys(server.base_url, token) < keys:
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"keyguard serve did not hold {keys:,} keys after {timeout:.0f} s"
+                )
+            time.sleep(0.05)
+        yield Server(server.base_url, deployment.tenant, workers, server.pid)
+    finally:
+        if server.running:
+            server.stop()
 
 
-def snapshot_keys(base_url: str, env: Mapping[str, str]) -> int:
+def snapshot_keys(base_url: str, metrics_token: str | None) -> int:
     """The keys in the snapshot of the worker that answers, from its ``/metrics``."""
-    token = env.get("KEYGUARD_METRICS_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = bearer(metrics_token) if metrics_token else {}
     response = httpx.get(base_url + "/metrics", headers=headers, timeout=1.0)
     response.raise_for_status()
     return counted_keys(response.text)
@@ -296,6 +234,19 @@ def running_program(
             stop(process)
 
 
+def spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server program with its output in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches workers
+        )
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the server's process group, then SIGKILL it if it lingers."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -314,7 +265,7 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def worker_pids(server: Server) -> list[int]:
     """The processes that serve requests: uvicorn's spawned workers, or the server itself."""
-    workers = [pid for pid in _children(server.pid) if b"spawn_main" in _cmdline(pid)]
+    workers = [pid for pid in children(server.pid) if b"spawn_main" in _cmdline(pid)]
     return workers or [server.pid]
 
 
@@ -325,16 +276,6 @@ def memory_mib(pid: int) -> tuple[float, float]:
     )
     rss, peak = (int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM"))
     return rss, peak
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def _cmdline(pid: int) -> bytes:

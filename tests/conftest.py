@@ -9,21 +9,29 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+from urllib.parse import unquote
 
-import psycopg
 import pytest
 from alembic import command
 from pydantic import SecretStr
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
+from keyguard.storage import AuditQuery
 from keyguard.storage.migrations import alembic_config
 from keyguard.storage.sql import SQLStore
+
+# At home in tests/server.py and tests/postgres.py, which the benchmarks share; tests
+# take them from here too, beside the fixtures that make them.
+from tests.postgres import postgres_schema as postgres_schema
+from tests.server import Servers
+from tests.server import Tenant as Tenant
+from tests.server import bearer as bearer
 
 TEST_SECRET = SecretStr("test-secret-" + "0123456789abcdef" * 3)
 CLIENT_IP = "203.0.113.10"
@@ -53,22 +61,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each backend the suite runs on, with a database of the test's own.
-
-    PostgreSQL runs when KEYGUARD_TEST_POSTGRES_URL names a server (``.ci/run``
-    sets it); each test gets a fresh schema there. If the variable is set and the
-    server does not answer, the tests fail: they never skip silently.
-    """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/keyguard.db"
-        return
-    server = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not server:
-        missing(f"PostgreSQL: set {POSTGRES_URL_VARIABLE} to run this test on PostgreSQL")
-    with postgres_schema(server) as url:
-        yield url
+BACKENDS = ["sqlite", "postgresql"]
 
 
 REDIS_URL_VARIABLE = "KEYGUARD_TEST_REDIS_URL"
@@ -90,30 +83,46 @@ def redis_prefix() -> str:
 
 
 @contextmanager
-def postgres_schema(server: str) -> Iterator[str]:
-    """A throwaway schema on ``server``; the URL's connections use only it."""
-    name = f"kg_test_{uuid.uuid4().hex[:12]}"
-    conninfo = server.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE SCHEMA "{name}"')
-    separator = "&" if "?" in server else "?"
-    yield f"{server}{separator}options=-csearch_path%3D{name}&application_name={name}"
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            (name,),
-        )
-        admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+def database(backend: str, folder: Path) -> Iterator[str]:
+    """A database of its own on ``backend`` (one of :data:`BACKENDS`, or ``memory``).
+
+    SQLite's lives in ``folder``. PostgreSQL runs when KEYGUARD_TEST_POSTGRES_URL
+    names a server (``.ci/run`` sets it), in a fresh schema there; if the variable
+    is set and the server does not answer, the test fails: it never skips silently.
+    """
+    if backend == "memory":
+        yield "memory://"
+    elif backend == "sqlite":
+        yield f"sqlite:///{folder}/keyguard.db"
+    else:
+        server = os.environ.get(POSTGRES_URL_VARIABLE)
+        if not server:
+            missing(f"PostgreSQL: set {POSTGRES_URL_VARIABLE} to run this test on PostgreSQL")
+        with postgres_schema(server) as url:
+            yield url
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each database backend the suite runs on, with a database of the test's own."""
+    with database(request.param, tmp_path) as url:
+        yield url
+
+
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    """The suite's settings: the test secret, snapshot and usage refreshed every 50 ms."""
     return Settings(
         database_url=database_url,
         secret_key=TEST_SECRET,
         refresh_interval=0.05,
         usage_flush_interval=0.05,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return settings_for(database_url)
 
 
 @pytest.fixture
@@ -124,28 +133,20 @@ def keyguard(settings: Settings) -> Iterator[Keyguard]:
     runtime.store.close()
 
 
+def stored(keyguard: Keyguard, account_id: int, *, last_use: bool = True) -> tuple[object, ...]:
+    """Everything the store holds for an account: the account, its keys, its audit trail;
+    with ``last_use=False``, not when its keys were last used, which requests move."""
+    store = keyguard.store
+    keys = store.list_keys(account_id)
+    held = keys if last_use else [(key.id, key.settings, key.revision) for key in keys]
+    trail = store.list_audit(AuditQuery(account_id, limit=1000))
+    return store.get_account(account_id), held, trail
+
+
 def downgrade(store: SQLStore, revision: str) -> None:
     """Take a database back to ``revision``: its rows as an older keyguard left them."""
     with store.engine.begin() as connection:
         command.downgrade(alembic_config(connection), revision)
-
-
-def bearer(token: str) -> dict[str, str]:
-    """The ``Authorization`` header that presents ``token``."""
-    return {"Authorization": f"Bearer {token}"}
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """An account and its first, full-access key."""
-
-    account_id: int
-    key_id: int
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return bearer(self.token)
 
 
 def make_tenant(keyguard: Keyguard, name: str) -> Tenant:
@@ -161,6 +162,75 @@ def tenant(keyguard: Keyguard) -> Tenant:
 @pytest.fixture
 def other_tenant(keyguard: Keyguard) -> Tenant:
     return make_tenant(keyguard, "globex")
+
+
+def create_key(client: TestClient, owner: Tenant, **fields: Any) -> dict[str, Any]:
+    """A new key of ``owner``'s account, made with its key: ``fields`` on top of the
+    label "test key"; the key object answered."""
+    response = client.post(
+        "/v1/api-keys", json={"label": "test key", **fields}, headers=owner.headers
+    )
+    assert response.status_code == 200, response.text
+    key: dict[str, Any] = response.json()
+    return key
+
+
+def list_keys(client: TestClient, owner: Tenant, label: str | None = None) -> list[Any]:
+    """The account's keys, but for the caller's own last use, which each request moves."""
+    params = {} if label is None else {"label": label}
+    response = client.get("/v1/api-keys", params=params, headers=owner.headers)
+    assert response.status_code == 200, response.text
+    keys: list[dict[str, Any]] = response.json()
+    return [key | {"last_used_at": None} if key["id"] == owner.key_id else key for key in keys]
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Real ``keyguard serve`` processes, every one ended when the test ends."""
+    with Servers(tmp_path) as started:
+        yield started
+
+
+def raw_request(
+    client: TestClient,
+    method: str,
+    raw_path: str,
+    headers: list[tuple[bytes, bytes]],
+    query: str = "",
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request straight to ``client``'s running app, as a server hands it over:
+    for what HTTP clients never send (a lower-case method, a path they would normalise).
+
+    The path arrives percent-decoded beside the raw bytes sent, as uvicorn gives it.
+    """
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("ascii"),
+        "root_path": "",
+        "query_string": query.encode("ascii"),
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": (CLIENT_IP, 50000),
+        "server": ("testserver", 80),
+    }
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    assert client.portal is not None, "the client runs the app's lifespan"
+    client.portal.call(client.app, scope, receive, send)
+    start, *bodies = messages
+    status: int = start["status"]
+    headers_out = {name.decode(): value.decode() for name, value in start["headers"]}
+    return status, headers_out, b"".join(body.get("body", b"") for body in bodies)
 
 
 ClientFactory = Callable[[str], TestClient]

@@ -1,4 +1,9 @@
-"""A throwaway PostgreSQL cluster, for tests that stop the database under keyguard.
+"""Throwaway PostgreSQL: a schema on a running server, or a cluster of its own for
+tests that stop the database under keyguard.
+
+:func:`postgres_schema` gives a test (or a benchmark) a schema of its own on the
+server it names, and drops it afterwards; :func:`postgres_database` a database of
+its own, for tests of LISTEN/NOTIFY, whose channels are shared by a database's schemas.
 
 :class:`PostgresCluster` runs ``initdb`` into a new temporary folder and
 ``postgres`` on a free 127.0.0.1 port with trust authentication. It can be
@@ -24,18 +29,65 @@ import signal
 import subprocess
 import tempfile
 import time
-from contextlib import suppress
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
-from tests.server import HOST, free_port
+from tests.server import HOST, children, free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 SYSTEM_USER = "postgres"  # who runs the server when the tests run as root
+
+
+@contextmanager
+def postgres_schema(server: str, prefix: str = "kg_test") -> Iterator[str]:
+    """A throwaway schema on ``server``, and a URL whose connections use only it.
+
+    On the way out, even after a failure, connections still using it are ended
+    and it is dropped.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conninfo = server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        separator = "&" if "?" in server else "?"
+        yield f"{server}{separator}options=-csearch_path%3D{name}&application_name={name}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    """A throwaway database on ``server``, and its URL (its connections are named after it).
+
+    Notifications reach every listener of a database, whatever its schema: only a
+    database of its own keeps other tests' writes from waking a test's listener.
+    """
+    name = f"kg_test_{uuid.uuid4().hex[:12]}"
+    conninfo = server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = make_url(server).set(database=name).update_query_dict({"application_name": name})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 class ClusterError(RuntimeError):
@@ -225,18 +277,6 @@ class PostgresCluster:
         if self._process is None:
             raise ClusterError("The cluster was never started.")
         return self._process
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid``, from ``/proc``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def alive(pid: int) -> bool:

@@ -1,15 +1,15 @@
-"""Real ``keyguard serve`` processes for tests that need a server over TCP.
+"""Real ``keyguard serve`` processes, for tests that need a server over TCP and for
+the benchmarks (:mod:`benchmarks.server` builds on this module).
 
 A :class:`KeyguardServer` owns one database folder and one environment; it can
 be started, stopped gracefully (SIGTERM) or killed (SIGKILL), and started again
 on the same database. Each process runs in its own session, so stopping it also
 reaches the worker processes that ``--workers`` forks. :class:`Servers` hands
-out servers and ends every one of them when the test ends, pass or fail::
+out servers and ends every one of them when the test ends, pass or fail (the
+``servers`` fixture of tests/conftest.py gives each test one).
 
-    @pytest.fixture
-    def servers(tmp_path: Path) -> Iterator[Servers]:
-        with Servers(tmp_path) as started:
-            yield started
+Nothing here imports pytest or keyguard itself: a server is reached only over
+HTTP and the ``keyguard`` command, as an operator reaches it.
 """
 
 import json
@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -35,10 +36,35 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 PIN_TIMEOUT = 5.0
 WORKER_PID = re.compile(r'^keyguard_snapshot_keys\{pid="(\d+)"\}', re.MULTILINE)
+# Every test client is 127.0.0.1, and these tests and the benchmarks poll refused
+# keys and change keys faster than a person on purpose: the abuse limits (tested
+# in-process) would throttle them.
+NO_LIMITS = {
+    "KEYGUARD_AUTH_FAILURES_PER_MINUTE": "0",
+    "KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE": "0",
+}
 
 
 class ServerError(RuntimeError):
     """A keyguard process did not start, answer or stop as expected."""
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """An account and its first, full-access key."""
+
+    account_id: int
+    key_id: int
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
 
 
 def keyguard_command() -> list[str]:
@@ -61,8 +87,10 @@ class KeyguardServer:
 
     With ``secret_key=None`` the server generates its secret file beside the
     database. ``settings`` adds ``KEYGUARD_*`` variables, e.g.
-    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}``; ``options`` adds command-line
-    options of ``serve``, e.g. ``["--access-log"]``.
+    ``{"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"}`` or another
+    ``KEYGUARD_DATABASE_URL``; ``options`` adds command-line options of ``serve``,
+    e.g. ``["--access-log"]``. The abuse limits are off (:data:`NO_LIMITS`) unless
+    ``limits``, which leaves them at keyguard's defaults.
     """
 
     def __init__(
@@ -73,6 +101,7 @@ class KeyguardServer:
         secret_key: str | None = SECRET,
         settings: Mapping[str, str] | None = None,
         options: Sequence[str] = (),
+        limits: bool = False,
     ) -> None:
         self.folder = folder
         self.options = tuple(options)
@@ -83,10 +112,8 @@ class KeyguardServer:
             name: value for name, value in os.environ.items() if not name.startswith("KEYGUARD_")
         }
         self.env["KEYGUARD_DATABASE_URL"] = f"sqlite:///{self.database}"
-        # Every test client is 127.0.0.1, and these tests poll refused keys on
-        # purpose: the abuse limits (tested in-process) would throttle them.
-        self.env["KEYGUARD_AUTH_FAILURES_PER_MINUTE"] = "0"
-        self.env["KEYGUARD_MANAGEMENT_WRITES_PER_MINUTE"] = "0"
+        if not limits:
+            self.env.update(NO_LIMITS)
         if secret_key is not None:
             self.env["KEYGUARD_SECRET_KEY"] = secret_key
         self.env.update(settings or {})
@@ -123,6 +150,13 @@ class KeyguardServer:
     def start(self, timeout: float = START_TIMEOUT) -> Self:
         """Start a new run on a fresh port; return once ``/healthz`` answers 200
         and every worker has started."""
+        self.spawn()
+        self._wait_until_healthy(timeout)
+        return self
+
+    def spawn(self, stdout: int | None = None) -> "subprocess.Popen[bytes]":
+        """Start a new run on a fresh port without waiting for it; what it prints goes
+        to the run's log, or to the file descriptor ``stdout`` (a terminal, say)."""
         if self.running:
             raise ServerError("The server is already running.")
         self.runs += 1
@@ -133,7 +167,7 @@ class KeyguardServer:
             *self.options,
         ]
         with (
-            (self.folder / f"serve-{self.runs}.stdout").open("wb") as stdout,
+            (self.folder / f"serve-{self.runs}.stdout").open("wb") as log,
             (self.folder / f"serve-{self.runs}.stderr").open("wb") as stderr,
         ):
             self._process = subprocess.Popen(
@@ -141,12 +175,15 @@ class KeyguardServer:
                 cwd=self.folder,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
+                stdout=log if stdout is None else stdout,
                 stderr=stderr,
                 start_new_session=True,
             )
-        self._wait_until_healthy(timeout)
-        return self
+        return self._process
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Until the run ends by itself; its exit status."""
+        return self._require_process().wait(timeout)
 
     def _wait_until_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -217,6 +254,34 @@ class KeyguardServer:
         """``keyguard accounts create NAME --json``: the account and its first key."""
         created: dict[str, Any] = json.loads(self.cli("accounts", "create", name, "--json"))
         return created
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        """A client of the current run, presenting ``token`` if one is given."""
+        headers = bearer(token) if token is not None else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=10)
+
+    def create_tenant(self, name: str) -> Tenant:
+        """:meth:`create_account`, as a :class:`Tenant`."""
+        created = self.create_account(name)
+        key = created["api_key"]
+        return Tenant(int(created["account"]["id"]), int(key["id"]), str(key["value"]))
+
+
+def create_key(api: httpx.Client, **fields: Any) -> dict[str, Any]:
+    """A new key, made through ``api`` (a :meth:`KeyguardServer.client` presenting a
+    full-access key): ``fields`` on top of the label "test key"; the key object answered."""
+    answer = api.post("/v1/api-keys", json={"label": "test key", **fields})
+    assert answer.status_code == 200, answer.text
+    key: dict[str, Any] = answer.json()
+    return key
+
+
+def list_keys(api: httpx.Client) -> list[dict[str, Any]]:
+    """The keys of the account whose key ``api`` presents."""
+    answer = api.get("/v1/api-keys")
+    assert answer.status_code == 200, answer.text
+    keys: list[dict[str, Any]] = answer.json()
+    return keys
 
 
 class Servers:
@@ -320,3 +385,15 @@ def workers_of(server: KeyguardServer) -> Iterator[list[Worker]]:
             pid = worker_pid(client, token)
             found.setdefault(pid, Worker(pid, client, token))
         yield list(found.values())
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found

@@ -348,16 +348,16 @@ def test_piped_output_keeps_every_character(tmp_path: Path) -> None:
 # -- the first key -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("display", "promise"),
-    [
-        pytest.param("masked", "shown only now", id="masked"),
-        pytest.param(
-            "full", "also shown in full by GET /v1/api-keys (KEYGUARD_SECRET_DISPLAY=full)",
-            id="full",
-        ),
-    ],
-)  # fmt: skip
+# How the first key's announcement reads in each KEYGUARD_SECRET_DISPLAY mode.
+PROMISES = [
+    pytest.param("masked", "shown only now", id="masked"),
+    pytest.param(
+        "full", "also shown in full by GET /v1/api-keys (KEYGUARD_SECRET_DISPLAY=full)", id="full"
+    ),
+]
+
+
+@pytest.mark.parametrize(("display", "promise"), PROMISES)
 def test_a_new_accounts_key_is_announced_as_the_display_mode_shows_it(
     run: Any, monkeypatch: pytest.MonkeyPatch, display: str, promise: str
 ) -> None:
@@ -368,16 +368,7 @@ def test_a_new_accounts_key_is_announced_as_the_display_mode_shows_it(
     assert created.stdout.splitlines()[0] == f"Created account 1 (acme). Its key, {promise}:"
 
 
-@pytest.mark.parametrize(
-    ("display", "promise"),
-    [
-        pytest.param("masked", "shown only now", id="masked"),
-        pytest.param(
-            "full", "also shown in full by GET /v1/api-keys (KEYGUARD_SECRET_DISPLAY=full)",
-            id="full",
-        ),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize(("display", "promise"), PROMISES)
 def test_the_first_key_on_a_terminal_is_announced_as_the_display_mode_shows_it(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

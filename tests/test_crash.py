@@ -1,16 +1,14 @@
 """What survives when the server dies: a crash, or a supervisor's stop."""
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Self
 
 import httpx
 import pytest
 
 from tests.conftest import bearer
-from tests.server import KeyguardServer, Servers
+from tests.server import KeyguardServer, Servers, create_key, list_keys
 
 pytestmark = pytest.mark.slow
 
@@ -18,31 +16,9 @@ WRITERS = 4
 ACKNOWLEDGED_BEFORE_KILL = 40
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
-
-
 def first_key(server: KeyguardServer) -> str:
     token: str = server.create_account("acme")["api_key"]["value"]
     return token
-
-
-def create_key(server: KeyguardServer, token: str, label: str) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{server.base_url}/v1/api-keys", headers=bearer(token), json={"label": label}, timeout=10
-    )
-    assert answer.status_code == 200, answer.text
-    key: dict[str, Any] = answer.json()
-    return key
-
-
-def list_keys(server: KeyguardServer, token: str) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(token), timeout=10)
-    assert answer.status_code == 200, answer.text
-    keys: list[dict[str, Any]] = answer.json()
-    return keys
 
 
 class CreateBurst:
@@ -102,7 +78,8 @@ def test_every_acknowledged_create_survives_sigkill(servers: Servers) -> None:
         assert burst.reached.wait(timeout=20), "the burst of creates did not get going"
         server.kill()
     server.start()
-    listed = {key["id"]: key for key in list_keys(server, admin)}
+    with server.client(admin) as api:
+        listed = {key["id"]: key for key in list_keys(api)}
 
     assert not burst.refusals, [answer.text for answer in burst.refusals]
     assert burst.failures, "the kill did not land in the middle of the burst"
@@ -122,13 +99,15 @@ def test_sigterm_flushes_last_used_at(servers: Servers) -> None:
     server = servers("graceful", settings={"KEYGUARD_USAGE_FLUSH_INTERVAL": "3600"})
     admin = first_key(server)
     server.start()
-    used, unused = create_key(server, admin, "used"), create_key(server, admin, "unused")
+    with server.client(admin) as api:
+        used, unused = create_key(api, label="used"), create_key(api, label="unused")
 
     answer = httpx.get(f"{server.base_url}/v1/api-keys", headers=bearer(used["value"]), timeout=10)
     server.stop()
     after = datetime.now(UTC)
     server.start()
-    listed = {key["id"]: key for key in list_keys(server, admin)}
+    with server.client(admin) as api:
+        listed = {key["id"]: key for key in list_keys(api)}
 
     assert answer.status_code == 200
     assert listed[unused["id"]]["last_used_at"] is None
@@ -142,7 +121,8 @@ def test_sigkill_loses_at_most_the_last_interval_of_uses(servers: Servers) -> No
     server = servers("usage-crash", settings={"KEYGUARD_USAGE_FLUSH_INTERVAL": str(interval)})
     admin = first_key(server)
     server.start()
-    earlier, latest = create_key(server, admin, "earlier"), create_key(server, admin, "latest")
+    with server.client(admin) as api:
+        earlier, latest = create_key(api, label="earlier"), create_key(api, label="latest")
     url = f"{server.base_url}/v1/api-keys"
 
     before = datetime.now(UTC).replace(microsecond=0)
@@ -152,7 +132,8 @@ def test_sigkill_loses_at_most_the_last_interval_of_uses(servers: Servers) -> No
     assert httpx.get(url, headers=bearer(latest["value"]), timeout=10).status_code == 200
     server.kill()
     server.start()
-    listed = {key["id"]: key for key in list_keys(server, admin)}
+    with server.client(admin) as api:
+        listed = {key["id"]: key for key in list_keys(api)}
 
     recorded = listed[earlier["id"]]["last_used_at"]
     assert recorded is not None, "a use older than one flush interval was lost by SIGKILL"

@@ -21,7 +21,15 @@ import pytest
 from keyguard.domain.keys import generate
 from tests.conftest import bearer, missing
 from tests.postgres import ClusterError, PostgresCluster, server_binaries
-from tests.server import HOST, SECRET, KeyguardServer, Servers, free_port, keyguard_command
+from tests.server import (
+    HOST,
+    SECRET,
+    KeyguardServer,
+    Servers,
+    create_key,
+    free_port,
+    keyguard_command,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +48,6 @@ def cluster() -> Iterator[PostgresCluster]:
         yield created.start()
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
-
-
 class Seen(NamedTuple):
     """What a proxy learns from one ``/auth/forward`` answer."""
 
@@ -61,13 +63,6 @@ def forward(client: httpx.Client, token: str, method: str, uri: str) -> Seen:
         headers={**bearer(token), "X-Original-Method": method, "X-Original-URI": uri},
     )
     return Seen(answer.status_code, answer.headers.get("x-keyguard-key-id"), answer.content)
-
-
-def create_key(management: httpx.Client, **fields: Any) -> dict[str, Any]:
-    answer = management.post("/v1/api-keys", json=fields)
-    assert answer.status_code == 200, answer.text
-    key: dict[str, Any] = answer.json()
-    return key
 
 
 def health(client: httpx.Client) -> dict[str, Any]:
@@ -118,12 +113,7 @@ def instance(cluster: PostgresCluster, servers: Servers) -> Iterator[Instance]:
     server = servers("keyguard", settings={"KEYGUARD_DATABASE_URL": cluster.url})
     created = server.create_account("acme")
     server.start()
-    with (
-        httpx.Client(base_url=server.base_url, timeout=10) as client,
-        httpx.Client(
-            base_url=server.base_url, headers=bearer(created["api_key"]["value"]), timeout=10
-        ) as management,
-    ):
+    with server.client() as client, server.client(created["api_key"]["value"]) as management:
         yield Instance(server, created["account"]["id"], client, management)
 
 

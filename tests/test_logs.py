@@ -1,8 +1,5 @@
 """Logs never carry a secret: access lines without query strings, errors by type only."""
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 from starlette.testclient import TestClient
@@ -12,12 +9,6 @@ from tests.conftest import Tenant
 from tests.server import Servers
 
 SECRET_DETAIL = "detail that could quote input"
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from keyguard.config import Settings, load_settings
 from keyguard.errors import ConfigurationError
-from tests.conftest import TEST_SECRET, ClientFactory, Tenant, bearer
+from tests.conftest import TEST_SECRET, ClientFactory, Tenant, bearer, settings_for
 from tests.server import KeyguardServer, Servers
 
 METRICS_TOKEN = "prometheus-" + "5" * 32
@@ -40,13 +40,8 @@ GAUGES = (
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        secret_key=TEST_SECRET,
-        refresh_interval=0.05,
-        usage_flush_interval=0.05,
-        metrics_token=SecretStr(METRICS_TOKEN),
-        auth_failures_per_minute=LIMIT,
+    return settings_for(
+        database_url, metrics_token=SecretStr(METRICS_TOKEN), auth_failures_per_minute=LIMIT
     )
 
 
@@ -215,12 +210,6 @@ def test_health_schema_documents_no_counts(client: TestClient) -> None:
 
 
 # -- several workers ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
 
 
 def pinned_workers(server: KeyguardServer, stack: ExitStack) -> dict[str, httpx.Client]:

@@ -26,6 +26,7 @@ from tests.proxied import (
     running_example,
 )
 from tests.server import KeyguardServer, Servers
+from tests.server import create_key as new_key  # this module's create_key is a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def full_access(account: dict[str, Any]) -> str:
 @pytest.fixture(scope="module")
 def management(keyguard: KeyguardServer, full_access: str) -> Iterator[httpx.Client]:
     """keyguard's own API, reached directly, as the account's full-access key."""
-    with httpx.Client(base_url=keyguard.base_url, headers=bearer(full_access), timeout=10) as c:
+    with keyguard.client(full_access) as c:
         yield c
 
 
@@ -101,11 +102,7 @@ def create_key(management: httpx.Client, proxy: ReverseProxy) -> KeyFactory:
     """``POST /v1/api-keys`` with the given fields; the new key object."""
 
     def create(**fields: Any) -> dict[str, Any]:
-        body = {"label": f"{proxy.name} test", **fields}
-        answer = management.post("/v1/api-keys", json=body)
-        assert answer.status_code == 200, answer.text
-        created: dict[str, Any] = answer.json()
-        return created
+        return new_key(management, **{"label": f"{proxy.name} test", **fields})
 
     return create
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -20,11 +20,10 @@ from benchmarks.accuracy import FORWARD, Accuracy, forward_headers, spread_load
 from tests.conftest import (
     POSTGRES_URL_VARIABLE,
     REDIS_URL_VARIABLE,
-    bearer,
     missing,
-    postgres_schema,
 )
-from tests.server import KeyguardServer, Servers, free_port, two_instances, workers_of
+from tests.postgres import postgres_schema
+from tests.server import KeyguardServer, Servers, create_key, free_port, two_instances, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -63,14 +62,6 @@ def deployment(
         yield Deployment((a, b), admin)
 
 
-def create_key(server: KeyguardServer, admin: str, **fields: Any) -> dict[str, Any]:
-    with httpx.Client(base_url=server.base_url, headers=bearer(admin), timeout=10) as api:
-        answer = api.post("/v1/api-keys", json={"label": "metered", **fields})
-    assert answer.status_code == 200, answer.text
-    key: dict[str, Any] = answer.json()
-    return key
-
-
 def ask(client: httpx.Client, headers: Mapping[str, str]) -> int:
     return client.get(FORWARD, headers=dict(headers)).status_code
 
@@ -79,7 +70,8 @@ def load(deployment: Deployment, rate: float) -> Accuracy:
     """``rate`` requests per second of a new key limited to LIMIT per DURATION,
     spread over the four workers."""
     a, _ = deployment.instances
-    token = create_key(a, deployment.admin, ratelimit={"limit": LIMIT, "duration": DURATION})
+    with a.client(deployment.admin) as api:
+        token = create_key(api, ratelimit={"limit": LIMIT, "duration": DURATION})
     time.sleep(0.5)  # every worker has the key
     with ExitStack() as pinned:
         senders = [
@@ -126,7 +118,8 @@ def test_with_redis_out_of_reach_decisions_go_on_against_the_process_share(
         server = servers("alone", settings={"KEYGUARD_REDIS_URL": closed})
         admin: str = server.create_account("acme")["api_key"]["value"]
         server.start()
-        token = create_key(server, admin, ratelimit={"limit": 10, "duration": 3600})["value"]
+        with server.client(admin) as api:
+            token = create_key(api, ratelimit={"limit": 10, "duration": 3600})["value"]
         with httpx.Client(base_url=server.base_url, timeout=5) as client:
             timed = []
             for _ in range(15):

@@ -14,7 +14,8 @@ import keyguard
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.errors import ConfigurationError
 from keyguard.runtime import load_route_map
-from tests.conftest import POSTGRES_URL_VARIABLE, missing, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, missing
+from tests.postgres import postgres_schema
 from tests.readme import (
     README,
     ROOT,

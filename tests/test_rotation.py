@@ -9,8 +9,6 @@ secret as current and the old one as previous; 2. ``keyguard rotate-secret``;
 import stat
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from keyguard.storage.sql import SQLStore
 from keyguard.vault import Vault, rotate
 from tests.conftest import TEST_SECRET, downgrade
 from tests.server import Servers
+from tests.test_vault import recorded_check, started
 
 OLD = TEST_SECRET
 NEW = SecretStr("new-secret-" + "fedcba9876543210" * 3)
@@ -54,18 +53,6 @@ def settings_with(
     )
 
 
-@contextmanager
-def started(settings: Settings) -> Iterator[Keyguard]:
-    """keyguard started on the database as a server starts it; stopped afterwards."""
-    runtime = Keyguard(settings)
-    try:
-        runtime.store.migrate()
-        runtime.start()
-        yield runtime
-    finally:
-        runtime.stop()
-
-
 def keys_made_under(database_url: str, secret: SecretStr, extra: int = 2) -> tuple[int, list[str]]:
     """An account with its first key and ``extra`` more, made under ``secret``: the
     account's id and the keys."""
@@ -80,14 +67,6 @@ def keys_made_under(database_url: str, secret: SecretStr, extra: int = 2) -> tup
 
 def status(runtime: Keyguard, token: str) -> int:
     return runtime.decider.decide(token, CLIENT, "GET", "/v1/api-keys").status
-
-
-def recorded_check(database_url: str) -> bytes | None:
-    store = open_store(database_url)
-    try:
-        return store.secret_check()
-    finally:
-        store.close()
 
 
 def check_of(secret: SecretStr) -> bytes:

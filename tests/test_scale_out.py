@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing, postgres_schema
-from tests.server import KeyguardServer, Servers, Worker, two_instances, workers_of
+from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing
+from tests.postgres import postgres_schema
+from tests.server import KeyguardServer, Servers, Worker, create_key, two_instances, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -71,23 +72,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Pa
 @pytest.fixture
 def api_a(pair: Pair) -> Iterator[httpx.Client]:
     """A's management API, as the account's full-access key."""
-    headers = bearer(pair.admin)
-    with httpx.Client(base_url=pair.a.base_url, headers=headers, timeout=10) as client:
+    with pair.a.client(pair.admin) as client:
         yield client
 
 
 @pytest.fixture
 def api_b(pair: Pair) -> Iterator[httpx.Client]:
-    headers = bearer(pair.admin)
-    with httpx.Client(base_url=pair.b.base_url, headers=headers, timeout=10) as client:
+    with pair.b.client(pair.admin) as client:
         yield client
-
-
-def create_key(api: httpx.Client, **fields: Any) -> dict[str, Any]:
-    answer = api.post("/v1/api-keys", json={"label": "scale-out", **fields})
-    assert answer.status_code == 200, answer.text
-    key: dict[str, Any] = answer.json()
-    return key
 
 
 def forward(client: httpx.Client, token: str, method: str, uri: str) -> int:

@@ -4,7 +4,6 @@ import os
 import pty
 import re
 import select
-import signal
 import stat
 import subprocess
 import time
@@ -12,18 +11,19 @@ from collections.abc import Iterator
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing, postgres_schema
+from tests.conftest import POSTGRES_URL_VARIABLE, bearer, missing
+from tests.postgres import postgres_schema
 from tests.server import (
     HOST,
     START_TIMEOUT,
     KeyguardServer,
     Servers,
     Worker,
+    create_key,
     free_port,
     keyguard_command,
     workers_of,
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.slow
 # <prefix>_<32 base62 characters><6 base62 characters of checksum>
 TOKEN = re.compile(r"\b[a-z0-9]{1,16}_[0-9A-Za-z]{38}\b")
 IN_A_ROW = 20
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
 
 
 def printed_key(stdout: str) -> str:
@@ -177,19 +171,8 @@ def test_on_postgresql_the_first_key_file_is_beside_the_secret_file(
 def test_first_serve_on_a_terminal_prints_the_key_and_writes_no_file(tmp_path: Path) -> None:
     """Someone watching a terminal reads the key there, once."""
     server = KeyguardServer(tmp_path / "terminal", secret_key=None)
-    server.port = free_port()
-    command = [*keyguard_command(), "serve", "--host", HOST, "--port", str(server.port)]
     controller, terminal = pty.openpty()
-    with (tmp_path / "stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            cwd=server.folder,
-            env=server.env,
-            stdin=subprocess.DEVNULL,
-            stdout=terminal,
-            stderr=stderr,
-            start_new_session=True,
-        )
+    process = server.spawn(stdout=terminal)
     os.close(terminal)
     try:
         shown = read_terminal_until(controller, "curl ", process)
@@ -198,8 +181,7 @@ def test_first_serve_on_a_terminal_prints_the_key_and_writes_no_file(tmp_path: P
             f"{server.base_url}/v1/api-keys", headers=bearer(printed_key(shown)), timeout=10
         )
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
+        server.kill()
         os.close(controller)
 
     assert answer.status_code == 200, answer.text
@@ -367,18 +349,6 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Keyg
         yield server.start(), admin
 
 
-def create_key(server: KeyguardServer, admin: str, **fields: Any) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{server.base_url}/v1/api-keys",
-        headers=bearer(admin),
-        json={"label": "new", **fields},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    key: dict[str, Any] = answer.json()
-    return key
-
-
 def test_with_two_workers_a_new_key_works_on_every_worker_within_one_second(
     two_workers: tuple[KeyguardServer, str],
 ) -> None:
@@ -386,7 +356,8 @@ def test_with_two_workers_a_new_key_works_on_every_worker_within_one_second(
     with workers_of(server) as workers:
         assert len(workers) == 2
 
-        key = create_key(server, admin)
+        with server.client(admin) as api:
+            key = create_key(api)
 
         answered_alike_by_every_worker(workers, key["value"], f"/v1/api-keys/{key['id']}", 200)
 
@@ -397,11 +368,12 @@ def test_with_two_workers_a_deleted_key_is_refused_by_every_worker_within_one_se
     server, admin = two_workers
     with workers_of(server) as workers:
         assert len(workers) == 2
-        key = create_key(server, admin)
-        path = f"/v1/api-keys/{key['id']}"
-        answered_alike_by_every_worker(workers, key["value"], path, 200)
+        with server.client(admin) as api:
+            key = create_key(api)
+            path = f"/v1/api-keys/{key['id']}"
+            answered_alike_by_every_worker(workers, key["value"], path, 200)
 
-        deleted = httpx.delete(f"{server.base_url}{path}", headers=bearer(admin), timeout=10)
+            deleted = api.delete(path)
 
         assert deleted.status_code == 200, deleted.text
         answered_alike_by_every_worker(workers, key["value"], path, 401)
@@ -413,7 +385,8 @@ def test_with_two_workers_an_expired_key_is_refused_by_every_worker_within_one_s
     server, admin = two_workers
     expires = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
     with workers_of(server) as workers:
-        key = create_key(server, admin, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        with server.client(admin) as api:
+            key = create_key(api, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
         path = f"/v1/api-keys/{key['id']}"
         answered_alike_by_every_worker(workers, key["value"], path, 200)
 
@@ -435,7 +408,8 @@ def test_without_trusted_proxies_a_local_peer_claiming_another_address_is_judged
     server = servers("no-proxies", settings=environment)
     admin: str = server.create_account("acme")["api_key"]["value"]
     server.start()
-    key = create_key(server, admin, restricted=True, permitted_ips=["198.51.100.7"])
+    with server.client(admin) as api:
+        key = create_key(api, restricted=True, permitted_ips=["198.51.100.7"])
     claiming = bearer(key["value"]) | {"X-Forwarded-For": "198.51.100.7"}
 
     with httpx.Client(base_url=server.base_url, headers=claiming, timeout=10) as client:

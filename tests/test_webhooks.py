@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,7 +37,7 @@ from tests.conftest import (
     bearer,
 )
 from tests.readme import README, readme_blocks
-from tests.server import HOST, KeyguardServer, Servers, free_port
+from tests.server import HOST, KeyguardServer, Servers, create_key, free_port
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"webhook-signing-key-of-32-bytes!").decode()
 ADMIN_TOKEN = "operator-" + "7" * 32
@@ -558,19 +557,8 @@ def test_webhooks_are_off_without_a_url() -> None:
 # -- crashes and instances -------------------------------------------------------------------
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    with Servers(tmp_path) as started:
-        yield started
-
-
 def webhook_settings(receiver: Receiver, **more: str) -> dict[str, str]:
     return {"KEYGUARD_WEBHOOK_URL": receiver.url, "KEYGUARD_WEBHOOK_SECRET": SIGNING_SECRET} | more
-
-
-def create_key(server: KeyguardServer, token: str, label: str) -> dict[str, Any]:
-    return ok(httpx.post(f"{server.base_url}{KEYS}", headers=bearer(token),
-                         json={"label": label}, timeout=10))  # fmt: skip
 
 
 @pytest.mark.slow
@@ -582,7 +570,8 @@ def test_an_event_committed_but_not_acknowledged_when_keyguard_is_killed_arrives
     server.start()
     receiver.holding.set()  # takes the request, answers nothing
 
-    key = create_key(server, token, "in flight")
+    with server.client(token) as api:
+        key = create_key(api, label="in flight")
     [taken] = receiver.wait_for(1)
     server.kill()  # SIGKILL while the receiver holds the request
     receiver.release()
@@ -627,12 +616,12 @@ class Writer(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            key = create_key(self._server, self._token, f"stream {len(self.made)}")
-            self.made.append(key["id"])
-            url = f"{self._server.base_url}{KEYS}/{key['id']}"
-            ok(httpx.delete(url, headers=bearer(self._token), timeout=10))
-            time.sleep(0.05)
+        with self._server.client(self._token) as api:
+            while not self.stopping.is_set():
+                key = create_key(api, label=f"stream {len(self.made)}")
+                self.made.append(key["id"])
+                ok(api.delete(f"{KEYS}/{key['id']}"))
+                time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -650,7 +639,8 @@ def test_two_instances_on_postgresql_deliver_every_event_when_the_holder_is_kill
         thread.start()
     for thread in starting:
         thread.join()
-    made = [create_key((a, b)[n % 2], token, f"before {n}")["id"] for n in range(10)]
+    with a.client(token) as api_a, b.client(token) as api_b:
+        made = [create_key((api_a, api_b)[n % 2], label=f"before {n}")["id"] for n in range(10)]
     receiver.wait_for(10)
 
     holder = lease_holder(postgres)  # a worker: its process group is its server's pid

@@ -19,7 +19,15 @@ from starlette.testclient import TestClient
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
+from tests.conftest import (
+    CLIENT_IP,
+    TEST_SECRET,
+    ClientFactory,
+    Tenant,
+    bearer,
+    settings_for,
+    stored,
+)
 
 ADMIN = "/admin/v1"
 KEYS = "/v1/api-keys"
@@ -33,13 +41,7 @@ MASKED = re.compile(r"kg_\*{8}[0-9A-Za-z]{4}")
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        secret_key=TEST_SECRET,
-        refresh_interval=0.05,
-        usage_flush_interval=0.05,
-        admin_token=SecretStr(ADMIN_TOKEN),
-    )
+    return settings_for(database_url, admin_token=SecretStr(ADMIN_TOKEN))
 
 
 def create_account(client: TestClient, name: str) -> dict[str, Any]:
@@ -57,13 +59,6 @@ def forward(client: TestClient, token: str) -> httpx2.Response:
 def status_of(client: TestClient, token: str) -> tuple[int, int]:
     """What a key gets from the management API and from forward auth."""
     return client.get(KEYS, headers=bearer(token)).status_code, forward(client, token).status_code
-
-
-def stored(keyguard: Keyguard, account_id: int) -> tuple[object, ...]:
-    """The account, its keys' settings and its audit trail, as stored."""
-    store = keyguard.store
-    keys = [(key.id, key.settings, key.revision) for key in store.list_keys(account_id)]
-    return store.get_account(account_id), keys, store.list_audit(AuditQuery(account_id))
 
 
 # -- who may use it ------------------------------------------------------------------------
@@ -89,7 +84,7 @@ class TestWithoutAdminToken:
     def test_if_no_operator_token_is_configured_then_the_operator_api_does_not_exist(
         self, client: TestClient, keyguard: Keyguard, tenant: Tenant, method: str, path: str
     ) -> None:
-        before = stored(keyguard, tenant.account_id)
+        before = stored(keyguard, tenant.account_id, last_use=False)
 
         for headers in ({}, OPERATOR, tenant.headers):
             response = client.request(method, ADMIN + path, json={"name": "x"}, headers=headers)
@@ -97,7 +92,7 @@ class TestWithoutAdminToken:
                 404,
                 {"success": False, "message": "Route not found"},
             )
-        assert stored(keyguard, tenant.account_id) == before
+        assert stored(keyguard, tenant.account_id, last_use=False) == before
 
 
 @pytest.mark.parametrize(
@@ -116,14 +111,17 @@ class TestWithoutAdminToken:
 def test_if_operator_token_is_missing_or_wrong_then_401_and_nothing_changes(
     client: TestClient, keyguard: Keyguard, tenant: Tenant, headers: dict[str, str]
 ) -> None:
-    before = stored(keyguard, tenant.account_id), keyguard.store.list_accounts()
+    before = stored(keyguard, tenant.account_id, last_use=False), keyguard.store.list_accounts()
 
     suspend = client.post(f"{ADMIN}/accounts/{tenant.account_id}/suspend", headers=headers)
     create = client.post(f"{ADMIN}/accounts", json={"name": "x"}, headers=headers)
 
     for response in (suspend, create):
         assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
-    assert (stored(keyguard, tenant.account_id), keyguard.store.list_accounts()) == before
+    assert (
+        stored(keyguard, tenant.account_id, last_use=False),
+        keyguard.store.list_accounts(),
+    ) == before
 
 
 @pytest.mark.parametrize(
@@ -138,7 +136,7 @@ def test_if_two_authorization_headers_are_sent_then_401_and_nothing_changes(
     client: TestClient, keyguard: Keyguard, tenant: Tenant, tokens: list[str]
 ) -> None:
     """A proxy and keyguard might each read a different header: neither is believed."""
-    before = stored(keyguard, tenant.account_id), keyguard.store.list_accounts()
+    before = stored(keyguard, tenant.account_id, last_use=False), keyguard.store.list_accounts()
     headers = [("Authorization", f"Bearer {token}") for token in tokens]
 
     suspend = client.post(f"{ADMIN}/accounts/{tenant.account_id}/suspend", headers=headers)
@@ -147,7 +145,10 @@ def test_if_two_authorization_headers_are_sent_then_401_and_nothing_changes(
     for response in (suspend, listed):
         assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
         assert response.headers["www-authenticate"] == "Bearer"
-    assert (stored(keyguard, tenant.account_id), keyguard.store.list_accounts()) == before
+    assert (
+        stored(keyguard, tenant.account_id, last_use=False),
+        keyguard.store.list_accounts(),
+    ) == before
 
 
 class TestFailedAuthenticationLimit:
@@ -166,7 +167,7 @@ class TestFailedAuthenticationLimit:
         self, client_from: ClientFactory, keyguard: Keyguard, tenant: Tenant
     ) -> None:
         guesser, operator = client_from("203.0.113.66"), client_from(OTHER_IP)
-        before = stored(keyguard, tenant.account_id)
+        before = stored(keyguard, tenant.account_id, last_use=False)
         url = f"{ADMIN}/accounts/{tenant.account_id}/suspend"
         for attempt in range(self.LIMIT):
             response = guesser.post(url, headers=bearer(f"operator-{attempt}" + "9" * 32))
@@ -180,7 +181,7 @@ class TestFailedAuthenticationLimit:
 
         for response in refused:
             assert_too_many(response)
-        assert stored(keyguard, tenant.account_id) == before
+        assert stored(keyguard, tenant.account_id, last_use=False) == before
         # A valid key is never refused by the limit, whoever's address it comes from.
         assert guesser.get(KEYS, headers=tenant.headers).status_code == 200
         assert operator.get(f"{ADMIN}/accounts", headers=OPERATOR).status_code == 200
@@ -231,13 +232,13 @@ def assert_too_many(response: httpx2.Response) -> None:
 def test_if_tenants_own_full_access_key_is_presented_then_401_and_nothing_changes(
     client: TestClient, keyguard: Keyguard, tenant: Tenant, method: str, path: str
 ) -> None:
-    before = stored(keyguard, tenant.account_id)
+    before = stored(keyguard, tenant.account_id, last_use=False)
 
     url = ADMIN + path.format(account=tenant.account_id)
     response = client.request(method, url, headers=tenant.headers)
 
     assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
-    assert stored(keyguard, tenant.account_id) == before
+    assert stored(keyguard, tenant.account_id, last_use=False) == before
 
 
 def test_if_operator_token_is_presented_as_an_api_key_then_401(client: TestClient) -> None:

@@ -8,14 +8,11 @@ not the API, so that no request moves a ``last_used_at`` between the two looks.
 Attacks already proven elsewhere are named in comments where they would belong.
 """
 
-import asyncio
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
-from starlette.types import ASGIApp, Message
 
 from keyguard.config import Settings
 from keyguard.domain.keys import generate
@@ -23,7 +20,15 @@ from keyguard.domain.network import ClientIPHeader
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
+from tests.conftest import (
+    CLIENT_IP,
+    TEST_SECRET,
+    ClientFactory,
+    Tenant,
+    bearer,
+    raw_request,
+    stored,
+)
 
 KEYS = "/v1/api-keys"
 NOT_FOUND = {"success": False, "message": "Record not found"}
@@ -45,13 +50,6 @@ def new_key(keyguard: Keyguard, owner: Tenant, **fields: Any) -> tuple[int, str]
     """A key of ``owner``'s account, its id and its secret."""
     view = keyguard.service.create_key(owner.account_id, {"label": "k", **fields})
     return view.key.id, view.value
-
-
-def stored(keyguard: Keyguard, account_id: int) -> tuple[object, ...]:
-    """Everything the store holds for an account: the account, its keys, its audit trail."""
-    store = keyguard.store
-    trail = store.list_audit(AuditQuery(account_id, limit=1000))
-    return store.get_account(account_id), store.list_keys(account_id), trail
 
 
 def secrets_in(text: str, keyguard: Keyguard, *owners: Tenant) -> list[str]:
@@ -500,41 +498,16 @@ def test_if_read_key_writes_by_another_spelling_through_traefik_then_403(
     assert (response.status_code, response.json()) == (403, refusal)
 
 
-def envoy_check(app: ASGIApp, method: str, original: str, token: str) -> int:
+def envoy_check(client: TestClient, method: str, original: str, token: str) -> int:
     """The status /auth/forward gives Envoy's ext_authz check of ``original``.
 
     Envoy appends the path as the client sent it to ``/auth/forward``; the server
     hands keyguard that path percent-decoded, beside the raw bytes, as uvicorn
-    does. The test client would resolve ``..`` itself, so the request is made here.
+    does. The test client would resolve ``..`` itself, so the request is sent raw.
     """
     path, _, query = f"/auth/forward{original}".partition("?")
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(path),
-        "raw_path": path.encode("ascii"),
-        "query_string": query.encode("ascii"),
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def check() -> None:
-        await app(scope, receive, send)
-
-    asyncio.run(check())
-    status: int = sent[0]["status"]
+    authorization = (b"authorization", f"Bearer {token}".encode())
+    status, _headers, _body = raw_request(client, method, path, [authorization], query)
     return status
 
 
@@ -556,7 +529,7 @@ def envoy_check(app: ASGIApp, method: str, original: str, token: str) -> int:
 def test_if_scoped_key_reaches_a_stronger_route_through_envoy_then_403(
     client: TestClient, numbers_writer: str, method: str, original: str
 ) -> None:
-    assert envoy_check(client.app, method, original, numbers_writer) == 403
+    assert envoy_check(client, method, original, numbers_writer) == 403
 
 
 @pytest.mark.parametrize(

@@ -16,20 +16,13 @@ from keyguard.config import Settings
 from keyguard.domain.scopes import WAVIX_GROUPS
 from keyguard.runtime import Keyguard
 from keyguard.storage import sql
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
+from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer, create_key
 
 KEYS = "/v1/api-keys"
 AUDIT = "/v1/audit-log"
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
 PROXY = "10.9.0.1"
 SECRET_FIELDS = {"value", "digest", "sealed_value", "token", "secret"}
-
-
-def create_key(client: TestClient, owner: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "key", **fields}, headers=owner.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
 
 
 def trail(client: TestClient, owner: Tenant, **params: Any) -> dict[str, Any]:
@@ -48,7 +41,7 @@ def items(client: TestClient, owner: Tenant, **params: Any) -> list[dict[str, An
 def settings_view(**changed: Any) -> dict[str, Any]:
     """A key's settings as the trail records them: defaults but for ``changed``."""
     view = {
-        "label": "key",
+        "label": "test key",
         "active": True,
         "restricted": False,
         "permitted_ips": [],

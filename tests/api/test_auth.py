@@ -13,28 +13,21 @@ from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.domain.keys import ALPHABET, generate
 from keyguard.runtime import Keyguard
-from tests.conftest import CLIENT_IP, ClientFactory, Tenant, bearer, make_tenant
+from tests.conftest import (
+    CLIENT_IP,
+    ClientFactory,
+    Tenant,
+    bearer,
+    create_key,
+    list_keys,
+    make_tenant,
+)
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
 FULL_ACCESS_REQUIRED = {"success": False, "message": "API key with full access required"}
 NOT_FOUND = {"success": False, "message": "Record not found"}
-
-
-def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "test key", **fields}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
-
-
-def list_keys(client: TestClient, tenant: Tenant) -> list[Any]:
-    """The account's keys, but for the caller's own last use, which each request moves."""
-    response = client.get(KEYS, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    keys: list[dict[str, Any]] = response.json()
-    return [key | {"last_used_at": None} if key["id"] == tenant.key_id else key for key in keys]
 
 
 def with_other_last_character(token: str) -> str:

@@ -12,11 +12,10 @@ from typing import NamedTuple
 import httpx2
 import pytest
 from starlette.testclient import TestClient
-from starlette.types import Message
 
 from keyguard.errors import StorageUnavailable
 from keyguard.runtime import Keyguard
-from tests.conftest import Tenant
+from tests.conftest import Tenant, raw_request
 from tests.server import HOST, KeyguardServer, Servers
 
 KEYS = "/v1/api-keys"
@@ -182,39 +181,6 @@ def test_head_without_a_key_answers_401_without_a_body(client: TestClient) -> No
 
 
 # -- methods that HTTP clients never send but a raw request can ----------------------------
-
-
-def raw_request(
-    client: TestClient, method: str, path: str, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, dict[str, str], bytes]:
-    """Send one request straight to the app: HTTP clients upper-case every method."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("203.0.113.10", 50000),
-        "server": ("testserver", 80),
-    }
-    messages: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        messages.append(message)
-
-    assert client.portal is not None, "the client runs the app's lifespan"
-    client.portal.call(client.app, scope, receive, send)
-    start, *bodies = messages
-    headers_out = {name.decode(): value.decode() for name, value in start["headers"]}
-    return start["status"], headers_out, b"".join(body.get("body", b"") for body in bodies)
 
 
 ODD_METHODS = [

@@ -16,7 +16,15 @@ from starlette.testclient import TestClient
 from keyguard.api import create_app
 from keyguard.config import SecretDisplay, Settings
 from keyguard.runtime import Keyguard
-from tests.conftest import CLIENT_IP, ClientFactory, Tenant, bearer, make_tenant
+from tests.conftest import (
+    CLIENT_IP,
+    ClientFactory,
+    Tenant,
+    bearer,
+    create_key,
+    list_keys,
+    make_tenant,
+)
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -59,22 +67,6 @@ RICH = {
     "numbers": {"allow": "read"},
     "calls": {"allow": "write"},
 }
-
-
-def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "test key", **fields}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
-
-
-def list_keys(client: TestClient, tenant: Tenant, label: str | None = None) -> list[Any]:
-    """The account's keys, but for the caller's own last use, which each request moves."""
-    params = {} if label is None else {"label": label}
-    response = client.get(KEYS, params=params, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    keys: list[dict[str, Any]] = response.json()
-    return [key | {"last_used_at": None} if key["id"] == tenant.key_id else key for key in keys]
 
 
 def get_key(client: TestClient, tenant: Tenant, key_id: int) -> dict[str, Any]:

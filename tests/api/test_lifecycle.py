@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 
 from keyguard.domain.fields import DEFAULT_GRACE_SECONDS
 from keyguard.runtime import Keyguard
-from tests.conftest import Tenant, bearer
+from tests.conftest import Tenant, bearer, create_key
 
 KEYS = "/v1/api-keys"
 UNAUTHORIZED = {"success": False, "error": True, "message": "Unauthorized"}
@@ -22,13 +22,6 @@ def moment(seconds: float) -> datetime:
 
 def shown(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "life", **fields}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
 
 
 def get_key(client: TestClient, tenant: Tenant, key_id: int) -> dict[str, Any]:

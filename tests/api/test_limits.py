@@ -18,8 +18,15 @@ from starlette.testclient import TestClient
 from keyguard.config import Settings
 from keyguard.domain.network import ClientIPHeader
 from keyguard.runtime import Keyguard
-from keyguard.storage import AuditQuery
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer
+from tests.conftest import (
+    CLIENT_IP,
+    TEST_SECRET,
+    ClientFactory,
+    Tenant,
+    bearer,
+    settings_for,
+    stored,
+)
 
 KEYS = "/v1/api-keys"
 LIMIT = 3  # failed authentications per address, and changes per account, per minute
@@ -41,11 +48,8 @@ def client_ip_header() -> ClientIPHeader:
 
 @pytest.fixture
 def settings(database_url: str, client_ip_header: ClientIPHeader) -> Settings:
-    return Settings(
-        database_url=database_url,
-        secret_key=TEST_SECRET,
-        refresh_interval=0.05,
-        usage_flush_interval=0.05,
+    return settings_for(
+        database_url,
         auth_failures_per_minute=LIMIT,
         management_writes_per_minute=LIMIT,
         max_body_bytes=MAX_BODY,
@@ -54,14 +58,6 @@ def settings(database_url: str, client_ip_header: ClientIPHeader) -> Settings:
         client_ip_header=client_ip_header,
         admin_token=SecretStr(ADMIN_TOKEN),
     )
-
-
-def stored(keyguard: Keyguard, account_id: int) -> tuple[object, ...]:
-    """What the store holds for an account, but for when its keys were last used."""
-    store = keyguard.store
-    keys = [(key.id, key.settings, key.revision) for key in store.list_keys(account_id)]
-    trail = store.list_audit(AuditQuery(account_id, limit=1000))
-    return store.get_account(account_id), keys, trail
 
 
 def assert_too_many(response: httpx2.Response) -> None:
@@ -108,7 +104,7 @@ def test_if_body_is_one_byte_over_the_limit_then_413_and_nothing_changes(
     path: str,
     fields: dict[str, Any],
 ) -> None:
-    before = stored(keyguard, tenant.account_id), keyguard.store.list_accounts()
+    before = stored(keyguard, tenant.account_id, last_use=False), keyguard.store.list_accounts()
 
     response = client.request(
         method,
@@ -118,7 +114,10 @@ def test_if_body_is_one_byte_over_the_limit_then_413_and_nothing_changes(
     )
 
     assert (response.status_code, response.json()) == (413, TOO_LARGE)
-    assert (stored(keyguard, tenant.account_id), keyguard.store.list_accounts()) == before
+    assert (
+        stored(keyguard, tenant.account_id, last_use=False),
+        keyguard.store.list_accounts(),
+    ) == before
 
 
 @pytest.mark.parametrize(("method", "path", "fields"), BODY_ROUTES)
@@ -164,7 +163,7 @@ HEADER_ROUTES = [
 def test_if_headers_are_one_byte_over_the_limit_then_431_and_nothing_changes(
     client: TestClient, keyguard: Keyguard, tenant: Tenant, method: str, path: str
 ) -> None:
-    before = stored(keyguard, tenant.account_id)
+    before = stored(keyguard, tenant.account_id, last_use=False)
     headers = padded_to(
         client,
         method,
@@ -177,7 +176,7 @@ def test_if_headers_are_one_byte_over_the_limit_then_431_and_nothing_changes(
     response = client.request(method, path, headers=headers, content=b'{"label": "x"}')
 
     assert (response.status_code, response.json()) == (431, HEADERS_TOO_LARGE)
-    assert stored(keyguard, tenant.account_id) == before
+    assert stored(keyguard, tenant.account_id, last_use=False) == before
 
 
 def test_if_headers_are_exactly_the_limit_then_served(client: TestClient, tenant: Tenant) -> None:
@@ -356,13 +355,13 @@ class TestVerifyCallerWithToken:
 
 # -- changes per account ---------------------------------------------------------------------
 
-CHANGES = [
-    pytest.param("POST", "", {"label": "one too many"}, id="create"),
+CHANGES_TO_A_KEY = [
     pytest.param("PATCH", "/{key_id}", {"label": "one too many"}, id="update"),
     pytest.param("PATCH", "/{key_id}/deactivate", None, id="deactivate"),
     pytest.param("PATCH", "/{key_id}/activate", None, id="activate"),
     pytest.param("DELETE", "/{key_id}", None, id="delete"),
 ]
+CHANGES = [pytest.param("POST", "", {"label": "one too many"}, id="create"), *CHANGES_TO_A_KEY]
 
 
 def change_up_to_the_limit(client: TestClient, owner: Tenant) -> int:
@@ -387,13 +386,13 @@ def test_if_an_account_changes_keys_beyond_the_limit_then_429_and_nothing_change
     body: object,
 ) -> None:
     key_id = change_up_to_the_limit(client, tenant)
-    before = stored(keyguard, tenant.account_id)
+    before = stored(keyguard, tenant.account_id, last_use=False)
 
     url = KEYS + path.format(key_id=key_id)
     response = client.request(method, url, json=body, headers=tenant.headers)
 
     assert_too_many(response)
-    assert stored(keyguard, tenant.account_id) == before
+    assert stored(keyguard, tenant.account_id, last_use=False) == before
 
 
 def test_if_an_account_is_limited_then_another_account_is_not(
@@ -423,6 +422,21 @@ def test_if_an_account_is_limited_then_it_may_still_read(
 
     for _ in range(2 * LIMIT):
         assert client.get(path.format(key_id=key_id), headers=tenant.headers).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CHANGES_TO_A_KEY)
+def test_if_a_change_names_a_key_id_that_cannot_exist_then_404_and_no_write_is_counted(
+    client: TestClient, tenant: Tenant, method: str, path: str, body: object
+) -> None:
+    url = KEYS + path.format(key_id=0)
+
+    statuses = [
+        client.request(method, url, json=body, headers=tenant.headers).status_code
+        for _ in range(LIMIT + 1)
+    ]
+
+    assert statuses == [404] * (LIMIT + 1)
+    assert client.post(KEYS, json={"label": "x"}, headers=tenant.headers).status_code == 200
 
 
 # -- a limit of 0 is no limit ----------------------------------------------------------------

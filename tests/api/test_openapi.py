@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
-from tests.conftest import TEST_SECRET, Tenant, bearer
+from tests.conftest import TEST_SECRET, Tenant, bearer, create_key
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -144,13 +144,6 @@ def assert_fits_exactly(body: object, generation: str, schema_name: str) -> None
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "test key", **fields}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
 
 
 def openapi(client: TestClient) -> dict[str, Any]:

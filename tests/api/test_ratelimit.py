@@ -10,8 +10,15 @@ from starlette.testclient import TestClient
 from keyguard.api import create_app
 from keyguard.config import Settings
 from keyguard.runtime import Keyguard
-from tests.api.test_auth import create_key
-from tests.conftest import CLIENT_IP, TEST_SECRET, ClientFactory, Tenant, bearer, make_tenant
+from tests.conftest import (
+    CLIENT_IP,
+    TEST_SECRET,
+    ClientFactory,
+    Tenant,
+    bearer,
+    create_key,
+    make_tenant,
+)
 
 KEYS = "/v1/api-keys"
 LIMITED = {"success": False, "message": "Rate limit exceeded"}

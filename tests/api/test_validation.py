@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import ClientFactory, Tenant
+from tests.conftest import ClientFactory, Tenant, create_key, list_keys
 from tests.wavix import GROUPS
 
 KEYS = "/v1/api-keys"
@@ -21,21 +21,6 @@ NOT_FOUND = {"success": False, "message": "Record not found"}
 
 def invalid(name: str) -> str:
     return f"Missing or invalid parameter {name}"
-
-
-def list_keys(client: TestClient, tenant: Tenant) -> list[Any]:
-    """The account's keys, but for the caller's own last use, which each request moves."""
-    response = client.get(KEYS, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    keys: list[dict[str, Any]] = response.json()
-    return [key | {"last_used_at": None} if key["id"] == tenant.key_id else key for key in keys]
-
-
-def create_key(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    response = client.post(KEYS, json={"label": "target", **fields}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    key: dict[str, Any] = response.json()
-    return key
 
 
 def addresses(count: int) -> list[str]:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -23,6 +24,7 @@ from keyguard.errors import Conflict
 from keyguard.storage import AuditQuery, KeyRewrite, Store, open_store
 from keyguard.storage.sql import SQLStore
 from keyguard.storage.tables import accounts
+from tests.conftest import BACKENDS, database
 
 _digests = count(1)
 
@@ -31,12 +33,14 @@ def _digest() -> bytes:
     return next(_digests).to_bytes(32, "big")
 
 
-@pytest.fixture(params=["memory", "sql"])
-def store(request: pytest.FixtureRequest, database_url: str) -> Iterator[Store]:
-    backend = open_store("memory://" if request.param == "memory" else database_url)
-    backend.migrate()
-    yield backend
-    backend.close()
+@pytest.fixture(params=["memory", *BACKENDS])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each backend once: the in-memory one and every database."""
+    with database(request.param, tmp_path) as url:
+        backend = open_store(url)
+        backend.migrate()
+        yield backend
+        backend.close()
 
 
 def _account(store: Store, name: str = "acme") -> int:

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from keyguard.api.audit import Filters, audit_page
-from keyguard.api.keys import read_json
+from keyguard.api.requests import ClientAddress, read_json
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     AccountCreateRequest,
@@ -27,49 +28,40 @@ from keyguard.api.schemas import (
     key_model,
     request_body,
 )
-from keyguard.api.tokens import authenticate
+from keyguard.api.tokens import token_holder
 from keyguard.domain import keys
 from keyguard.domain.records import AccountStatus, Actor
-from keyguard.domain.scopes import ScopeGroups
-from keyguard.edge import ProxiedRequest
-from keyguard.errors import Unauthorized
-from keyguard.runtime import Keyguard
+from keyguard.limits import WindowLimiter
 from keyguard.service import KeyService
 from keyguard.wire import account_object, key_object, page
 
 AccountId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The account's id.")]
 
 
-def _runtime(request: Request) -> Keyguard:
-    runtime: Keyguard = request.app.state.keyguard
-    return runtime
+def admin_router(
+    service: KeyService,
+    token: SecretStr,
+    client: ClientAddress,
+    failures: WindowLimiter | None,
+    max_body_bytes: int,
+) -> APIRouter:
+    """The operator's routes, for callers presenting ``token``.
 
+    A wrong token counts against ``failures`` for the client address ``client`` finds.
+    """
+    holder = token_holder(token, client, failures)
 
-async def _operator(request: Request) -> Actor:
-    """The operator behind a request; a 401 for anyone else, a 429 for a caller that
-    failed to authenticate too often."""
-    runtime = _runtime(request)
-    expected = runtime.settings.admin_token
-    if expected is None:
-        raise Unauthorized()
-    headers = request.scope["headers"]
-    facts = ProxiedRequest.scan(headers, runtime.client_ip_header)
-    client = facts.client(request.scope, runtime.trusted_proxies)
-    authenticate(headers, expected, client, runtime.auth_failures)
-    return Actor("operator", None, client)
+    async def operator_actor(address: Annotated[str | None, Depends(holder)]) -> Actor:
+        """The operator behind a request; a 401 for anyone else, a 429 for a caller
+        that failed to authenticate too often."""
+        return Actor("operator", None, address)
 
-
-Operator = Annotated[Actor, Depends(_operator)]
-
-
-def admin_router(groups: ScopeGroups) -> APIRouter:
+    operating = Depends(operator_actor)
+    groups = service.groups
     router = APIRouter(prefix="/admin/v1", tags=["Operator"], responses=ERROR_RESPONSES)
     missing: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorResponse, "description": "No such account."}
     }
-
-    def service(request: Request) -> KeyService:
-        return _runtime(request).service
 
     @router.post(
         "/accounts",
@@ -84,10 +76,12 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         },
         openapi_extra=request_body(AccountCreateRequest, required=True),
     )
-    async def create_account(request: Request, operator: Operator) -> JSONResponse:
-        body = await read_json(request, required=True)
+    async def create_account(
+        request: Request, operator: Annotated[Actor, operating]
+    ) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=True)
         name = body.get("name") if isinstance(body, dict) else None
-        account, view = await run_in_threadpool(service(request).create_account, name, operator)
+        account, view = await run_in_threadpool(service.create_account, name, operator)
         return JSONResponse(
             {"account": account_object(account), "api_key": key_object(view, groups)}
         )
@@ -103,12 +97,11 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         },
     )
     async def list_accounts(
-        request: Request,
-        _operator: Operator,
+        _operator: Annotated[Actor, operating],
         page_number: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
         per_page: Annotated[int, Query(ge=1, le=100)] = 25,
     ) -> JSONResponse:
-        found = await run_in_threadpool(service(request).list_accounts)
+        found = await run_in_threadpool(service.list_accounts)
         start = (page_number - 1) * per_page
         items = [account_object(account) for account in found[start : start + per_page]]
         return JSONResponse(page(items, page_number, per_page, len(found)))
@@ -120,12 +113,12 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         description="One account that is not deleted, with its status.",
         responses={200: {"model": AccountObject}, **missing},
     )
-    async def get_account(request: Request, _operator: Operator, account_id: AccountId) -> Any:
-        account = await run_in_threadpool(service(request).get_account, account_id)
+    async def get_account(_operator: Annotated[Actor, operating], account_id: AccountId) -> Any:
+        account = await run_in_threadpool(service.get_account, account_id)
         return JSONResponse(account_object(account))
 
     for action, status in (("suspend", AccountStatus.SUSPENDED), ("resume", AccountStatus.ACTIVE)):
-        _add_status_route(router, action, status, missing)
+        _add_status_route(router, service, operating, action, status, missing)
 
     @router.delete(
         "/accounts/{account_id}",
@@ -137,10 +130,10 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         responses={200: {"model": SuccessResponse}, **missing},
     )
     async def delete_account(
-        request: Request, operator: Operator, account_id: AccountId
+        operator: Annotated[Actor, operating], account_id: AccountId
     ) -> JSONResponse:
         await run_in_threadpool(
-            service(request).set_account_status, account_id, AccountStatus.DELETED, operator
+            service.set_account_status, account_id, AccountStatus.DELETED, operator
         )
         return JSONResponse({"success": True})
 
@@ -151,10 +144,9 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         description="The account's keys by id, each secret masked as `kg_********abcd`.",
         responses={200: {"model": list[key_model(groups)]}, **missing},  # type: ignore[misc]
     )
-    async def list_keys(request: Request, _operator: Operator, account_id: AccountId) -> Any:
-        keyguard = service(request)
-        await run_in_threadpool(keyguard.get_account, account_id)
-        views = await run_in_threadpool(keyguard.list_keys, account_id)
+    async def list_keys(_operator: Annotated[Actor, operating], account_id: AccountId) -> Any:
+        await run_in_threadpool(service.get_account, account_id)
+        views = await run_in_threadpool(service.list_keys, account_id)
         masked = [replace(view, value=keys.mask(view.value)) for view in views]
         return JSONResponse([key_object(view, groups) for view in masked])
 
@@ -171,24 +163,27 @@ def admin_router(groups: ScopeGroups) -> APIRouter:
         },
     )
     async def audit_log(
-        request: Request,
-        _operator: Operator,
+        _operator: Annotated[Actor, operating],
         filters: Filters,
         account_id: Annotated[
             int | None, Query(ge=1, le=2**63 - 1, description="Only this account's trail.")
         ] = None,
     ) -> JSONResponse:
-        return await audit_page(request, filters, account_id)
+        return await audit_page(service, filters, account_id)
 
     return router
 
 
 def _add_status_route(
-    router: APIRouter, action: str, status: AccountStatus, missing: dict[int | str, Any]
+    router: APIRouter,
+    service: KeyService,
+    operating: Any,
+    action: str,
+    status: AccountStatus,
+    missing: dict[int | str, Any],
 ) -> None:
-    async def change(request: Request, operator: Operator, account_id: AccountId) -> JSONResponse:
-        keyguard = _runtime(request).service
-        account = await run_in_threadpool(keyguard.set_account_status, account_id, status, operator)
+    async def change(operator: Annotated[Actor, operating], account_id: AccountId) -> JSONResponse:
+        account = await run_in_threadpool(service.set_account_status, account_id, status, operator)
         return JSONResponse(account_object(account))
 
     router.add_api_route(

@@ -6,7 +6,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -24,6 +24,7 @@ from keyguard.api.errors import (
     wavix_error,
 )
 from keyguard.api.keys import key_router
+from keyguard.api.requests import ClientAddress
 from keyguard.api.scanning import SCANNING_PATH, scanning_router
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
@@ -38,13 +39,13 @@ from keyguard.api.schemas import (
     route_entries,
     update_request_model,
 )
-from keyguard.api.tokens import authenticate
+from keyguard.api.tokens import token_holder
 from keyguard.api.usage import usage_router
 from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
 from keyguard.console import Console, console_link_router, console_router, open_sessions
 from keyguard.domain.routes import UnknownRoutes
-from keyguard.edge import ProxiedRequest, send_error
+from keyguard.edge import send_error
 from keyguard.forward import FORWARD_PATH, ForwardAuth, is_forward_auth
 from keyguard.middleware import KeyguardMiddleware
 from keyguard.runtime import Keyguard
@@ -84,13 +85,24 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         docs_url=None,
         redoc_url=None,
     )
-    app.state.keyguard = runtime
+    settings = runtime.settings
+    client_address = ClientAddress(runtime.trusted_proxies, runtime.client_ip_header)
     install_error_handlers(app)
-    app.include_router(key_router(runtime.service))
-    app.include_router(audit_router())
+    app.include_router(
+        key_router(runtime.service, runtime.management_writes, settings.max_body_bytes)
+    )
+    app.include_router(audit_router(runtime.service))
     app.include_router(usage_router(runtime.service))
-    if runtime.settings.admin_token is not None:
-        app.include_router(admin_router(runtime.service.groups))
+    if settings.admin_token is not None:
+        app.include_router(
+            admin_router(
+                runtime.service,
+                settings.admin_token,
+                client_address,
+                runtime.auth_failures,
+                settings.max_body_bytes,
+            )
+        )
     _console(app, runtime)
     signed: frozenset[str] = frozenset()
     if runtime.scanning_keys is not None:
@@ -128,7 +140,12 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
             }
         )
 
-    metrics_token = runtime.settings.metrics_token
+    metrics_token = settings.metrics_token
+    scrapers = (
+        []
+        if metrics_token is None  # the counts cover every account: only its holder sees them
+        else [Depends(token_holder(metrics_token, client_address, runtime.auth_failures))]
+    )
 
     @app.get(
         "/metrics",
@@ -152,20 +169,17 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
             401: {**ERROR_RESPONSES[401], "description": "KEYGUARD_METRICS_TOKEN not presented."},
             429: ERROR_RESPONSES[429],
         },
+        dependencies=scrapers,
     )
-    async def metrics(request: Request) -> Response:
-        # The counts cover every account: when a token is set, only its holder sees them.
-        if metrics_token is not None:
-            headers = request.scope["headers"]
-            facts = ProxiedRequest.scan(headers, runtime.client_ip_header)
-            client = facts.client(request.scope, runtime.trusted_proxies)
-            authenticate(headers, metrics_token, client, runtime.auth_failures)
+    async def metrics() -> Response:
         exposition = await run_in_threadpool(runtime.metrics.render)  # reads files when shared
         worker = {"X-Keyguard-Worker": str(runtime.metrics.pid)}
         return Response(exposition, media_type=CONTENT_TYPE_LATEST, headers=worker)
 
     app.include_router(
-        verify_router(runtime.decider, runtime.settings.verify_token, runtime.auth_failures)
+        verify_router(
+            runtime.decider, settings.verify_token, runtime.auth_failures, settings.max_body_bytes
+        )
     )
     _document(app, runtime)
     _documentation_page(app)
@@ -177,7 +191,7 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         protect=_key_protected(signed),
     )
     forward = ForwardAuth(runtime.decider, runtime.trusted_proxies, runtime.client_ip_header)
-    return Dispatcher(forward, LastResort(HeadAsGet(app)), runtime.settings.max_header_bytes)
+    return Dispatcher(forward, LastResort(HeadAsGet(app)), settings.max_header_bytes)
 
 
 def _console(app: FastAPI, runtime: Keyguard) -> None:

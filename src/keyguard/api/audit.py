@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from keyguard.api.requests import KeyCaller
 from keyguard.api.schemas import ERROR_RESPONSES, AuditPage, ErrorResponse
-from keyguard.decide import Decision
 from keyguard.domain.audit import utc_bound
 from keyguard.domain.records import Action
 from keyguard.service import KeyService
@@ -79,16 +79,15 @@ Filters = Annotated[AuditFilters, Depends(audit_filters)]
 
 
 async def audit_page(
-    request: Request, filters: AuditFilters, account_id: int | None
+    service: KeyService, filters: AuditFilters, account_id: int | None
 ) -> JSONResponse:
     """One Wavix-style page of the records ``filters`` select, of one account or of all."""
-    service: KeyService = request.app.state.keyguard.service
     records, total = await run_in_threadpool(service.audit, filters.query(account_id))
     items = [audit_object(record) for record in records]
     return JSONResponse(page(items, filters.page, filters.per_page, total))
 
 
-def audit_router() -> APIRouter:
+def audit_router(service: KeyService) -> APIRouter:
     router = APIRouter(tags=["Audit"], responses=ERROR_RESPONSES)
 
     @router.get(
@@ -103,9 +102,7 @@ def audit_router() -> APIRouter:
             400: {"model": ErrorResponse, "description": "Invalid filter."},
         },
     )
-    async def audit_log(request: Request, filters: Filters) -> JSONResponse:
-        decision: Decision = request.state.keyguard
-        assert decision.account_id is not None
-        return await audit_page(request, filters, decision.account_id)
+    async def audit_log(caller: KeyCaller, filters: Filters) -> JSONResponse:
+        return await audit_page(service, filters, caller.account_id)
 
     return router

@@ -1,18 +1,18 @@
 """``/v1/api-keys``: the Wavix-compatible key management API.
 
 Requests reach these handlers only after :class:`~keyguard.middleware.KeyguardMiddleware`
-has allowed them, so ``request.state.keyguard`` holds the caller's decision.
+has allowed them; :data:`~keyguard.api.requests.KeyCaller` is the key it allowed.
 """
 
-import json
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from keyguard.api.requests import Caller, KeyCaller, read_json
 from keyguard.api.schemas import (
     ERROR_RESPONSES,
     ErrorResponse,
@@ -23,10 +23,8 @@ from keyguard.api.schemas import (
     request_body,
     update_request_model,
 )
-from keyguard.decide import Decision
 from keyguard.domain.fields import MAX_LABEL_LENGTH
-from keyguard.domain.records import Actor
-from keyguard.errors import InvalidInput, RateLimited
+from keyguard.errors import RateLimited
 from keyguard.limits import WindowLimiter
 from keyguard.service import KeyService
 from keyguard.wire import key_object
@@ -41,64 +39,15 @@ KeyId = Annotated[
 ]
 
 
-def _caller(request: Request) -> int:
-    decision: Decision = request.state.keyguard
-    assert decision.account_id is not None
-    return decision.account_id
-
-
-def _actor(request: Request) -> Actor:
-    decision: Decision = request.state.keyguard
-    return Actor("key", decision.key_id, request.state.keyguard_client)
-
-
-def _service(request: Request) -> KeyService:
-    service: KeyService = request.app.state.keyguard.service
-    return service
-
-
-def _writing(request: Request) -> tuple[KeyService, int, Actor]:
-    """The service, account and actor of a write, within the account's write limit."""
-    account_id = _caller(request)
-    limiter: WindowLimiter | None = request.app.state.keyguard.management_writes
-    if limiter is not None:
-        wait = limiter.hit(account_id)
-        if wait is not None:
-            raise RateLimited(f"Too many changes to API keys; retry in {wait} seconds", wait)
-    return _service(request), account_id, _actor(request)
-
-
-async def read_json(request: Request, *, required: bool) -> object:
-    """The request body as JSON; an absent body is ``{}`` unless ``required``."""
-    body = await read_body(request, request.app.state.keyguard.settings.max_body_bytes)
-    if not body.strip():
-        if required:
-            raise InvalidInput.parameter("body")
-        return {}
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidInput.parameter("body") from None
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw request body; a 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InvalidInput("Request body too large", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InvalidInput("Request body too large", 413)
-    return bytes(body)
-
-
 FULL_ACCESS = "Needs a full-access key: a scoped key could read stronger keys or mint one."
 
 
-def key_router(service: KeyService) -> APIRouter:
-    """The routes, documented with the deployment's scope groups."""
+def key_router(service: KeyService, writes: WindowLimiter | None, max_body_bytes: int) -> APIRouter:
+    """The routes, documented with the deployment's scope groups.
+
+    Each account may make ``writes`` changes a minute (no limit for None), in bodies
+    of at most ``max_body_bytes``.
+    """
     groups = service.groups
     api_key = key_model(groups)
     create_body = create_request_model(groups)
@@ -116,6 +65,25 @@ def key_router(service: KeyService) -> APIRouter:
     def render(view: Any) -> dict[str, Any]:
         return key_object(view, groups)
 
+    def charged(caller: Caller) -> Caller:
+        if writes is not None:
+            wait = writes.hit(caller.account_id)
+            if wait is not None:
+                raise RateLimited(f"Too many changes to API keys; retry in {wait} seconds", wait)
+        return caller
+
+    async def writer(caller: KeyCaller) -> Caller:
+        """The caller of a write, charged against its account's write limit."""
+        return charged(caller)
+
+    # The key id is a parameter here so that it is validated first: a request for a
+    # key that cannot exist is a 404 and costs the account no write.
+    async def key_writer(caller: KeyCaller, _key_id: KeyId) -> Caller:
+        """The caller of a change to a key, charged against its account's write limit."""
+        return charged(caller)
+
+    writing, key_writing = Depends(writer), Depends(key_writer)
+
     @router.get(
         "",
         operation_id="api_keys_list",
@@ -126,6 +94,7 @@ def key_router(service: KeyService) -> APIRouter:
     )
     async def list_keys(
         request: Request,
+        caller: KeyCaller,
         label: Annotated[
             str | None,
             Query(max_length=MAX_LABEL_LENGTH, description="Case-insensitive substring."),
@@ -138,7 +107,7 @@ def key_router(service: KeyService) -> APIRouter:
             Query(ge=1, le=MAX_PER_PAGE, description=f"Keys per page ({DEFAULT_PER_PAGE})."),
         ] = None,
     ) -> Response:
-        service, account_id = _service(request), _caller(request)
+        account_id = caller.account_id
         if page is None and per_page is None:
             views = await run_in_threadpool(service.list_keys, account_id, label)
             return _keys_response(
@@ -163,10 +132,9 @@ def key_router(service: KeyService) -> APIRouter:
         responses={200: {"model": api_key}, **invalid},
         openapi_extra=request_body(create_body, required=True),
     )
-    async def create_key(request: Request) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        body = await read_json(request, required=True)
-        view = await run_in_threadpool(service.create_key, account_id, body, actor)
+    async def create_key(request: Request, caller: Annotated[Caller, writing]) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=True)
+        view = await run_in_threadpool(service.create_key, caller.account_id, body, caller.actor)
         return JSONResponse(render(view))
 
     @router.get(
@@ -176,8 +144,8 @@ def key_router(service: KeyService) -> APIRouter:
         description="One key of the account; another account's key id answers 404. " + FULL_ACCESS,
         responses={200: {"model": api_key}, **missing},
     )
-    async def get_key(request: Request, key_id: KeyId) -> JSONResponse:
-        view = await run_in_threadpool(_service(request).get_key, _caller(request), key_id)
+    async def get_key(caller: KeyCaller, key_id: KeyId) -> JSONResponse:
+        view = await run_in_threadpool(service.get_key, caller.account_id, key_id)
         return JSONResponse(render(view))
 
     @router.patch(
@@ -189,10 +157,13 @@ def key_router(service: KeyService) -> APIRouter:
         responses={200: {"model": api_key}, **invalid, **missing},
         openapi_extra=request_body(update_body, required=False),
     )
-    async def update_key(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        body = await read_json(request, required=False)
-        view = await run_in_threadpool(service.update_key, account_id, key_id, body, actor)
+    async def update_key(
+        request: Request, caller: Annotated[Caller, key_writing], key_id: KeyId
+    ) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=False)
+        view = await run_in_threadpool(
+            service.update_key, caller.account_id, key_id, body, caller.actor
+        )
         return JSONResponse(render(view))
 
     @router.delete(
@@ -203,9 +174,8 @@ def key_router(service: KeyService) -> APIRouter:
         "process within a second. " + FULL_ACCESS,
         responses={200: {"model": SuccessResponse}, **missing},
     )
-    async def delete_key(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        await run_in_threadpool(service.delete_key, account_id, key_id, actor)
+    async def delete_key(caller: Annotated[Caller, key_writing], key_id: KeyId) -> JSONResponse:
+        await run_in_threadpool(service.delete_key, caller.account_id, key_id, caller.actor)
         return JSONResponse({"success": True})
 
     @router.post(
@@ -224,14 +194,17 @@ def key_router(service: KeyService) -> APIRouter:
         },
         openapi_extra=request_body(RollRequest, required=False),
     )
-    async def roll_key(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        body = await read_json(request, required=False)
-        _old, new = await run_in_threadpool(service.roll_key, account_id, key_id, body, actor)
+    async def roll_key(
+        request: Request, caller: Annotated[Caller, key_writing], key_id: KeyId
+    ) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=False)
+        _old, new = await run_in_threadpool(
+            service.roll_key, caller.account_id, key_id, body, caller.actor
+        )
         return JSONResponse(render(new))
 
     for action, active in (("activate", True), ("deactivate", False)):
-        _add_toggle(router, action, active, missing)
+        _add_toggle(router, service, key_writing, action, active, missing)
 
     return router
 
@@ -260,11 +233,15 @@ def page_links(path: str, label: str | None, number: int, per_page: int, total: 
 
 
 def _add_toggle(
-    router: APIRouter, action: str, active: bool, missing: dict[int | str, dict[str, Any]]
+    router: APIRouter,
+    service: KeyService,
+    key_writing: Any,
+    action: str,
+    active: bool,
+    missing: dict[int | str, dict[str, Any]],
 ) -> None:
-    async def toggle(request: Request, key_id: KeyId) -> JSONResponse:
-        service, account_id, actor = _writing(request)
-        await run_in_threadpool(service.set_active, account_id, key_id, active, actor)
+    async def toggle(caller: Annotated[Caller, key_writing], key_id: KeyId) -> JSONResponse:
+        await run_in_threadpool(service.set_active, caller.account_id, key_id, active, caller.actor)
         return JSONResponse({"success": True})
 
     router.add_api_route(

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from keyguard.api.keys import read_body
+from keyguard.api.requests import read_body
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse
 from keyguard.api.tokens import admit
 from keyguard.domain.network import ClientIPHeader, Network

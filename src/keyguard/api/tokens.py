@@ -6,14 +6,16 @@ presented as the one ``Authorization: Bearer`` header of a request and compared
 in constant time. Two ``Authorization`` headers are refused, as they are for
 keys: a proxy and keyguard might each read a different one. A wrong token is a
 failed authentication of the caller, counted against the same limit as a wrong
-key, so that guessing a token is throttled like guessing a key. GitHub's signature
-on a secret scanning report is checked under the same limit (:func:`admit`).
+key, so that guessing a token is throttled like guessing a key. Routes ask for a
+token with the :func:`token_holder` dependency. GitHub's signature on a secret
+scanning report is checked under the same limit (:func:`admit`).
 """
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
+from fastapi import Request
 from pydantic import SecretStr
 
 from keyguard.decide import TOO_MANY_FAILURES, failure_unit
@@ -73,3 +75,19 @@ def admit(client: str | None, failures: WindowLimiter | None, proof: Callable[[]
         if wait is not None:
             raise RateLimited(TOO_MANY_FAILURES.format(wait), wait)
     raise Unauthorized()
+
+
+def token_holder(
+    expected: SecretStr,
+    client: Callable[[Request], str | None],
+    failures: WindowLimiter | None,
+) -> Callable[[Request], Awaitable[str | None]]:
+    """A dependency that admits only callers presenting ``expected`` (see
+    :func:`authenticate`) and gives their address, as ``client`` finds it."""
+
+    async def holder(request: Request) -> str | None:
+        address = client(request)
+        authenticate(request.scope["headers"], expected, address, failures)
+        return address
+
+    return holder

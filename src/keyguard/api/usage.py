@@ -7,13 +7,13 @@ so the newest second or so is not in them yet.
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from keyguard.api.audit import TIMES
+from keyguard.api.requests import KeyCaller
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, UsageSeries, UsageTotals
-from keyguard.decide import Decision
 from keyguard.domain.audit import utc_bound
 from keyguard.domain.counts import MAX_POINTS, OUTCOMES, Granularity
 from keyguard.domain.records import timestamp
@@ -38,12 +38,6 @@ To = Annotated[
 ]
 
 
-def _caller(request: Request) -> int:
-    decision: Decision = request.state.keyguard
-    assert decision.account_id is not None
-    return decision.account_id
-
-
 def usage_router(service: KeyService) -> APIRouter:
     router = APIRouter(tags=["Usage"], responses=ERROR_RESPONSES)
     invalid: dict[int | str, dict[str, Any]] = {
@@ -62,7 +56,7 @@ def usage_router(service: KeyService) -> APIRouter:
         responses={200: {"model": UsageSeries}, **invalid, 404: {"model": ErrorResponse}},
     )
     async def key_usage(
-        request: Request,
+        caller: KeyCaller,
         key_id: Annotated[int, Path(alias="id", ge=1, le=MAX_KEY_ID)],
         since: From = None,
         until: To = None,
@@ -70,7 +64,7 @@ def usage_router(service: KeyService) -> APIRouter:
     ) -> JSONResponse:
         span = _span(since, until)
         points = await run_in_threadpool(
-            service.usage_series, _caller(request), key_id, granularity, span
+            service.usage_series, caller.account_id, key_id, granularity, span
         )
         return JSONResponse(
             {
@@ -93,9 +87,9 @@ def usage_router(service: KeyService) -> APIRouter:
         "key.",
         responses={200: {"model": UsageTotals}, **invalid},
     )
-    async def usage_totals(request: Request, since: From = None, until: To = None) -> JSONResponse:
+    async def usage_totals(caller: KeyCaller, since: From = None, until: To = None) -> JSONResponse:
         span = _span(since, until)
-        granularity, found = await run_in_threadpool(service.usage_totals, _caller(request), span)
+        granularity, found = await run_in_threadpool(service.usage_totals, caller.account_id, span)
         items = [
             {"key_id": key_id, **dict(zip(OUTCOMES, counts, strict=True))}
             for key_id, counts in found.items()

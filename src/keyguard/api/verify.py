@@ -3,15 +3,16 @@
 The same question as ``/auth/forward`` (:mod:`keyguard.forward`), asked with a body.
 """
 
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from keyguard.api.keys import read_json
+from keyguard.api.requests import peer_address, read_json
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
-from keyguard.api.tokens import authenticate
+from keyguard.api.tokens import token_holder
 from keyguard.decide import Decider, Decision
 from keyguard.errors import InvalidInput
 from keyguard.limits import WindowLimiter
@@ -37,13 +38,17 @@ class VerifyResponse(BaseModel):
 
 
 def verify_router(
-    decider: Decider, token: SecretStr | None, failures: WindowLimiter | None
+    decider: Decider, token: SecretStr | None, failures: WindowLimiter | None, max_body_bytes: int
 ) -> APIRouter:
     """``POST /auth/verify``; when ``token`` is set, callers must present it.
 
-    A wrong token is a failed authentication of the caller, counted in ``failures``.
+    A wrong token is a failed authentication of the caller, counted in ``failures``
+    against the TCP peer: the backend that asks, not the client it asks about.
     """
     router = APIRouter(tags=["Authorization"])
+    caller_address: Callable[[Request], Awaitable[str | None]] = (
+        _peer if token is None else token_holder(token, peer_address, failures)
+    )
 
     @router.post(
         "/auth/verify",
@@ -62,11 +67,10 @@ def verify_router(
         },
         openapi_extra=request_body(VerifyRequest, required=True),
     )
-    async def verify(request: Request) -> JSONResponse:
-        caller = request.client.host if request.client else None
-        if token is not None:  # the caller first, then its body
-            authenticate(request.scope["headers"], token, caller, failures)
-        body = await read_json(request, required=True)
+    async def verify(
+        request: Request, caller: Annotated[str | None, Depends(caller_address)]
+    ) -> JSONResponse:
+        body = await read_json(request, max_body_bytes, required=True)  # after the caller
         try:
             asked = VerifyRequest.model_validate(body)
         except ValidationError as error:
@@ -91,6 +95,11 @@ def verify_router(
         )
 
     return router
+
+
+async def _peer(request: Request) -> str | None:
+    """Without a token anyone may ask; its own address is charged for the keys it guesses."""
+    return peer_address(request)
 
 
 def _headers(decision: Decision) -> dict[str, str]:

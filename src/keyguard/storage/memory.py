@@ -1,4 +1,5 @@
-"""An in-memory :class:`~keyguard.storage.Store`, for tests and throwaway runs."""
+"""An in-memory :class:`~keyguard.storage.Store`, for tests and throwaway runs, and
+its :class:`~keyguard.storage.ChangeSignal`, the twin of PostgreSQL's LISTEN/NOTIFY."""
 
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -48,6 +49,8 @@ class MemoryStore:
         self._audit: list[AuditRecord] = []
         self._revision = 0
         self._secret_check: bytes | None = None
+        # Change signals wait on it; a write wakes them when it moves the revision.
+        self._revision_moved = threading.Condition(self._lock)
         self._delivery: Delivery | None = None  # None until first claimed
         self._lease: tuple[str, datetime] | None = None
         self._noted: dict[tuple[int, str], datetime | None] = {}  # (key, notice): for expiry
@@ -69,8 +72,19 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    def change_signal(self) -> None:
-        return None
+    def change_signal(self) -> "MemoryChangeSignal":
+        return MemoryChangeSignal(self)
+
+    @property
+    def revision(self) -> int:
+        """The revision of the latest write."""
+        return self._revision
+
+    def wait_for_revision(self, seen: int, timeout: float) -> int:
+        """The revision once it differs from ``seen``, or whatever it is after ``timeout`` s."""
+        with self._revision_moved:
+            self._revision_moved.wait_for(lambda: self._revision != seen, timeout)
+            return self._revision
 
     def secret_check(self, proposed: bytes | None = None) -> bytes | None:
         with self._lock:
@@ -93,7 +107,7 @@ class MemoryStore:
         actor: Actor = CLI,
     ) -> tuple[Account, StoredKey]:
         with self._lock:
-            self._revision += 1
+            self._next_revision()
             account = Account(len(self._accounts) + 1, name, _now(), revision=self._revision)
             self._accounts[account.id] = account
             self._record(account.id, "account.create", actor, after={"name": name})
@@ -116,7 +130,7 @@ class MemoryStore:
             account = self.get_account(account_id)
             if account is None:
                 return None
-            self._revision += 1
+            self._next_revision()
             changed = replace(account, status=status, revision=self._revision)
             self._accounts[account_id] = changed
             self._record(
@@ -158,7 +172,7 @@ class MemoryStore:
         with self._lock:
             if account_id not in self._accounts:
                 raise ValueError(f"no account {account_id}")
-            self._revision += 1
+            self._next_revision()
             return self._insert(account_id, digest, sealed_value, settings, actor)
 
     def list_keys(
@@ -201,7 +215,7 @@ class MemoryStore:
             if key is None:
                 return None
             refuse_activation(key, changes)
-            self._revision += 1
+            self._next_revision()
             return self._rewrite_settings(key, apply(key.settings, changes), actor, action)
 
     def roll_key(
@@ -218,7 +232,7 @@ class MemoryStore:
             if key is None:
                 return None
             old_settings = rolled_settings(key.settings, grace_until, datetime.now(UTC))
-            self._revision += 1
+            self._next_revision()
             new = self._insert(
                 account_id, digest, sealed_value, successor_settings(key), actor, key.id
             )
@@ -230,7 +244,7 @@ class MemoryStore:
             key = self.get_key(account_id, key_id)
             if key is None:
                 return None
-            self._revision += 1
+            self._next_revision()
             tombstone = self._tombstone(key)
             self._keys[key_id] = tombstone
             self._record(
@@ -280,7 +294,7 @@ class MemoryStore:
             ]
             if any(rewrite.digest in self._digests for _key, rewrite in applied):
                 raise ValueError("duplicate key digest")  # and nothing was changed
-            self._revision += 1
+            self._next_revision()
             for key, rewrite in applied:
                 self._digests.discard(key.digest)
                 self._digests.add(rewrite.digest)
@@ -410,6 +424,12 @@ class MemoryStore:
 
     # -- internals --------------------------------------------------------------
 
+    def _next_revision(self) -> None:
+        """Move to the revision of a write under way (the lock is held), and wake the
+        change signals: they return once the write releases the lock."""
+        self._revision += 1
+        self._revision_moved.notify_all()
+
     def _rewrite_settings(
         self,
         key: StoredKey,
@@ -482,3 +502,18 @@ class MemoryStore:
                 len(self._audit) + 1, account_id, _now(), action, key_id, actor, before, after
             )
         )
+
+
+class MemoryChangeSignal:
+    """Wakes its waiter when its :class:`MemoryStore` has changed since the last wake."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._seen = store.revision
+
+    def wait(self, timeout: float) -> bool:
+        seen, self._seen = self._seen, self._store.wait_for_revision(self._seen, timeout)
+        return self._seen != seen
+
+    def close(self) -> None:
+        pass

@@ -1,8 +1,17 @@
-"""The SQL :class:`~keyguard.storage.Store`, on SQLAlchemy Core.
+"""The SQL :class:`~keyguard.storage.Store`, on SQLAlchemy Core: SQLite and PostgreSQL.
 
-Dialect quirks live in :func:`create_engine_for`. Every write runs in one
-transaction that also bumps ``keyguard_meta.revision``; that row lock orders
-writers, so a cache that reads changes by revision never misses one.
+Every write runs in one transaction that also bumps ``keyguard_meta.revision``;
+that row lock orders writers, so a cache that reads changes by revision never
+misses one.
+
+Both dialects run the same queries except where they differ; there the code
+branches on the dialect in place, each branch beside its reason:
+:func:`create_engine_for` sets up connections (PostgreSQL's pool; SQLite's WAL,
+``synchronous=FULL`` and ``BEGIN IMMEDIATE``), and :class:`SQLStore` branches on
+``self.dialect`` for its process-wide write lock (SQLite), the migration lock
+(PostgreSQL), which errors mean the database is unavailable, ``pg_notify`` on
+commit and :meth:`~SQLStore.change_signal` (PostgreSQL), the upsert of request
+counts, the case-insensitive label filter, and the batch update of ``last_used_at``.
 """
 
 import json
