@@ -96,43 +96,43 @@ class Decider:
         ip: str | None,
         method: str,
         path: str,
-        charge: str | None = None,
+        failures_of: str | None = None,
     ) -> Decision:
         """The decision for one request; never raises for any input.
 
-        Failed authentications count against ``charge`` (default: ``ip``) for the
+        Failed authentications count against ``failures_of`` (default: ``ip``) for the
         failure limit; an IPv6 client is counted by its /64, which one client holds.
         """
         self._calls = calls = self._calls + 1
         if calls % SAMPLE_EVERY or self._observe_latency is None:
-            decision = self._decide(token, ip, method, path, charge or ip)
+            decision = self._decide(token, ip, method, path, failures_of or ip)
         else:
             started = time.perf_counter()
-            decision = self._decide(token, ip, method, path, charge or ip)
+            decision = self._decide(token, ip, method, path, failures_of or ip)
             self._observe_latency(time.perf_counter() - started)
         self.outcomes[decision.status] += 1
         return decision
 
     def _decide(
-        self, token: str | None, ip: str | None, method: str, path: str, charge: str | None
+        self, token: str | None, ip: str | None, method: str, path: str, failures_of: str | None
     ) -> Decision:
         # The failure limit is consulted only once a key has failed: a valid key is
         # never refused by it, whoever shares its client's address (a NAT, a backend
         # calling /auth/verify). A refused key costs one digest (~0.6 µs) either way.
         if token is None or not is_well_formed(token):
-            return self._unauthorized(charge)
+            return self._unauthorized(failures_of)
         key = self._cache.get(self._vault.digest(token))
         if key is None and self._previous is not None:
             key = self._cache.get(self._previous.digest(token))
         if key is None:
-            return self._unauthorized(charge)
+            return self._unauthorized(failures_of)
         if (
             not key.active
             or key.account_id in self._cache.blocked_accounts
             or (key.expires is not None and self._clock() >= key.expires)
         ):
             self._usage.count(key.key_id, key.account_id, Outcome.UNAUTHORIZED)
-            return self._unauthorized(charge)
+            return self._unauthorized(failures_of)
         if key.networks is not None:
             address = parse_client(ip) if ip else None
             if address is None or not key.networks.permits(address):
@@ -142,7 +142,7 @@ class Decider:
                 return Decision(False, 403, message, key.account_id, key.key_id)
         route = self._routes.match(method, path)
         needed = route.label if route else "full"  # unknown and ambiguous paths need full access
-        refusal = self._refusal(key, route)
+        refusal = self._scope_refusal(key, route)
         if refusal is not None:
             self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
             return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
@@ -164,10 +164,10 @@ class Decider:
             self._allowed[key.key_id, needed] = allowed
         return allowed
 
-    def _unauthorized(self, charge: str | None) -> Decision:
+    def _unauthorized(self, failures_of: str | None) -> Decision:
         failures = self._failures
         if failures is not None:
-            client = failure_unit(charge)
+            client = failure_unit(failures_of)
             wait = failures.retry_after(client) if failures.blocked else None
             if wait is None:
                 wait = failures.hit(client)
@@ -181,7 +181,7 @@ class Decider:
         wait, window = self.meter.refusal(key.key_id)
         return Decision(False, 429, RATE_LIMITED, key.account_id, key.key_id, needed, wait, window)
 
-    def _refusal(self, key: CachedKey, route: Route | None) -> str | None:
+    def _scope_refusal(self, key: CachedKey, route: Route | None) -> str | None:
         """Why ``key`` may not take ``route``, or ``None`` if it may."""
         if route is AMBIGUOUS:
             if self._routes.unknown is UnknownRoutes.DENY:

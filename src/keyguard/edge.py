@@ -99,7 +99,7 @@ async def send_decision(send: Send, decision: Decision, *, message_header: bool 
     With ``message_header``, the message also travels in ``X-Keyguard-Message``,
     for proxies such as nginx that answer the client from headers, not the body.
     """
-    headers, body = _refusal(decision.status, decision.message, decision.retry_after)
+    headers, body = _refusal_response(decision.status, decision.message, decision.retry_after)
     if decision.ratelimit is not None:
         headers = [*headers, *decision.ratelimit.headers(decision.retry_after)]
     if message_header:
@@ -109,7 +109,7 @@ async def send_decision(send: Send, decision: Decision, *, message_header: bool 
 
 
 @lru_cache(maxsize=4096)
-def _refusal(
+def _refusal_response(
     status: int, message: str, retry_after: int | None
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body of a refusal, encoded once: refusals come in floods."""

@@ -16,7 +16,7 @@ from keyguard.domain.records import (
     Account,
     AccountStatus,
     Actor,
-    Changes,
+    ChangeFeed,
     KeySettings,
 )
 from keyguard.domain.scopes import Level
@@ -153,7 +153,7 @@ def test_change_feed_returns_everything_after_a_revision(store: Store) -> None:
     assert changes.revision == updated.revision
     assert changes.keys == [updated]
     assert changes.accounts == []
-    assert store.changes_since(changes.revision) == Changes(changes.revision, [], [])
+    assert store.changes_since(changes.revision) == ChangeFeed(changes.revision, [], [])
 
 
 def test_initial_feed_skips_deleted_keys(store: Store) -> None:
@@ -364,7 +364,7 @@ def test_recording_the_secret_check_is_no_change_to_keys(store: Store) -> None:
     _account(store)
     revision = store.changes_since(0).revision
     store.secret_check(b"\x01" * 32)
-    assert store.changes_since(revision) == Changes(revision, [], [])
+    assert store.changes_since(revision) == ChangeFeed(revision, [], [])
 
 
 # -- rewriting keys under a new server secret ------------------------------------
@@ -455,7 +455,7 @@ def test_replacing_the_secret_check_replaces_it_and_is_no_change_to_keys(store: 
 
     assert store.secret_check() == b"\x02" * 32
     assert store.secret_check(b"\x03" * 32) == b"\x02" * 32
-    assert store.changes_since(revision) == Changes(revision, [], [])
+    assert store.changes_since(revision) == ChangeFeed(revision, [], [])
 
 
 def test_keys_are_listed_in_pages_by_id_and_counted(store: Store) -> None:
@@ -717,7 +717,7 @@ def test_a_leaked_key_is_inactive_for_good_in_one_audited_revision(store: Store)
     assert leaked.leaked_at is not None
     assert leaked.leaked_at.tzinfo is UTC
     assert store.get_key(account_id, key.id) == leaked
-    assert store.changes_since(key.revision) == Changes(leaked.revision, [leaked], [])
+    assert store.changes_since(key.revision) == ChangeFeed(leaked.revision, [leaked], [])
     [record], _total = store.list_audit(AuditQuery(account_id, action="key.leak"))
     assert (record.key_id, record.actor) == (key.id, GITHUB)
     assert record.after is not None
@@ -734,7 +734,7 @@ def test_leaking_a_key_again_changes_nothing(store: Store) -> None:
     again = store.leak_key([key.digest], {"url": "elsewhere", "source": "commit"}, GITHUB)
 
     assert again == leaked
-    assert store.changes_since(revision) == Changes(revision, [], [])
+    assert store.changes_since(revision) == ChangeFeed(revision, [], [])
     assert store.list_audit(AuditQuery(account_id, action="key.leak"))[1] == 1
 
 
@@ -746,7 +746,7 @@ def test_a_leak_of_no_key_or_of_a_deleted_one_changes_nothing(store: Store) -> N
 
     assert store.leak_key([_digest()], FOUND, GITHUB) is None
     assert store.leak_key([key.digest], FOUND, GITHUB) == tombstone
-    assert store.changes_since(revision) == Changes(revision, [], [])
+    assert store.changes_since(revision) == ChangeFeed(revision, [], [])
     assert store.list_audit(AuditQuery(account_id, action="key.leak"))[1] == 0
 
 

@@ -79,8 +79,10 @@ def verify_router(
         # Failed authentications are charged to the address the caller reports only
         # when the caller proved it is the configured backend; an anonymous caller is
         # charged itself, so that it cannot lock other clients out.
-        charge = asked.ip if token is not None else caller
-        decision = decider.decide(asked.key, asked.ip, asked.method, asked.path, charge=charge)
+        failures_of = asked.ip if token is not None else caller
+        decision = decider.decide(
+            asked.key, asked.ip, asked.method, asked.path, failures_of=failures_of
+        )
         return JSONResponse(
             {
                 "allowed": decision.allowed,

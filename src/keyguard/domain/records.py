@@ -105,7 +105,7 @@ class StoredKey:
 
 
 @dataclass(frozen=True, slots=True)
-class Changes:
+class ChangeFeed:
     """What a change feed returns: everything after a revision, up to ``revision``."""
 
     revision: int

@@ -20,7 +20,7 @@ from keyguard.domain.records import (
     Action,
     Actor,
     AuditRecord,
-    Changes,
+    ChangeFeed,
     KeySettings,
     StoredKey,
 )
@@ -198,7 +198,7 @@ class Store(Protocol):
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
         """One page of the audit records that match, and how many match in all."""
 
-    def changes_since(self, revision: int) -> Changes:
+    def changes_since(self, revision: int) -> ChangeFeed:
         """Every key and account changed after ``revision``, up to the newest revision.
 
         From revision 0 (a first load): live keys, and accounts that are not active.

@@ -25,7 +25,7 @@ from keyguard.domain.records import (
     Action,
     Actor,
     AuditRecord,
-    Changes,
+    ChangeFeed,
     KeySettings,
     StoredKey,
     settings_document,
@@ -267,7 +267,7 @@ class MemoryStore:
             self._keys[key.id] = key = replace(key, leaked_at=leaked_at)
             return key
 
-    def changes_since(self, revision: int) -> Changes:
+    def changes_since(self, revision: int) -> ChangeFeed:
         with self._lock:
             keys = [
                 key
@@ -281,7 +281,7 @@ class MemoryStore:
                 and not (revision == 0 and account.status is AccountStatus.ACTIVE)
             ]
             keys.sort(key=lambda key: key.revision)
-            return Changes(self._revision, keys, accounts)
+            return ChangeFeed(self._revision, keys, accounts)
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         with self._lock:

@@ -73,7 +73,7 @@ from keyguard.domain.records import (
     Action,
     Actor,
     AuditRecord,
-    Changes,
+    ChangeFeed,
     KeySettings,
     StoredKey,
     settings_document,
@@ -741,7 +741,7 @@ class SQLStore:
         row = connection.execute(select(api_keys).where(api_keys.c.digest.in_(digests))).first()
         return None if row is None else _key(row)
 
-    def changes_since(self, revision: int) -> Changes:
+    def changes_since(self, revision: int) -> ChangeFeed:
         keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
         changed = select(accounts).where(accounts.c.revision > revision)
         if revision == 0:
@@ -754,7 +754,7 @@ class SQLStore:
             )
             found = [_key(row) for row in key_rows]
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
-            return Changes(newest, found, [_account(row) for row in account_rows])
+            return ChangeFeed(newest, found, [_account(row) for row in account_rows])
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         if not rewrites:
