@@ -13,6 +13,7 @@ import re
 import string
 import time
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from tests.conftest import (
 )
 from tests.readme import README, readme_blocks
 from tests.server import Servers, Worker, workers_of
+from tests.test_webhooks import ARRIVAL_TIMEOUT, SIGNING_SECRET, Receiver
 
 SCANNING = "/v1/secret-scanning/github"
 TOKEN_TYPE = "keyguard_api_key"
@@ -697,6 +699,38 @@ class TestWithoutAKeysFile:
         assert client.post(SCANNING, content=body, headers=tenant.headers).status_code == 404
         assert answers(client, tenant.token) == ALLOWED
         assert SCANNING not in client.get("/openapi.json").json()["paths"]
+
+
+class TestWithWebhooks:
+    @pytest.fixture
+    def receiver(self) -> Iterator[Receiver]:
+        listening = Receiver()
+        listening.up()
+        yield listening
+        listening.down()
+
+    @pytest.fixture
+    def settings(self, settings: Settings, receiver: Receiver) -> Settings:
+        webhooks = {"webhook_url": receiver.url, "webhook_secret": SecretStr(SIGNING_SECRET)}
+        return settings.model_copy(update=webhooks)
+
+    def test_a_leak_is_announced_as_key_leaked_with_where_it_was_found_never_the_token(
+        self, client: TestClient, github: GitHub, tenant: Tenant, receiver: Receiver
+    ) -> None:
+        key = create_key(client, tenant)
+
+        github.report(client, key["value"])
+
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT
+        while not [event for event in receiver.events() if event.type == "key.leaked"]:
+            assert time.monotonic() < deadline, [event.type for event in receiver.events()]
+            time.sleep(0.05)
+        [leaked] = [event for event in receiver.events() if event.type == "key.leaked"]
+        assert (leaked.data["action"], leaked.data["key_id"]) == ("key.leak", key["id"])
+        assert leaked.data["actor"] == {"type": "github", "key_id": None, "ip": CLIENT_IP}
+        assert (leaked.data["after"]["url"], leaked.data["after"]["source"]) == (URL, "content")
+        assert key["value"] not in leaked.body
+        assert key["value"][-4:] not in leaked.body
 
 
 def readme_checksum(head: str) -> str:
