@@ -210,8 +210,9 @@ def test_each_change_through_the_api_arrives_signed_as_its_lifecycle_event(
     account = f"/admin/v1/accounts/{tenant.account_id}"
     ok(client.post(f"{account}/suspend", headers=OPERATOR))
     ok(client.post(f"{account}/resume", headers=OPERATOR))
+    ok(client.delete(account, headers=OPERATOR))
 
-    events = receiver.wait_for(7)
+    events = receiver.wait_for(8)
 
     assert [(event.type, event.data["action"]) for event in events] == [
         ("key.created", "key.create"),
@@ -221,6 +222,7 @@ def test_each_change_through_the_api_arrives_signed_as_its_lifecycle_event(
         ("key.deleted", "key.delete"),
         ("account.suspended", "account.suspend"),
         ("account.resumed", "account.resume"),
+        ("account.deleted", "account.delete"),
     ]
     assert [event.webhook_id for event in events] == [f"evt_{i}" for i in audit_ids(events)]
     assert audit_ids(events) == sorted(audit_ids(events))

@@ -26,6 +26,7 @@ EVENT_TYPES: dict[Action, str] = {
     "key.expire": "key.expired",
     "account.suspend": "account.suspended",
     "account.resume": "account.resumed",
+    "account.delete": "account.deleted",
 }
 EVENT_ACTIONS: tuple[Action, ...] = tuple(EVENT_TYPES)
 
