@@ -23,6 +23,7 @@ from keyguard.domain.fields import (
     parse_update,
     settings_for_new_key,
 )
+from keyguard.domain.leaks import Leak
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -204,7 +205,14 @@ class KeyService:
         up in the store, not in this process's snapshot, so that a key made a moment
         ago by another process is found too.
         """
-        return [self._report_leak(match, actor) for match in matches]
+        leaks = [self._leak(match) for match in matches]
+        named = [leak for leak in leaks if leak is not None]
+        keys = iter(self.store.leak_keys(named, actor))
+        revoked = [None if leak is None else next(keys) for leak in leaks]
+        for key in revoked:
+            if key is not None:
+                self._cache.put(key)
+        return [key is not None for key in revoked]
 
     # -- usage counts -------------------------------------------------------------
 
@@ -250,17 +258,14 @@ class KeyService:
 
     # -- internals --------------------------------------------------------------
 
-    def _report_leak(self, match: Match, actor: Actor) -> bool:
+    def _leak(self, match: Match) -> Leak | None:
+        """The digests a match may be stored under, or ``None`` if it is no key at all."""
         if not keys.is_well_formed(match.token):
-            return False
+            return None
         digests = [self._vault.digest(match.token)]
         if self._vault.previous is not None:  # a key not yet rewritten by a secret rotation
             digests.append(self._vault.previous.digest(match.token))
-        key = self.store.leak_key(digests, match.where(), actor)
-        if key is None:
-            return False
-        self._cache.put(key)
-        return True
+        return Leak(tuple(digests), match.where())
 
     def _update(
         self, account_id: int, key_id: int, changes: KeyChanges, actor: Actor, action: Action

@@ -1,10 +1,11 @@
 """The contract every Store backend keeps; one suite, run on each of them."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -12,12 +13,14 @@ from sqlalchemy import update
 from keyguard.domain.counts import Granularity
 from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
+from keyguard.domain.leaks import Leak
 from keyguard.domain.records import (
     Account,
     AccountStatus,
     Actor,
     ChangeFeed,
     KeySettings,
+    StoredKey,
 )
 from keyguard.domain.scopes import Level
 from keyguard.errors import Conflict
@@ -702,11 +705,16 @@ GITHUB = Actor("github", ip="192.0.2.30")
 FOUND = {"url": "https://github.com/octocat/x/blob/1/.env", "source": "content"}
 
 
+def _leak(store: Store, digests: list[bytes], found: Mapping[str, Any] = FOUND) -> StoredKey | None:
+    [key] = store.leak_keys([Leak(tuple(digests), found)], GITHUB)
+    return key
+
+
 def test_a_leaked_key_is_inactive_for_good_in_one_audited_revision(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
 
-    leaked = store.leak_key([_digest(), key.digest], FOUND, GITHUB)
+    leaked = _leak(store, [_digest(), key.digest], FOUND)
 
     assert leaked is not None
     assert (leaked.id, leaked.settings, leaked.deleted) == (
@@ -728,10 +736,10 @@ def test_a_leaked_key_is_inactive_for_good_in_one_audited_revision(store: Store)
 def test_leaking_a_key_again_changes_nothing(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
-    leaked = store.leak_key([key.digest], FOUND, GITHUB)
+    leaked = _leak(store, [key.digest], FOUND)
     revision = store.changes_since(0).revision
 
-    again = store.leak_key([key.digest], {"url": "elsewhere", "source": "commit"}, GITHUB)
+    again = _leak(store, [key.digest], {"url": "elsewhere", "source": "commit"})
 
     assert again == leaked
     assert store.changes_since(revision) == ChangeFeed(revision, [], [])
@@ -744,16 +752,55 @@ def test_a_leak_of_no_key_or_of_a_deleted_one_changes_nothing(store: Store) -> N
     tombstone = store.delete_key(account_id, key.id)
     revision = store.changes_since(0).revision
 
-    assert store.leak_key([_digest()], FOUND, GITHUB) is None
-    assert store.leak_key([key.digest], FOUND, GITHUB) == tombstone
+    assert _leak(store, [_digest()], FOUND) is None
+    assert _leak(store, [key.digest], FOUND) == tombstone
     assert store.changes_since(revision) == ChangeFeed(revision, [], [])
     assert store.list_audit(AuditQuery(account_id, action="key.leak"))[1] == 0
+
+
+def test_a_report_revokes_each_key_it_names_once_in_batches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("keyguard.storage.sql.LEAK_BATCH", 2)  # three batches for five keys
+    account_id, other_account = _account(store), _account(store, "other")
+    made = [store.create_key(account_id, _digest(), b"s", KeySettings(label="k")) for _ in range(4)]
+    made.append(store.create_key(other_account, _digest(), b"s", KeySettings(label="o")))
+    gone = store.create_key(account_id, _digest(), b"s", KeySettings(label="gone"))
+    tombstone = store.delete_key(account_id, gone.id)
+    named = [made[0], made[1], made[0], made[2], made[3], made[4]]
+    leaks = [
+        Leak((key.digest,), {"url": f"u{i}", "source": "content"}) for i, key in enumerate(named)
+    ]
+    leaks.insert(2, Leak((_digest(),), FOUND))
+    leaks.append(Leak((gone.digest,), FOUND))
+    revision = store.changes_since(0).revision
+
+    stored = store.leak_keys(leaks, GITHUB)
+
+    assert stored[2] is None
+    assert stored[-1] == tombstone
+    revoked = [key for key in stored if key is not None and not key.deleted]
+    assert [key.id for key in revoked] == [key.id for key in named]
+    assert all(key.leaked_at is not None and not key.settings.active for key in revoked)
+    assert stored[0] == stored[3]  # named twice: revoked once, the second time as it is
+    assert revoked == [store.get_key(key.account_id, key.id) for key in revoked]
+    feed = store.changes_since(revision)
+    assert sorted(key.id for key in feed.keys) == sorted(key.id for key in made)
+    records = [
+        record
+        for account in (account_id, other_account)
+        for record in store.list_audit(AuditQuery(account, action="key.leak"))[0]
+    ]
+    assert sorted((r.key_id, r.after["url"]) for r in records if r.after) == sorted(
+        [(made[0].id, "u0"), (made[1].id, "u1"), (made[2].id, "u3"), (made[3].id, "u4"),
+         (made[4].id, "u5")]
+    )  # fmt: skip
 
 
 def test_a_leaked_key_cannot_be_activated_but_may_change_otherwise(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
-    leaked = store.leak_key([key.digest], FOUND, GITHUB)
+    leaked = _leak(store, [key.digest], FOUND)
     assert leaked is not None
 
     with pytest.raises(Conflict):
@@ -771,7 +818,7 @@ def test_a_leaked_key_cannot_be_activated_but_may_change_otherwise(store: Store)
 def test_a_leaked_key_rolls_into_an_active_key(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k", active=True))
-    store.leak_key([key.digest], FOUND, GITHUB)
+    _leak(store, [key.digest], FOUND)
     grace_until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
 
     rolled = store.roll_key(account_id, key.id, _digest(), b"n", grace_until)

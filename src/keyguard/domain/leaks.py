@@ -5,13 +5,25 @@ made inactive and ``leaked_at`` is set, and it can never be activated again.
 Its owner rolls it, which gives a working new key, or creates another.
 """
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import KeySettings, StoredKey
 from keyguard.errors import Conflict
 
 LEAKED = "API key was leaked; roll it or create a new key"
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    """One token found in public, as a store looks it up: the digests it may be
+    stored under (the server secret's, and the previous one's during a rotation),
+    and where it was found, for the audit trail (never the token)."""
+
+    digests: tuple[bytes, ...]
+    found: Mapping[str, Any]
 
 
 def is_revocable(key: StoredKey) -> bool:

@@ -8,11 +8,12 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from keyguard.domain.counts import Granularity
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
+from keyguard.domain.leaks import Leak
 from keyguard.domain.records import (
     CLI,
     Account,
@@ -69,6 +70,9 @@ class KeyRewrite:
 
 
 MAX_ADDRESS_LENGTH = 64  # audit_log.ip
+# Keys revoked per transaction by a report of leaks: a large report neither holds the
+# write lock long nor pays a commit per key.
+LEAK_BATCH = 500
 
 
 def recorded_address(ip: str | None) -> str | None:
@@ -182,17 +186,16 @@ class Store(Protocol):
     def delete_key(self, account_id: int, key_id: int, actor: Actor = CLI) -> StoredKey | None:
         """Revoke a key for good; its tombstone, or ``None`` if there was no such key."""
 
-    def leak_key(
-        self, digests: Sequence[bytes], found: Mapping[str, Any], actor: Actor = CLI
-    ) -> StoredKey | None:
-        """Revoke for good, as leaked, the key stored under one of ``digests``, whatever
-        its account: it becomes inactive with ``leaked_at`` set, in one transaction that
-        moves the revision, audited as ``key.leak`` with ``found`` (where the key was
-        found) added to the record's ``after``.
+    def leak_keys(self, leaks: Sequence[Leak], actor: Actor = CLI) -> list[StoredKey | None]:
+        """Revoke for good, as leaked, the key stored under one of each leak's digests,
+        whatever its account: it becomes inactive with ``leaked_at`` set, audited as
+        ``key.leak`` with the leak's ``found`` (where it was found) added to the
+        record's ``after``. Keys are revoked in transactions of up to
+        :data:`LEAK_BATCH`, each moving the revision once.
 
-        The key as stored afterwards. A key that leaked or was deleted before is
-        returned as it is: nothing is written and nothing audited again. ``None`` if
-        no key has one of ``digests``.
+        For each leak, its key as stored afterwards. A key that leaked or was deleted
+        before, or was named earlier in ``leaks``, is returned as it is: nothing is
+        written or audited again. ``None`` where no key has one of the digests.
         """
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:

@@ -12,6 +12,7 @@ from keyguard.domain.counts import OUTCOMES, Granularity, totals
 from keyguard.domain.events import Delivery, Sweep, expiry_notice
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.leaks import (
+    Leak,
     is_revocable,
     leaked_settings,
     refuse_activation,
@@ -252,20 +253,26 @@ class MemoryStore:
             )
             return tombstone
 
-    def leak_key(
-        self, digests: Sequence[bytes], found: Mapping[str, Any], actor: Actor = CLI
-    ) -> StoredKey | None:
-        with self._lock:
-            key = next((key for key in self._keys.values() if key.digest in digests), None)
-            if key is None or not is_revocable(key):
-                return key
-            self._revision += 1
-            leaked_at = _now()
-            noted = {"leaked_at": timestamp(leaked_at), **found}
-            settings = leaked_settings(key.settings)
-            key = self._rewrite_settings(key, settings, actor, "key.leak", noted)
-            self._keys[key.id] = key = replace(key, leaked_at=leaked_at)
-            return key
+    def leak_keys(self, leaks: Sequence[Leak], actor: Actor = CLI) -> list[StoredKey | None]:
+        with self._lock:  # one revision for them all: a memory store has no transactions
+            ids = {key.digest: key.id for key in self._keys.values()}
+            revision = self._revision + 1
+            stored: list[StoredKey | None] = []
+            for leak in leaks:
+                key_id = next(filter(None, map(ids.get, leak.digests)), None)
+                key = None if key_id is None else self._keys[key_id]
+                if key is not None and is_revocable(key):
+                    self._revision = revision
+                    key = self._leak(key, leak.found, actor)
+                stored.append(key)
+            return stored
+
+    def _leak(self, key: StoredKey, found: Mapping[str, Any], actor: Actor) -> StoredKey:
+        leaked_at = _now()
+        noted = {"leaked_at": timestamp(leaked_at), **found}
+        key = self._rewrite_settings(key, leaked_settings(key.settings), actor, "key.leak", noted)
+        self._keys[key.id] = key = replace(key, leaked_at=leaked_at)
+        return key
 
     def changes_since(self, revision: int) -> ChangeFeed:
         with self._lock:

@@ -59,6 +59,7 @@ from keyguard.domain.counts import OUTCOMES, Granularity
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.leaks import (
+    Leak,
     is_revocable,
     leaked_settings,
     refuse_activation,
@@ -81,7 +82,13 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
-from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
+from keyguard.storage import (
+    LEAK_BATCH,
+    AuditQuery,
+    ChangeSignal,
+    KeyRewrite,
+    recorded_address,
+)
 from keyguard.storage.tables import (
     UTCDateTime,
     accounts,
@@ -110,6 +117,7 @@ def database_url(url: str) -> URL:
 
 
 _SQLITE_BUSY_SECONDS = 30  # how long a SQLite connection waits for another's lock
+_IN_LIMIT = 1000  # values in one IN (...): SQLite caps the parameters of a statement
 
 
 def create_engine_for(url: str, pool_size: int = 5) -> Engine:
@@ -712,34 +720,41 @@ class SQLStore:
             key, deleted=True, sealed_value=b"", revision=revision, changed_at=changed_at
         )
 
-    def leak_key(
-        self, digests: Sequence[bytes], found: Mapping[str, Any], actor: Actor = CLI
-    ) -> StoredKey | None:
+    def leak_keys(self, leaks: Sequence[Leak], actor: Actor = CLI) -> list[StoredKey | None]:
         # Most reports name keys that leaked before, or none: a read settles those
         # without taking the write lock or moving the revision.
         with self._reading() as connection:
-            key = self._key_by_digest(connection, digests)
-        if key is None or not is_revocable(key):
-            return key
-        with self._writing() as (connection, revision):
-            key = self._key_by_digest(connection, digests)  # again, under the write lock
-            if key is None or not is_revocable(key):
-                return key
-            leaked_at = _now()
-            noted = {"leaked_at": timestamp(leaked_at), **found}
-            settings = leaked_settings(key.settings)
-            key = self._rewrite_settings(
-                connection, revision, key, settings, actor, "key.leak", noted
-            )
-            connection.execute(
-                update(api_keys).where(api_keys.c.id == key.id).values(leaked_at=leaked_at)
-            )
-            return replace(key, leaked_at=leaked_at)
-
-    def _key_by_digest(self, connection: Connection, digests: Sequence[bytes]) -> StoredKey | None:
-        """The key stored under one of ``digests``, a deleted key's tombstone included."""
-        row = connection.execute(select(api_keys).where(api_keys.c.digest.in_(digests))).first()
-        return None if row is None else _key(row)
+            known = _keys_by_digest(connection, leaks)
+        stored = [_named(known, leak) for leak in leaks]
+        pending = [i for i, key in enumerate(stored) if key is not None and is_revocable(key)]
+        for start in range(0, len(pending), LEAK_BATCH):
+            batch = pending[start : start + LEAK_BATCH]
+            with self._writing() as (connection, revision):
+                # Again, under the write lock: another process may have revoked some.
+                known = _keys_by_digest(connection, [leaks[i] for i in batch])
+                leaked_at, changed_at = _now(), datetime.now(UTC)
+                revoked: list[StoredKey] = []
+                records: list[dict[str, Any]] = []
+                for i in batch:
+                    key = _named(known, leaks[i])
+                    if key is not None and is_revocable(key):
+                        settings = leaked_settings(key.settings)
+                        noted = {"leaked_at": timestamp(leaked_at), **leaks[i].found}
+                        records.append(_audit_row(key, settings, "key.leak", actor, noted))
+                        key = replace(
+                            key,
+                            settings=settings,
+                            revision=revision,
+                            changed_at=changed_at,
+                            leaked_at=leaked_at,
+                        )
+                        known[key.digest] = key  # named again in this batch: revoked now
+                        revoked.append(key)
+                    stored[i] = key
+                if revoked:
+                    _store_settings(connection, revoked)
+                    connection.execute(insert(audit_log), records)
+        return stored
 
     def changes_since(self, revision: int) -> ChangeFeed:
         keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
@@ -978,6 +993,55 @@ def _span(granularity: Granularity, since: datetime, until: datetime) -> list[Co
     ]
 
 
+def _store_settings(connection: Connection, keys: Sequence[StoredKey]) -> None:
+    """Write each key's settings, revision, change time and leak time: one statement."""
+    rows = [
+        {
+            **_settings_columns(key.settings),
+            "revision": key.revision,
+            "changed_at": key.changed_at,
+            "leaked_at": key.leaked_at,
+        }
+        for key in keys
+    ]
+    if not rows:
+        return
+    names = list(rows[0])
+    statement = (
+        update(api_keys)
+        .where(api_keys.c.id == bindparam("key_id"))
+        .values({name: bindparam(f"new_{name}", type_=api_keys.c[name].type) for name in names})
+    )
+    connection.execute(
+        statement,
+        [
+            {"key_id": key.id, **{f"new_{name}": value for name, value in row.items()}}
+            for key, row in zip(keys, rows, strict=True)
+        ],
+    )
+
+
+def _audit_row(
+    key: StoredKey,
+    settings: KeySettings,
+    action: Action,
+    actor: Actor,
+    noted: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The audit record of ``key`` given ``settings``, for an insert of many."""
+    return {
+        "account_id": key.account_id,
+        "occurred_at": datetime.now(UTC).replace(microsecond=0),
+        "action": action,
+        "key_id": key.id,
+        "actor": actor.kind,
+        "actor_key_id": actor.key_id,
+        "ip": recorded_address(actor.ip),
+        "before": settings_document(key.settings),
+        "after": {**settings_document(settings), **noted},
+    }
+
+
 def _audit(
     connection: Connection,
     account_id: int,
@@ -1078,6 +1142,21 @@ def _key(row: Row[Any]) -> StoredKey:
         rolled_from=row.rolled_from,
         leaked_at=row.leaked_at,
     )
+
+
+def _keys_by_digest(connection: Connection, leaks: Sequence[Leak]) -> dict[bytes, StoredKey]:
+    """The keys stored under the leaks' digests, deleted keys' tombstones included."""
+    digests = [digest for leak in leaks for digest in leak.digests]
+    found: dict[bytes, StoredKey] = {}
+    for start in range(0, len(digests), _IN_LIMIT):
+        query = select(api_keys).where(api_keys.c.digest.in_(digests[start : start + _IN_LIMIT]))
+        found.update((key.digest, key) for key in map(_key, connection.execute(query)))
+    return found
+
+
+def _named(keys: Mapping[bytes, StoredKey], leak: Leak) -> StoredKey | None:
+    """The key a leak names: the one under its first digest that is stored."""
+    return next((keys[digest] for digest in leak.digests if digest in keys), None)
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
