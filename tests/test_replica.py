@@ -9,20 +9,24 @@ under a running ``keyguard serve``.
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import httpx
 import psycopg
 import pytest
 
+from keyguard import runtime
 from keyguard.cache import KeyCache
 from keyguard.domain.keys import generate
 from keyguard.domain.records import KeySettings
+from keyguard.errors import ConfigurationError, StorageUnavailable
 from keyguard.replica import MAX_PENDING, ReplicaLag
+from keyguard.runtime import Keyguard
 from keyguard.storage.memory import MemoryStore
-from tests.conftest import missing
+from tests.conftest import database, missing, settings_for
 from tests.postgres import ClusterError, PostgresCluster, server_binaries
-from tests.server import KeyguardServer, Servers, create_key
+from tests.server import KeyguardServer, Servers, create_key, free_port
 from tests.test_faults import forward, gauges, health, wait_for
 
 REFRESH_INTERVAL = 0.25  # keyguard's default: how often the replica is polled
@@ -106,6 +110,44 @@ def test_an_unreachable_primary_is_reported_and_raised() -> None:
     with pytest.raises(ConnectionError):
         lag.sample()
     assert not lag.primary_reachable
+
+
+# -- start-up ----------------------------------------------------------------
+
+
+@pytest.fixture
+def primary_url(tmp_path: Path) -> Iterator[str]:
+    with database("postgresql", tmp_path) as url:
+        yield url
+
+
+def test_an_unreachable_replica_stops_the_start_naming_its_variable(primary_url: str) -> None:
+    replica = f"postgresql://kg:pa55-w0rd@127.0.0.1:{free_port()}/kg"
+    keyguard = Keyguard(settings_for(primary_url, database_read_url=replica))
+    keyguard.store.migrate()
+    try:
+        with pytest.raises(StorageUnavailable) as refused:
+            keyguard.start()
+    finally:
+        keyguard.stop()
+    assert "KEYGUARD_DATABASE_READ_URL is right" in refused.value.message
+    assert "pa55-w0rd" not in refused.value.message
+
+
+def test_a_replica_without_the_schema_stops_the_start(
+    primary_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "REPLICA_SCHEMA_WAIT", 0.3)
+    with database("postgresql", tmp_path / "elsewhere") as unmigrated:
+        keyguard = Keyguard(settings_for(primary_url, database_read_url=unmigrated))
+        keyguard.store.migrate()
+        try:
+            with pytest.raises(ConfigurationError) as refused:
+                keyguard.start()
+        finally:
+            keyguard.stop()
+    assert "KEYGUARD_DATABASE_READ_URL" in refused.value.message
+    assert "has no keyguard schema" in refused.value.message
 
 
 # -- a real streaming replica -------------------------------------------------

@@ -7,6 +7,7 @@ The CLI and the app factory build one; nothing else constructs these parts.
 
 import logging
 import secrets
+import time
 from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -41,6 +42,7 @@ log = logging.getLogger("keyguard.runtime")
 # keyguard's own management API; a key must have full access to use it.
 PRUNE_INTERVAL = 3600.0  # seconds between deletions of counts past their retention
 REPLICA_POOL_SIZE = 2  # the change feed's polls, and the start-up checks
+REPLICA_SCHEMA_WAIT = 10.0  # seconds a replica may take to replay the migration `serve` ran
 
 MANAGEMENT_ROUTES = (
     Route("GET", "/v1/api-keys", None),
@@ -154,8 +156,8 @@ def replica_not_set_up() -> str:
     return (
         "The read replica (KEYGUARD_DATABASE_READ_URL) has no keyguard schema, or an older "
         "one. It must be a streaming replica of KEYGUARD_DATABASE_URL's database that has "
-        "replayed `keyguard migrate`; wait for it to catch up, or check that it follows "
-        "that primary."
+        f"replayed `keyguard migrate` (waited {REPLICA_SCHEMA_WAIT:g} s): check that it "
+        "follows that primary and that its replay is not paused."
     )
 
 
@@ -276,8 +278,8 @@ class Keyguard:
         if self.store.needs_migration():
             raise ConfigurationError(not_set_up(self.settings.database_url))
         self.check_secret()
-        if self.replica is not None and self.feed.needs_migration():
-            raise ConfigurationError(replica_not_set_up())
+        if self.replica is not None:
+            self._await_replica_schema()
         self.cache.refresh()
         warn_about_missing_groups(self.routes, self.cache, self.settings.routes)
         # A standby cannot LISTEN: with a replica the periodic refresh alone follows it.
@@ -290,6 +292,14 @@ class Keyguard:
             self._tasks.append(self.webhooks)
         for task in self._tasks:
             task.start()
+
+    def _await_replica_schema(self) -> None:
+        """Wait for the replica to replay the migration ``serve`` may just have run."""
+        deadline = time.monotonic() + REPLICA_SCHEMA_WAIT
+        while self.feed.needs_migration():
+            if time.monotonic() > deadline:
+                raise ConfigurationError(replica_not_set_up())
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Stop the tasks (flushing usage) and release the database."""
