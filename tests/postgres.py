@@ -303,6 +303,24 @@ class PostgresCluster:
         return self._process
 
 
+def replayed(primary: PostgresCluster, standby: PostgresCluster) -> bool:
+    """Whether ``standby`` has replayed everything ``primary`` has written so far."""
+    with psycopg.connect(primary.url, autocommit=True) as connection:
+        written = connection.execute("SELECT pg_current_wal_lsn()").fetchone()
+    with psycopg.connect(standby.url, autocommit=True) as connection:
+        reached = connection.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (written[0] if written else None,)
+        ).fetchone()
+    return bool(reached and reached[0])
+
+
+def pause_replay(standby: PostgresCluster, *, paused: bool = True) -> None:
+    """Pause (or resume) a standby's replay: it keeps receiving WAL, and applies none."""
+    action = "pause" if paused else "resume"
+    with psycopg.connect(standby.url, autocommit=True) as connection:
+        connection.execute(f"SELECT pg_wal_replay_{action}()")
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie has already let go of everything)."""
     try:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import httpx
-import psycopg
 import pytest
 
 from keyguard import runtime
@@ -25,7 +24,13 @@ from keyguard.replica import MAX_PENDING, ReplicaLag
 from keyguard.runtime import Keyguard
 from keyguard.storage.memory import MemoryStore
 from tests.conftest import database, missing, settings_for
-from tests.postgres import ClusterError, PostgresCluster, server_binaries
+from tests.postgres import (
+    ClusterError,
+    PostgresCluster,
+    pause_replay,
+    replayed,
+    server_binaries,
+)
 from tests.server import KeyguardServer, Servers, create_key, free_port
 from tests.test_faults import forward, gauges, health, wait_for
 
@@ -170,23 +175,6 @@ def replicated() -> Iterator[Replicated]:
             yield Replicated(primary, standby.start())
 
 
-def replayed(pair: Replicated) -> bool:
-    """Whether the standby has replayed everything the primary has written so far."""
-    with psycopg.connect(pair.primary.url, autocommit=True) as primary:
-        written = primary.execute("SELECT pg_current_wal_lsn()").fetchone()
-    with psycopg.connect(pair.standby.url, autocommit=True) as standby:
-        reached = standby.execute(
-            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (written[0] if written else None,)
-        ).fetchone()
-    return bool(reached and reached[0])
-
-
-def replay(standby: PostgresCluster, *, paused: bool) -> None:
-    action = "pause" if paused else "resume"
-    with psycopg.connect(standby.url, autocommit=True) as connection:
-        connection.execute(f"SELECT pg_wal_replay_{action}()")
-
-
 class Instance(NamedTuple):
     server: KeyguardServer
     client: httpx.Client  # no key: /auth/forward, /healthz, /metrics
@@ -208,7 +196,7 @@ def pair(replicated: Replicated, servers: Servers) -> Iterator[Pair]:
     )
     writer = servers("writer", settings=primary)
     token = writer.create_account("acme")["api_key"]["value"]  # migrates the primary
-    wait_for("the standby to replay the migration", lambda: replayed(replicated))
+    wait_for("the standby to replay the migration", lambda: replayed(*replicated))
     follower.start()
     writer.start()
     with (
@@ -272,7 +260,7 @@ def test_a_lagging_replica_keeps_old_decisions_until_replay_resumes_then_converg
     wait_for("the key to be allowed", lambda: status(follower, key["value"]) == 200, BOUND)
     assert replica_gauge(follower, "lag_seconds") < BOUND
 
-    replay(replicated.standby, paused=True)
+    pause_replay(replicated.standby)
     deleted = writer.management.delete(f"/v1/api-keys/{key['id']}")
     assert deleted.status_code == 200, deleted.text
     assert status(writer, key["value"]) == 401
@@ -287,7 +275,7 @@ def test_a_lagging_replica_keeps_old_decisions_until_replay_resumes_then_converg
     assert replica_gauge(follower, "revisions_behind") >= 1
     assert health(follower.client)["replica_lag_seconds"] >= LAGGING - BOUND
 
-    replay(replicated.standby, paused=False)
+    pause_replay(replicated.standby, paused=False)
     converged = wait_for(
         "the delete to be enforced once replay resumes",
         lambda: status(follower, key["value"]) == 401,
@@ -303,7 +291,7 @@ def test_the_management_api_reads_its_own_writes_while_the_replica_lags(
     replicated: Replicated, pair: Pair
 ) -> None:
     follower = pair.follower
-    replay(replicated.standby, paused=True)
+    pause_replay(replicated.standby)
 
     created = create_key(follower.management, label="made while the replica lags")
     listed = follower.management.get("/v1/api-keys").json()
@@ -318,8 +306,8 @@ def test_the_management_api_reads_its_own_writes_while_the_replica_lags(
     time.sleep(3 * REFRESH_INTERVAL)  # polls of a replica that lacks all of it
     assert status(follower, created["value"]) == 401
 
-    replay(replicated.standby, paused=False)
-    wait_for("the replica to catch up", lambda: replayed(replicated))
+    pause_replay(replicated.standby, paused=False)
+    wait_for("the replica to catch up", lambda: replayed(*replicated))
     time.sleep(2 * REFRESH_INTERVAL)
     assert status(follower, created["value"]) == 401
     assert follower.management.get(f"/v1/api-keys/{created['id']}").json()["label"] == "renamed"
