@@ -30,6 +30,7 @@ from benchmarks import (
     postgres,
     propagation,
     ratelimit,
+    replica,
 )
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "limits": limits.run,
     "ratelimit": ratelimit.run,
     "analytics": analytics.run,
+    "replica": replica.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

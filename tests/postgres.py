@@ -9,7 +9,8 @@ its own, for tests of LISTEN/NOTIFY, whose channels are shared by a database's s
 ``postgres`` on a free 127.0.0.1 port with trust authentication. It can be
 stopped in immediate mode (what ``pg_ctl stop -m immediate`` does: no
 checkpoint, crash recovery on the next start), killed, and started again on
-the same data and port. Every wait has a deadline. As a context manager it ends
+the same data and port; :meth:`PostgresCluster.standby_of` copies a running
+cluster into a streaming replica of it. Every wait has a deadline. As a context manager it ends
 the server and removes the folder, pass or fail::
 
     with PostgresCluster.initdb() as cluster:
@@ -133,15 +134,38 @@ class PostgresCluster:
             raise
         return cluster
 
+    @classmethod
+    def standby_of(cls, primary: "PostgresCluster") -> Self:
+        """A streaming replica of the running ``primary`` (``pg_basebackup -R``), not yet
+        started. Its ``primary_conninfo`` names the primary's port, so it follows the
+        primary across the primary's restarts.
+        """
+        folder = Path(tempfile.mkdtemp(prefix="keyguard-standby-"))
+        standby = cls(folder, free_port(), primary._binaries)
+        try:
+            standby._run(
+                "pg_basebackup",
+                *("-h", HOST, "-p", str(primary.port), "-U", "postgres", "-D", str(standby.data)),
+                *("-R", "-X", "stream", "-c", "fast", "--no-sync"),
+            )
+        except BaseException:
+            standby.close()
+            raise
+        return standby
+
     def _initdb(self) -> None:
+        self._run(
+            "initdb",
+            *("-D", str(self.data), "-U", "postgres", "--auth=trust"),
+            *("--encoding=UTF8", "--locale=C", "--no-sync"),
+        )
+
+    def _run(self, program: str, *args: str) -> None:
+        """One of PostgreSQL's programs, as the user the cluster runs as, into its folder."""
         if self._user is not None:
             shutil.chown(self.folder, self._user, self._user)
         done = subprocess.run(
-            [
-                str(self._binaries / "initdb"),
-                *("-D", str(self.data), "-U", "postgres", "--auth=trust"),
-                *("--encoding=UTF8", "--locale=C", "--no-sync"),
-            ],
+            [str(self._binaries / program), *args],
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
@@ -151,7 +175,7 @@ class PostgresCluster:
             extra_groups=self._groups,
         )
         if done.returncode != 0:
-            raise ClusterError(f"initdb exited {done.returncode}:\n{done.stdout}{done.stderr}")
+            raise ClusterError(f"{program} exited {done.returncode}:\n{done.stdout}{done.stderr}")
 
     @property
     def url(self) -> str:
@@ -277,6 +301,24 @@ class PostgresCluster:
         if self._process is None:
             raise ClusterError("The cluster was never started.")
         return self._process
+
+
+def replayed(primary: PostgresCluster, standby: PostgresCluster) -> bool:
+    """Whether ``standby`` has replayed everything ``primary`` has written so far."""
+    with psycopg.connect(primary.url, autocommit=True) as connection:
+        written = connection.execute("SELECT pg_current_wal_lsn()").fetchone()
+    with psycopg.connect(standby.url, autocommit=True) as connection:
+        reached = connection.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (written[0] if written else None,)
+        ).fetchone()
+    return bool(reached and reached[0])
+
+
+def pause_replay(standby: PostgresCluster, *, paused: bool = True) -> None:
+    """Pause (or resume) a standby's replay: it keeps receiving WAL, and applies none."""
+    action = "pause" if paused else "resume"
+    with psycopg.connect(standby.url, autocommit=True) as connection:
+        connection.execute(f"SELECT pg_wal_replay_{action}()")
 
 
 def alive(pid: int) -> bool:

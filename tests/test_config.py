@@ -43,3 +43,35 @@ def test_unknown_variable_is_logged_at_start(
     monkeypatch.setenv("KEYGUARD_REFRESH_INTERVALL", "0.5")
     load_settings()
     assert "did you mean KEYGUARD_REFRESH_INTERVAL?" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("primary", "replica", "complaint"),
+    [
+        (None, "postgresql://kg:pa55-w0rd@replica/kg", "needs KEYGUARD_DATABASE_URL on PostgreSQL"),
+        (
+            "postgresql://kg@primary/kg",
+            "sqlite:///pa55-w0rd.db",
+            "read replicas are PostgreSQL only",
+        ),
+        ("memory://", "postgresql://kg:pa55-w0rd@replica/kg", "needs KEYGUARD_DATABASE_URL"),
+    ],
+    ids=["sqlite-primary", "sqlite-replica", "memory-primary"],
+)
+def test_a_read_replica_needs_postgresql_on_both_sides(
+    monkeypatch: pytest.MonkeyPatch, primary: str | None, replica: str, complaint: str
+) -> None:
+    if primary is not None:
+        monkeypatch.setenv("KEYGUARD_DATABASE_URL", primary)
+    monkeypatch.setenv("KEYGUARD_DATABASE_READ_URL", replica)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert refused.value.message.startswith("Invalid settings: KEYGUARD_DATABASE_READ_URL: ")
+    assert complaint in refused.value.message
+    assert "pa55-w0rd" not in refused.value.message
+
+
+def test_a_read_replica_on_postgresql_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_DATABASE_URL", "postgresql+psycopg://kg@primary/kg")
+    monkeypatch.setenv("KEYGUARD_DATABASE_READ_URL", "postgresql://kg@replica/kg")
+    assert load_settings().database_read_url == "postgresql://kg@replica/kg"

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         default=5, ge=1, le=100, description="Database connections per process (PostgreSQL)."
     )
+    database_read_url: str | None = Field(
+        default=None,
+        description="A PostgreSQL streaming replica of database_url's database: the key "
+        "snapshot follows changes there, by polling; writes and management reads stay on "
+        "database_url.",
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Server secret; generated into secret_file when unset."
     )
@@ -144,6 +150,21 @@ class Settings(BaseSettings):
         "45s, or ISO 8601 (P7D).",
     )
 
+    @field_validator("database_read_url")
+    @classmethod
+    def _replica(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        # The message never quotes a URL: it may carry a password.
+        if not _is_postgres(value):
+            raise ValueError("must be a postgresql:// URL: read replicas are PostgreSQL only")
+        if not _is_postgres(info.data.get("database_url", DEFAULT_DATABASE_URL)):
+            raise ValueError(
+                "needs KEYGUARD_DATABASE_URL on PostgreSQL too (the replica's primary); "
+                "unset it on SQLite or memory://"
+            )
+        return value
+
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, value: str | None) -> str | None:
@@ -234,6 +255,10 @@ class Settings(BaseSettings):
             database = Path(self.database_url.removeprefix("sqlite:///"))
             return database.parent / "keyguard.secret"
         return Path("./data/keyguard.secret")
+
+
+def _is_postgres(url: str) -> bool:
+    return url.partition(":")[0].partition("+")[0] in ("postgresql", "postgres")
 
 
 def load_settings() -> Settings:

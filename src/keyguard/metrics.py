@@ -14,7 +14,7 @@ are per live worker, labelled ``pid``.
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from keyguard.cache import KeyCache
     from keyguard.decide import Decider
+    from keyguard.replica import ReplicaLag
     from keyguard.usage import UsageRecorder
     from keyguard.webhooks import WebhookDeliverer
 
@@ -48,6 +49,7 @@ class Metrics:
         self._watched: tuple[Decider, KeyCache, UsageRecorder] | None = None
         self._exported: dict[int, int] = {}
         self._webhooks: _WebhookMetrics | None = None
+        self._replica: _ReplicaMetrics | None = None
         self.decision_seconds = Histogram(
             "keyguard_decision_seconds",
             "Time to decide one request (sampled: one decision in 64).",
@@ -108,6 +110,10 @@ class Metrics:
         """Report on lifecycle-webhook delivery too (only when webhooks are on)."""
         self._webhooks = _WebhookMetrics(deliverer, self._registry, shared=self.shared)
 
+    def watch_replica(self, replica: "ReplicaLag") -> None:
+        """Report on following a read replica too (only with KEYGUARD_DATABASE_READ_URL)."""
+        self._replica = _ReplicaMetrics(replica, self._gauge)
+
     def export(self) -> None:
         """Copy the running parts' figures into the metrics (into the files, when shared)."""
         if self._watched is None:
@@ -129,7 +135,11 @@ class Metrics:
             self._snapshot_age.set(cache.age if cache.age is not None else float("nan"))
             self._snapshot_revision.set(cache.revision)
             self._usage_backlog.set(usage.backlog)
-            self._database_up.set(1.0 if cache.store_reachable else 0.0)
+            if self._replica is None:
+                self._database_up.set(1.0 if cache.store_reachable else 0.0)
+            else:  # the feed reads the replica: the primary answers the lag's samples
+                self._database_up.set(1.0 if self._replica.lag.primary_reachable else 0.0)
+                self._replica.export(cache)
 
     def render(self) -> bytes:
         """The exposition of a scrape: this process's, or every worker's when shared."""
@@ -180,6 +190,30 @@ class _WebhookMetrics:
             if count > self._exported[name]:
                 counter.inc(count - self._exported[name])
                 self._exported[name] = count
+
+
+class _ReplicaMetrics:
+    """How far the snapshot, fed by a read replica, is behind the primary."""
+
+    def __init__(self, lag: "ReplicaLag", gauge: Callable[[str, str], Gauge]) -> None:
+        self.lag = lag
+        self._up = gauge(
+            "keyguard_replica_up", "1 if the last snapshot refresh reached the read replica."
+        )
+        self._seconds = gauge(
+            "keyguard_replica_lag_seconds",
+            "Seconds since the primary first had a change the snapshot still lacks (0: none); "
+            "a revocation is enforced within it.",
+        )
+        self._behind = gauge(
+            "keyguard_replica_revisions_behind",
+            "Revisions the primary has that the snapshot has not read from the replica yet.",
+        )
+
+    def export(self, cache: "KeyCache") -> None:
+        self._up.set(1.0 if cache.store_reachable else 0.0)
+        self._seconds.set(self.lag.seconds)
+        self._behind.set(self.lag.behind)
 
 
 class _Workers(Collector):

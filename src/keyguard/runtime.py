@@ -7,6 +7,7 @@ The CLI and the app factory build one; nothing else constructs these parts.
 
 import logging
 import secrets
+import time
 from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +26,7 @@ from keyguard.limits import WindowLimiter
 from keyguard.metering import SYNC_INTERVAL, Meter
 from keyguard.metrics import EXPORT_INTERVAL, Metrics
 from keyguard.periodic import Periodic
+from keyguard.replica import ReplicaLag
 from keyguard.scanning_keys import ScanningKeys
 from keyguard.service import KeyService
 from keyguard.storage import Store, open_store
@@ -39,6 +41,8 @@ log = logging.getLogger("keyguard.runtime")
 
 # keyguard's own management API; a key must have full access to use it.
 PRUNE_INTERVAL = 3600.0  # seconds between deletions of counts past their retention
+REPLICA_POOL_SIZE = 2  # the change feed's polls, and the start-up checks
+REPLICA_SCHEMA_WAIT = 10.0  # seconds a replica may take to replay the migration `serve` ran
 
 MANAGEMENT_ROUTES = (
     Route("GET", "/v1/api-keys", None),
@@ -147,6 +151,16 @@ def not_set_up(database_url: str) -> str:
     )
 
 
+def replica_not_set_up() -> str:
+    """The sentence that stops a start on a read replica without keyguard's current schema."""
+    return (
+        "The read replica (KEYGUARD_DATABASE_READ_URL) has no keyguard schema, or an older "
+        "one. It must be a streaming replica of KEYGUARD_DATABASE_URL's database that has "
+        f"replayed `keyguard migrate` (waited {REPLICA_SCHEMA_WAIT:g} s): check that it "
+        "follows that primary and that its replay is not paused."
+    )
+
+
 def webhook_deliverer(settings: Settings, store: Store) -> "WebhookDeliverer | None":
     """The lifecycle-webhook deliverer, if ``KEYGUARD_WEBHOOK_URL`` is set.
 
@@ -176,7 +190,16 @@ class Keyguard:
         )
         self.vault = Vault(server_secret(settings), previous_server_secret(settings))
         self.metrics = Metrics()
-        self.cache = KeyCache(self.store, observe_lag=self.metrics.propagation_seconds.observe)
+        # With a read replica only the snapshot's change feed reads there. Management
+        # reads stay on the primary: a caller must see its own write at once (create
+        # then list, PATCH then GET), which a replica cannot promise.
+        self.feed = self.store
+        if settings.database_read_url is not None:
+            self.feed = open_store(
+                settings.database_read_url, REPLICA_POOL_SIZE, "KEYGUARD_DATABASE_READ_URL"
+            )
+        self.cache = KeyCache(self.feed, observe_lag=self.metrics.propagation_seconds.observe)
+        self.replica = None if self.feed is self.store else ReplicaLag(self.store, self.cache)
         # Uses are whole seconds: a key is rewritten once its stored time is a full
         # interval old, so all processes together write it at most once per interval.
         settle = max(0.0, settings.usage_flush_interval - 1)
@@ -215,6 +238,8 @@ class Keyguard:
             },
         )
         self.metrics.watch(self.decider, self.cache, self.usage)
+        if self.replica is not None:
+            self.metrics.watch_replica(self.replica)
         self.webhooks = webhook_deliverer(settings, self.store)
         if self.webhooks is not None:
             self.metrics.watch_webhooks(self.webhooks)
@@ -225,6 +250,10 @@ class Keyguard:
             ),
         ]
         self._tasks.append(Periodic("usage pruning", self.service.prune_usage, PRUNE_INTERVAL))
+        if self.replica is not None:
+            self._tasks.append(
+                Periodic("replica lag", self.replica.sample, settings.refresh_interval)
+            )
         if self.meter.shared:
             self._tasks.append(Periodic("rate-limit sync", self.meter.sync, SYNC_INTERVAL))
         if self.metrics.shared:  # one of several workers: keep its figures current for all
@@ -249,19 +278,34 @@ class Keyguard:
         if self.store.needs_migration():
             raise ConfigurationError(not_set_up(self.settings.database_url))
         self.check_secret()
+        if self.replica is not None:
+            self._await_replica_schema()
         self.cache.refresh()
         warn_about_missing_groups(self.routes, self.cache, self.settings.routes)
-        signal = self.store.change_signal()
+        # A standby cannot LISTEN: with a replica the periodic refresh alone follows it.
+        signal = self.store.change_signal() if self.replica is None else None
         if signal is not None:
             self._tasks.append(ChangeFollower(self.cache, signal))
+        if self.replica is not None:
+            self.replica.sample()
         if self.webhooks is not None:
             self._tasks.append(self.webhooks)
         for task in self._tasks:
             task.start()
+
+    def _await_replica_schema(self) -> None:
+        """Wait for the replica to replay the migration ``serve`` may just have run."""
+        deadline = time.monotonic() + REPLICA_SCHEMA_WAIT
+        while self.feed.needs_migration():
+            if time.monotonic() > deadline:
+                raise ConfigurationError(replica_not_set_up())
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Stop the tasks (flushing usage) and release the database."""
         for task in self._tasks:
             task.stop()
         self.meter.close()
+        if self.feed is not self.store:
+            self.feed.close()
         self.store.close()

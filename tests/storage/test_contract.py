@@ -159,6 +159,15 @@ def test_change_feed_returns_everything_after_a_revision(store: Store) -> None:
     assert store.changes_since(changes.revision) == ChangeFeed(changes.revision, [], [])
 
 
+def test_revision_is_where_the_change_feed_ends(store: Store) -> None:
+    account_id = _account(store)
+    before = store.newest_revision()
+    assert store.changes_since(0).revision == before
+    created = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    assert store.newest_revision() == created.revision > before
+    assert store.changes_since(before).revision == store.newest_revision()
+
+
 def test_initial_feed_skips_deleted_keys(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))

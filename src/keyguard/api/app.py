@@ -132,13 +132,17 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
         cache = runtime.cache
         if cache.age is None:
             return wavix_error(503, "Key snapshot not loaded")
-        return JSONResponse(
-            {
-                "success": True,
-                "database": "ok" if cache.store_reachable else "unreachable",
-                "snapshot_age_seconds": round(cache.age, 3),
-            }
-        )
+        body: dict[str, object] = {
+            "success": True,
+            "database": _reachable(cache.store_reachable),
+            "snapshot_age_seconds": round(cache.age, 3),
+        }
+        replica = runtime.replica
+        if replica is not None:  # the snapshot reads the replica; the primary takes samples
+            body["database"] = _reachable(replica.primary_reachable)
+            body["replica"] = _reachable(cache.store_reachable)
+            body["replica_lag_seconds"] = round(replica.seconds, 3)
+        return JSONResponse(body)
 
     metrics_token = settings.metrics_token
     scrapers = (
@@ -192,6 +196,10 @@ def create_app(settings: Settings | None = None, keyguard: Keyguard | None = Non
     )
     forward = ForwardAuth(runtime.decider, runtime.trusted_proxies, runtime.client_ip_header)
     return Dispatcher(forward, LastResort(HeadAsGet(app)), settings.max_header_bytes)
+
+
+def _reachable(reached: bool) -> str:
+    return "ok" if reached else "unreachable"
 
 
 def _console(app: FastAPI, runtime: Keyguard) -> None:

@@ -56,6 +56,16 @@ class HealthResponse(BaseModel):
     success: Literal[True]
     database: Literal["ok", "unreachable"]
     snapshot_age_seconds: float = Field(description="Since the snapshot last caught up.")
+    replica: Literal["ok", "unreachable"] | None = Field(
+        default=None,
+        description="With KEYGUARD_DATABASE_READ_URL only: whether the snapshot's last "
+        "refresh reached the read replica (`database` is then the primary).",
+    )
+    replica_lag_seconds: float | None = Field(
+        default=None,
+        description="With KEYGUARD_DATABASE_READ_URL only: since the primary first had a "
+        "change the snapshot still lacks (0: none).",
+    )
 
 
 class UnauthorizedResponse(BaseModel):

@@ -201,6 +201,9 @@ class Store(Protocol):
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
         """One page of the audit records that match, and how many match in all."""
 
+    def newest_revision(self) -> int:
+        """The newest revision: where a change feed read now would end."""
+
     def changes_since(self, revision: int) -> ChangeFeed:
         """Every key and account changed after ``revision``, up to the newest revision.
 
@@ -301,8 +304,11 @@ class Store(Protocol):
         """
 
 
-def open_store(url: str, pool_size: int = 5) -> Store:
-    """The backend for a database URL: ``postgresql://…``, ``sqlite:///path``, ``memory://``."""
+def open_store(url: str, pool_size: int = 5, setting: str = "KEYGUARD_DATABASE_URL") -> Store:
+    """The backend for a database URL: ``postgresql://…``, ``sqlite:///path``, ``memory://``.
+
+    ``setting`` names where the URL comes from, for errors that say what to check.
+    """
     scheme = url.partition(":")[0].partition("+")[0]
     if scheme == "memory":
         from keyguard.storage.memory import MemoryStore
@@ -314,7 +320,7 @@ def open_store(url: str, pool_size: int = 5) -> Store:
         from keyguard.storage.sql import SQLStore
 
         try:
-            return SQLStore(url, pool_size)
+            return SQLStore(url, pool_size, setting)
         except (ArgumentError, ValueError) as error:
             raise ConfigurationError(f"Invalid database URL: {error}") from None
     raise ConfigurationError(

@@ -274,6 +274,9 @@ class MemoryStore:
         self._keys[key.id] = key = replace(key, leaked_at=leaked_at)
         return key
 
+    def newest_revision(self) -> int:
+        return self._revision
+
     def changes_since(self, revision: int) -> ChangeFeed:
         with self._lock:
             keys = [

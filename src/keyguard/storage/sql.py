@@ -224,8 +224,11 @@ def _casefold(text: str | None) -> str | None:
 class SQLStore:
     """Accounts and keys in a relational database."""
 
-    def __init__(self, url: str, pool_size: int = 5) -> None:
+    def __init__(
+        self, url: str, pool_size: int = 5, setting: str = "KEYGUARD_DATABASE_URL"
+    ) -> None:
         self.engine = create_engine_for(url, pool_size)
+        self.setting = setting  # where the URL comes from, as errors name it
         self.dialect = self.engine.dialect.name
         # SQLite admits one writer at a time and makes the others sleep and retry;
         # queueing this process's writers here instead keeps the slowest write short.
@@ -280,7 +283,7 @@ class SQLStore:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             raise StorageUnavailable(
                 f"Cannot reach the database at {self.safe_url} ({reason}). Check that the "
-                "server is running and that KEYGUARD_DATABASE_URL is right."
+                f"server is running and that {self.setting} is right."
             ) from None
 
     def _is_unavailable(self, error: DBAPIError) -> bool:
@@ -755,6 +758,11 @@ class SQLStore:
                     _store_settings(connection, revoked)
                     connection.execute(insert(audit_log), records)
         return stored
+
+    def newest_revision(self) -> int:
+        with self._reading() as connection:
+            newest: int = connection.execute(select(meta.c.revision)).scalar_one()
+            return newest
 
     def changes_since(self, revision: int) -> ChangeFeed:
         keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
