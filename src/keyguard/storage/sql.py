@@ -325,6 +325,28 @@ class SQLStore:
         with self._reading() as connection:
             return {row[0]: tuple(row[1:]) for row in connection.execute(query)}
 
+    def usage_of_keys(
+        self,
+        account_id: int,
+        key_ids: Collection[int],
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[int, dict[datetime, tuple[int, ...]]]:
+        found: dict[int, dict[datetime, tuple[int, ...]]] = {}
+        if not key_ids:
+            return found
+        columns = (key_usage.c.key_id, key_usage.c.bucket, *(key_usage.c[n] for n in OUTCOMES))
+        query = select(*columns).where(
+            key_usage.c.key_id.in_(sorted(key_ids)),
+            key_usage.c.account_id == account_id,
+            *_span(granularity, since, until),
+        )
+        with self._reading() as connection:
+            for row in connection.execute(query):
+                found.setdefault(row[0], {})[row[1]] = tuple(row[2:])
+        return found
+
     def usage_totals(
         self, account_id: int, granularity: Granularity, since: datetime, until: datetime
     ) -> dict[int, tuple[int, ...]]:
