@@ -21,6 +21,7 @@ from rich.console import Console
 
 from benchmarks import (
     analytics,
+    console_keys,
     decide,
     drf,
     forward,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "ratelimit": ratelimit.run,
     "analytics": analytics.run,
     "replica": replica.run,
+    "console": console_keys.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from keyguard.api.app import create_app
 from keyguard.config import Settings
+from keyguard.domain.counts import OUTCOMES
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.runtime import Keyguard
 from tests.conftest import POSTGRES_URL_VARIABLE, TEST_SECRET, missing, postgres_schema
@@ -37,6 +38,7 @@ ADMIN_TOKEN = "console-test-operator-token-0123456789abcdef"
 PROPAGATION = 1.0  # seconds: what the issue allows for a change to reach every gate
 NARROW: ViewportSize = {"width": 390, "height": 844}
 TIMEOUT_MS = 10_000
+FLUSH = 0.2  # seconds between usage flushes: counts reach the usage page this soon
 
 
 class Live:
@@ -78,6 +80,14 @@ class Live:
         original = {"X-Original-Method": "GET", "X-Original-URI": "/v1/api-keys"}
         return self.client.get("/auth/forward", headers={**bearer(key), **original}).status_code
 
+    def counted(self, key: str, key_id: int) -> dict[str, int]:
+        """The key's counts of the last hour by outcome, as the API's usage endpoint adds up."""
+        path = f"/v1/api-keys/{key_id}/usage?granularity=minute&from={hour_ago()}"
+        answer = self.api(key, "GET", path)
+        answer.raise_for_status()
+        items = answer.json()["items"]
+        return {name: sum(item[name] for item in items) for name in OUTCOMES}
+
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
@@ -85,6 +95,10 @@ def bearer(key: str) -> dict[str, str]:
 
 def operator() -> dict[str, str]:
     return bearer(ADMIN_TOKEN)
+
+
+def hour_ago() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
 
 
 def within(seconds: float, condition: Callable[[], bool]) -> float:
@@ -130,6 +144,7 @@ def _serve(database_url: str) -> Iterator[Live]:
         trusted_proxies=["127.0.0.1"],
         auth_failures_per_minute=5,
         management_writes_per_minute=0,
+        usage_flush_interval=FLUSH,
     )
     runtime = Keyguard(settings)
     runtime.store.migrate()
@@ -191,6 +206,8 @@ def create_in_console(page: Page, label: str, **choices: Any) -> tuple[int, str]
         page.get_by_label("Limit scopes").check()
         for group, level in choices["scopes"].items():
             page.get_by_role("group", name=group, exact=True).get_by_label(level).check()
+    if "ratelimit" in choices:
+        fill_rate_limit(page, *choices["ratelimit"])
     page.get_by_role("button", name="Create key").click()
     secret = page.get_by_label("Secret key").input_value()
     match = re.search(r"/console/keys/(\d+)/secret$", page.url)
@@ -198,8 +215,159 @@ def create_in_console(page: Page, label: str, **choices: Any) -> tuple[int, str]
     return int(match.group(1)), secret
 
 
+def fill_rate_limit(page: Page, requests: str, seconds: str) -> None:
+    fieldset = page.get_by_role("group", name="Rate limit")
+    fieldset.get_by_label("Requests").fill(requests)
+    fieldset.get_by_label("Seconds").fill(seconds)
+
+
 def row(page: Page, label: str) -> Any:
     return page.get_by_role("row").filter(has=page.get_by_role("rowheader", name=label, exact=True))
+
+
+# -- rate limits ---------------------------------------------------------------------------
+
+
+def test_a_rate_limit_set_in_the_form_is_what_the_api_returns_and_clearing_it_removes_it(
+    page: Page, live: Live
+) -> None:
+    _, key = live.account()
+    sign_in(page, key)
+    key_id, _ = create_in_console(page, "metered", ratelimit=("120", "60"))
+    assert live.key(key, key_id)["ratelimit"] == {"limit": 120, "duration": 60}
+
+    page.get_by_role("link", name="Done").click()
+    expect(row(page, "metered")).to_contain_text("120 per minute")
+    row(page, "metered").get_by_role("link", name="Edit").click()
+    fieldset = page.get_by_role("group", name="Rate limit")
+    expect(fieldset.get_by_label("Requests")).to_have_value("120")
+    expect(fieldset.get_by_label("Seconds")).to_have_value("60")
+    fill_rate_limit(page, "5", "90")
+    page.get_by_role("button", name="Save key").click()
+    assert live.key(key, key_id)["ratelimit"] == {"limit": 5, "duration": 90}
+    expect(row(page, "metered")).to_contain_text("5 per 90 seconds")
+
+    row(page, "metered").get_by_role("link", name="Edit").click()
+    fill_rate_limit(page, "", "")
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("status")).to_have_text("The key was saved.")
+    assert live.key(key, key_id)["ratelimit"] is None
+    expect(row(page, "metered")).to_contain_text("None")
+
+
+@pytest.mark.parametrize(
+    ("requests", "seconds"),
+    [("5", "90000"), ("2000000000", "60"), ("0", "60"), ("5", "")],
+    ids=["too-long", "too-many", "zero", "half-empty"],
+)
+def test_a_bad_rate_limit_shows_the_apis_message_next_to_the_field_and_changes_nothing(
+    page: Page, live: Live, requests: str, seconds: str
+) -> None:
+    _, key = live.account()
+    made = live.api(key, "POST", "/v1/api-keys", json={"label": "limited"}).json()
+    body = {
+        "label": "limited",
+        "ratelimit": {
+            "limit": int(requests) if requests else None,
+            "duration": int(seconds) if seconds else None,
+        },
+    }
+    refused = live.api(key, "POST", "/v1/api-keys", json=body)
+    assert refused.status_code in (400, 422)
+    sign_in(page, key)
+
+    row(page, "limited").get_by_role("link", name="Edit").click()
+    # The browser's own checks would stop some values first: the API is the judge here.
+    page.locator("form.key-form").evaluate("form => form.noValidate = true")
+    fill_rate_limit(page, requests, seconds)
+    page.get_by_role("button", name="Save key").click()
+
+    expect(page.locator("#ratelimit-error")).to_have_text(refused.json()["message"])
+    fieldset = page.get_by_role("group", name="Rate limit")
+    expect(fieldset.get_by_label("Requests")).to_have_attribute("aria-invalid", "true")
+    expect(fieldset.get_by_label("Requests")).to_have_value(requests)
+    assert live.key(key, made["id"])["ratelimit"] is None
+    assert len(live.api(key, "GET", "/v1/api-keys").json()) == 2
+
+
+# -- usage ---------------------------------------------------------------------------------
+
+
+def test_the_usage_page_shows_the_requests_sent_through_forward_auth(
+    page: Page, live: Live
+) -> None:
+    _, key = live.account()
+    body = {"label": "busy", "ratelimit": {"limit": 2, "duration": 3600}}
+    busy = live.api(key, "POST", "/v1/api-keys", json=body).json()
+    quiet = live.api(key, "POST", "/v1/api-keys", json={"label": "quiet"}).json()
+    answers = [live.forward(busy["value"]) for _ in range(5)] + [live.forward(quiet["value"])]
+    assert answers == [200, 200, 429, 429, 429, 200]
+    sent = {**dict.fromkeys(OUTCOMES, 0), "allowed": 2, "rate_limited": 3}
+    within(10 * FLUSH + 5, lambda: live.counted(key, busy["id"]) == sent)
+    sign_in(page, key)
+
+    expect(row(page, "busy").get_by_role("img")).to_have_accessible_name(
+        "5 requests in the last 24 hours"
+    )
+    expect(row(page, "quiet").get_by_role("img")).to_have_accessible_name(
+        "1 request in the last 24 hours"
+    )
+    row(page, "busy").get_by_role("link", name="Usage").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Usage of “busy”")
+    for window, heading in (
+        ("Last hour", "Last hour, per minute"),
+        ("Last day", "Last day, per minute"),
+        ("Last 7 days", "Last 7 days, per hour"),
+        ("Last 90 days", "Last 90 days, per day"),
+    ):
+        page.get_by_role("navigation", name="Span").get_by_role("link", name=window).click()
+        expect(page.get_by_role("heading", level=2)).to_have_text(heading)
+        assert shown_totals(page) == {**sent, "total": 5}, window
+        chart = page.get_by_role("img")
+        expect(chart).to_have_accessible_name(re.compile(r"^Requests of busy per \w+"))
+        expect(chart).to_have_accessible_description(
+            re.compile("5 requests in all, 2 allowed, 0 unauthorized .* 3 rate limited")
+        )
+    page.get_by_text("Counts per day").click()
+    cells = page.get_by_role("region", name="Counts per day").get_by_role("row").nth(1)
+    expect(cells).to_contain_text(time.strftime("%Y-%m-%d 00:00:00 UTC", time.gmtime()))
+
+
+def shown_totals(page: Page) -> dict[str, int]:
+    cells = page.locator("table.totals td[data-outcome]")
+    return {
+        str(cell.get_attribute("data-outcome")): int(cell.inner_text().replace(",", ""))
+        for cell in cells.all()
+    }
+
+
+def test_another_accounts_usage_page_is_not_found(page: Page, live: Live) -> None:
+    _, owner = live.account()
+    theirs = live.api(owner, "POST", "/v1/api-keys", json={"label": "theirs"}).json()
+    _, key = live.account()
+    sign_in(page, key)
+    answer = page.goto(f"/console/keys/{theirs['id']}/usage")
+    assert answer is not None
+    assert answer.status == 404
+    expect(page.get_by_role("alert")).to_have_text("This account has no such key.")
+    assert "theirs" not in page.content()
+
+
+def test_the_keyboard_alone_reaches_a_keys_usage_and_its_spans(page: Page, live: Live) -> None:
+    _, key = live.account()
+    sign_in(page, key)
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Usage":
+            break
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Usage of")
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Last 7 days":
+            break
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=2)).to_have_text("Last 7 days, per hour")
 
 
 # -- sign-in and sessions ------------------------------------------------------------------
@@ -419,6 +587,9 @@ def test_create_and_deactivate_work_without_javascript(browser: Browser, live: L
     page.get_by_role("link", name="Done").click()
     row(page, "no script").get_by_role("button", name="Deactivate").click()
     within(PROPAGATION, lambda: live.forward(secret) == 401)
+    row(page, "no script").get_by_role("link", name="Usage").click()
+    page.get_by_role("link", name="Last 90 days").click()
+    expect(page.get_by_role("heading", level=2)).to_have_text("Last 90 days, per day")
     context.close()
 
 
@@ -571,6 +742,14 @@ def test_every_page_passes_axe_at_390_pixels(page: Page, live: Live) -> None:
         check(action)
     page.goto("/console/audit")
     check("audit log")
+    for _ in range(3):
+        live.forward(made["value"])  # refused: not from 203.0.113.0/24
+    live.forward(key)
+    within(10 * FLUSH + 5, lambda: live.counted(key, made["id"])["forbidden"] == 3)
+    for window in ("hour", "week"):
+        page.goto(f"/console/keys/{made['id']}/usage?window={window}")
+        page.locator("details").evaluate("details => details.open = true")
+        check(f"usage by {window}")
     assert visited == {name: [] for name in visited}
 
 
@@ -578,5 +757,5 @@ def test_the_readme_screenshots_can_be_taken(browser: Browser, tmp_path: Path) -
     from tests.screenshots import take
 
     taken = take(tmp_path, browser)
-    assert [path.name for path in taken] == ["keys.png", "create.png"]
+    assert [path.name for path in taken] == ["keys.png", "create.png", "usage.png"]
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in taken)

@@ -1,5 +1,7 @@
 """Logs never carry a secret: access lines without query strings, errors by type only."""
 
+import re
+
 import httpx
 import pytest
 from starlette.testclient import TestClient
@@ -25,6 +27,30 @@ def test_access_log_shows_the_path_without_the_query_string(servers: Servers) ->
     assert '"GET /v1/api-keys HTTP/1.1" 200' in logs
     assert token not in logs
     assert "appid" not in logs
+
+
+@pytest.mark.slow
+def test_access_log_redacts_the_token_of_a_console_sign_in_link(servers: Servers) -> None:
+    operator = "access-log-operator-token-0123456789abcdef"
+    server = servers(options=["--access-log"], settings={"KEYGUARD_ADMIN_TOKEN": operator})
+    account_id = server.create_account("acme")["account"]["id"]
+    server.start()
+    with server.client(operator) as admin:
+        made = admin.post(f"/admin/v1/accounts/{account_id}/console-link").json()
+    link_token = made["url"].rsplit("/", 1)[1]
+
+    with httpx.Client(timeout=10) as browser:
+        shown = browser.get(made["url"])
+        form = dict(re.findall(r'name="(token|link)" value="([^"]+)"', shown.text))
+        used = browser.post(f"{server.base_url}/console/link", data=form)
+    server.stop()
+
+    assert (shown.status_code, used.status_code) == (200, 303)
+    assert used.headers["location"] == "/console/keys"
+    logs = server.stdout + server.stderr
+    assert '"GET /console/link/[redacted] HTTP/1.1" 200' in logs
+    assert '"POST /console/link HTTP/1.1" 303' in logs
+    assert link_token not in logs
 
 
 def boom(*_args: object, **_kwargs: object) -> None:

@@ -5,7 +5,7 @@ store directly. Every write goes to the store first and then into this process's
 key snapshot, so the very next decision here sees it.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -224,6 +224,17 @@ class KeyService:
         since, until = self._checked(span, granularity)
         rows = self.store.usage_series(account_id, key_id, granularity, since, until)
         return dense_series(rows, granularity, since, until)
+
+    def usage_of_keys(
+        self, account_id: int, key_ids: Collection[int], granularity: Granularity, span: Span
+    ) -> dict[int, list[Point]]:
+        """``usage_series`` of several keys in one read; zeros for a key not the account's."""
+        since, until = self._checked(span, granularity)
+        found = self.store.usage_of_keys(account_id, key_ids, granularity, since, until)
+        return {
+            key_id: dense_series(found.get(key_id, {}), granularity, since, until)
+            for key_id in key_ids
+        }
 
     def usage_totals(
         self, account_id: int, span: Span

@@ -675,6 +675,46 @@ def test_counts_from_several_flushes_add_up_in_every_granularity(store: Store) -
     assert store.usage_series(account_id + 1, key.id, Granularity.DAY, day, at) == {}
 
 
+def test_counts_of_several_keys_are_read_at_once_for_those_keys_and_that_span_only(
+    store: Store,
+) -> None:
+    account_id = _account(store)
+    first, second, third = (
+        store.create_key(account_id, _digest(), b"s", KeySettings(label=label))
+        for label in ("a", "b", "c")
+    )
+    other = _account(store, "globex")
+    outsider = store.create_key(other, _digest(), b"s", KeySettings(label="x"))
+    at = datetime(2030, 1, 1, 10, 30, tzinfo=UTC)
+    store.record_counts(
+        {
+            first.id: (account_id, 3, 1, 0, 0, 0),
+            second.id: (account_id, 0, 0, 2, 0, 0),
+            third.id: (account_id, 9, 0, 0, 0, 0),
+            outsider.id: (other, 7, 0, 0, 0, 0),
+        },
+        at,
+    )
+    store.record_counts({first.id: (account_id, 1, 0, 0, 0, 1)}, at + timedelta(hours=1))
+    store.record_counts({first.id: (account_id, 5, 0, 0, 0, 0)}, at + timedelta(hours=3))
+
+    since, until = at - timedelta(hours=1), at + timedelta(hours=2)
+    wanted = [first.id, second.id, outsider.id, 999_999]
+    found = store.usage_of_keys(account_id, wanted, Granularity.HOUR, since, until)
+
+    assert found == {
+        first.id: {
+            datetime(2030, 1, 1, 10, tzinfo=UTC): (3, 1, 0, 0, 0),
+            datetime(2030, 1, 1, 11, tzinfo=UTC): (1, 0, 0, 0, 1),
+        },
+        second.id: {datetime(2030, 1, 1, 10, tzinfo=UTC): (0, 0, 2, 0, 0)},
+    }
+    for key in (first, second):
+        series = store.usage_series(account_id, key.id, Granularity.HOUR, since, until)
+        assert found[key.id] == series
+    assert store.usage_of_keys(account_id, [], Granularity.HOUR, since, until) == {}
+
+
 def test_counts_past_their_retention_are_pruned(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))

@@ -24,6 +24,7 @@ from keyguard.errors import (
     StorageUnavailable,
     Unauthorized,
 )
+from keyguard.logs import loggable_path
 
 log = logging.getLogger("keyguard.api")
 
@@ -112,7 +113,8 @@ async def _validation(_request: Request, error: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-    log.error("unexpected %s on %s %s", type(error).__name__, request.method, request.url.path)
+    path = loggable_path(request.url.path)
+    log.error("unexpected %s on %s %s", type(error).__name__, request.method, path)
     return wavix_error(500, HTTP_MESSAGES[500])
 
 

@@ -6,16 +6,26 @@ the browser is exactly what ``GET /v1/api-keys/{id}`` returns afterwards, and a
 refusal carries the API's own message, shown next to the field it names.
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from keyguard.domain.fields import NEVER
+from keyguard.domain.ratelimit import NO_LIMIT
+from keyguard.domain.records import settings_document
 from keyguard.domain.scopes import LEVEL_NAMES, Level, ScopeGroups
 from keyguard.service import KeyView
 
 Form = Mapping[str, list[str]]
+# Fieldsets of whole numbers, each one object of the API's body: its name, the
+# names of its fields, and the value that removes it on update. A fieldset shows
+# the object's fields as ``{name}_{field}`` inputs (key_form.html's ``numbers``).
+NUMBER_GROUPS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ratelimit": (("limit", "duration"), NO_LIMIT),
+}
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,30}")
 
 
 def first(form: Form, name: str, default: str = "") -> str:
@@ -34,10 +44,11 @@ class KeyForm:
     scopes_enabled: bool = False
     scopes: dict[str, str] = field(default_factory=dict)
     expires_at: str = ""  # as the datetime-local input shows it, in UTC
+    numbers: dict[str, dict[str, str]] = field(default_factory=dict)  # by NUMBER_GROUPS
 
     @classmethod
     def blank(cls, groups: ScopeGroups) -> "KeyForm":
-        return cls(scopes=dict.fromkeys(groups, "none"))
+        return cls(scopes=dict.fromkeys(groups, "none"), numbers=_numbers({}))
 
     @classmethod
     def of(cls, view: KeyView, groups: ScopeGroups) -> "KeyForm":
@@ -51,6 +62,7 @@ class KeyForm:
             scopes_enabled=settings.scopes_enabled,
             scopes={name: level.label for name, level in groups.complete(settings.scopes).items()},
             expires_at="" if expires is None else expires.strftime("%Y-%m-%dT%H:%M"),
+            numbers=_numbers(settings_document(settings)),
         )
 
     @classmethod
@@ -63,6 +75,10 @@ class KeyForm:
             scopes_enabled=first(form, "scopes_enabled") == "on",
             scopes={name: first(form, f"scope_{name}", "none") for name in groups},
             expires_at=first(form, "expires_at").strip(),
+            numbers={
+                name: {part: first(form, f"{name}_{part}").strip() for part in parts}
+                for name, (parts, _none) in NUMBER_GROUPS.items()
+            },
         )
 
     def body(self, *, editing: bool) -> dict[str, Any]:
@@ -83,7 +99,27 @@ class KeyForm:
             body["expires_at"] = _as_utc(self.expires_at)
         elif editing:
             body["expires_at"] = NEVER  # an emptied field removes the expiry
+        for name, (_parts, none) in NUMBER_GROUPS.items():
+            given = self.numbers.get(name, {})
+            if any(given.values()):
+                body[name] = {part: _whole(text) for part, text in given.items()}
+            elif editing:
+                body[name] = none  # emptied fields remove the limit
         return body
+
+
+def _numbers(document: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The number fieldsets' values as a key's JSON document gives them, or empty."""
+    shown: dict[str, dict[str, str]] = {}
+    for name, (parts, _none) in NUMBER_GROUPS.items():
+        value = document.get(name) or {}
+        shown[name] = {part: "" if value.get(part) is None else str(value[part]) for part in parts}
+    return shown
+
+
+def _whole(text: str) -> object:
+    """A whole number as the API takes it; else as given (None if empty), to be refused."""
+    return int(text) if WHOLE_NUMBER.fullmatch(text) else text or None
 
 
 def _as_utc(local: str) -> str:
@@ -100,6 +136,8 @@ def _as_utc(local: str) -> str:
 def field_of(message: str, groups: ScopeGroups) -> str | None:
     """Which form field an API refusal is about, so it is shown next to that field."""
     lowered = message.lower()
+    if "rate limit" in lowered or "ratelimit" in lowered:
+        return "ratelimit"
     if "label" in lowered:
         return "label"
     if lowered.startswith("ip ") or "permitted_ips" in lowered:

@@ -8,16 +8,26 @@ and that page takes it out as it shows it.
 """
 
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi import Path as PathParameter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from keyguard.console.forms import KeyForm, field_of, first
-from keyguard.console.pages import PREFIX, Pages, Signed, link, page_number, pager, redirect
+from keyguard.console.pages import (
+    NO_SUCH_KEY,
+    PREFIX,
+    KeyId,
+    Pages,
+    Signed,
+    link,
+    page_number,
+    pager,
+    redirect,
+)
 from keyguard.console.sessions import open_flash, seal_flash
+from keyguard.console.usage import sparklines
 from keyguard.errors import InvalidInput, NotFound, RateLimited
 
 PER_PAGE = 25
@@ -34,8 +44,6 @@ DONE = {
     "deleted": "The key was deleted.",
     "shown": "The secret was shown once already; only its masked value is shown now.",
 }
-NO_SUCH_KEY = "This account has no such key."
-KeyId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 
 
 class KeyPages:
@@ -141,12 +149,14 @@ def add_keys(router: APIRouter, pages: Pages) -> None:
             views, total, error = found.views, found.total, None
         except InvalidInput as refused:
             views, total, error = [], 0, refused.message
+        lines = await run_in_threadpool(sparklines, service, signed.account_id, views)
         here = {"label": label} if label else {}
         return pages.render(
             "keys.html",
             **await pages.common(signed),
             **pager("keys", here, number, total, PER_PAGE),
             views=views,
+            sparklines=lines,
             total=total,
             label=label,
             back=link("keys", {**here, "page": number}),

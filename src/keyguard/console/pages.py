@@ -9,16 +9,17 @@ instance, each of which refreshes its snapshot every 0.25 s) ends it.
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
+from fastapi import Path as PathParameter
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from keyguard.cache import KeyCache
-from keyguard.console import present
+from keyguard.console import charts, present
 from keyguard.console.forms import Form, first, level_names
 from keyguard.console.security import (
     PAGE_HEADERS,
@@ -41,6 +42,8 @@ from keyguard.service import KeyService
 
 PREFIX = "/console"
 MAX_PAGE = 1_000_000
+NO_SUCH_KEY = "This account has no such key."
+KeyId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 T = TypeVar("T")
 
 
@@ -155,6 +158,7 @@ class Pages:
         )
         self.environment.globals.update(
             present=present,
+            charts=charts,
             levels=level_names(),
             groups=tuple(console.service.groups),
             scope_groups=console.service.groups,
@@ -220,7 +224,7 @@ class Pages:
             self.limit(signed)
             return await run_in_threadpool(call)
         except NotFound:
-            return self.refusal(404, "This account has no such key.")
+            return self.refusal(404, NO_SUCH_KEY)
         except InvalidInput as refused:
             return self.refusal(refused.status, refused.message)
         except RateLimited as refused:

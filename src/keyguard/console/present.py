@@ -11,6 +11,7 @@ from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.service import KeyView
 
 SHOWN_SCOPES = 3
+PER = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 
 
 def status(view: KeyView, now: datetime) -> str:
@@ -39,6 +40,15 @@ def restriction(view: KeyView) -> str:
     if len(ips) == 1:
         return ips[0]
     return f"{ips[0]} and {len(ips) - 1} more"
+
+
+def rate_limit(view: KeyView) -> str:
+    """``100 per minute``, ``5 per 90 seconds``, or ``None``."""
+    limit = view.key.settings.ratelimit
+    if limit is None:
+        return "None"
+    per = PER.get(limit.duration, f"{limit.duration:,} seconds")
+    return f"{limit.limit:,} per {per}"
 
 
 def scopes(view: KeyView, groups: ScopeGroups) -> str:

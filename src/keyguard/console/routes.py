@@ -17,6 +17,7 @@ from keyguard.console.audit import add_audit
 from keyguard.console.keys import add_keys
 from keyguard.console.pages import PREFIX, Console, Pages
 from keyguard.console.signin import add_sign_in, console_link_router
+from keyguard.console.usage import add_usage
 
 STATIC_TYPES = {"console.css": "text/css", "console.js": "text/javascript"}
 
@@ -28,8 +29,7 @@ def console_router(console: Console) -> APIRouter:
     add_sign_in(router, pages)
     add_keys(router, pages)
     add_audit(router, pages)
-    # Usage: charts of KeyService.usage_series go on the edit page's Usage section,
-    # and a sparkline column in the keys table; both templates mark the place.
+    add_usage(router, pages)
 
     @router.get("/static/{name}")
     async def static(name: str) -> FileResponse:

@@ -131,11 +131,14 @@ def add_sign_in(router: APIRouter, pages: Pages) -> None:
         # POST, which SameSite=Strict lets the next page see.
         return sign_in.page(request, "link.html", 200, link=token)
 
-    @router.post("/link/{token}")
-    async def with_link(request: Request, token: str) -> Response:
+    @router.post("/link")
+    async def with_link(request: Request) -> Response:
+        # The token travels in the form, not the address: the request line, which
+        # access logs and proxies write down, carries no secret.
         form = await sign_in.posted(request)
         if isinstance(form, Response):
             return form
+        token = first(form, "link")
         account_id = await run_in_threadpool(console.sessions.use_link, hashed(token), now())
         if account_id is None or account_id in console.cache.blocked_accounts:
             return sign_in.form(request, 400, LINK_USED)

@@ -233,6 +233,17 @@ class Store(Protocol):
         """A key's counts by bucket start, for buckets from ``since`` up to ``until``;
         buckets with no count are absent."""
 
+    def usage_of_keys(
+        self,
+        account_id: int,
+        key_ids: Collection[int],
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[int, dict[datetime, tuple[int, ...]]]:
+        """``usage_series`` of several of the account's keys at once, in one read: each
+        key with counts in the span, and its counts by bucket start."""
+
     def usage_totals(
         self, account_id: int, granularity: Granularity, since: datetime, until: datetime
     ) -> dict[int, tuple[int, ...]]:

@@ -405,6 +405,21 @@ class MemoryStore:
             if key == key_id and owner == account_id
         }
 
+    def usage_of_keys(
+        self,
+        account_id: int,
+        key_ids: Collection[int],
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[int, dict[datetime, tuple[int, ...]]]:
+        wanted = set(key_ids)
+        found: dict[int, dict[datetime, tuple[int, ...]]] = {}
+        for (key_id, _, start), (owner, counts) in self._buckets(granularity, since, until):
+            if key_id in wanted and owner == account_id:
+                found.setdefault(key_id, {})[start] = counts
+        return found
+
     def usage_totals(
         self, account_id: int, granularity: Granularity, since: datetime, until: datetime
     ) -> dict[int, tuple[int, ...]]:

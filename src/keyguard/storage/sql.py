@@ -330,11 +330,33 @@ class SQLStore:
     ) -> dict[datetime, tuple[int, ...]]:
         query = select(key_usage.c.bucket, *(key_usage.c[name] for name in OUTCOMES)).where(
             key_usage.c.key_id == key_id,
-            key_usage.c.account_id == account_id,
+            _of_account(account_id),
             *_span(granularity, since, until),
         )
         with self._reading() as connection:
             return {row[0]: tuple(row[1:]) for row in connection.execute(query)}
+
+    def usage_of_keys(
+        self,
+        account_id: int,
+        key_ids: Collection[int],
+        granularity: Granularity,
+        since: datetime,
+        until: datetime,
+    ) -> dict[int, dict[datetime, tuple[int, ...]]]:
+        found: dict[int, dict[datetime, tuple[int, ...]]] = {}
+        if not key_ids:
+            return found
+        columns = (key_usage.c.key_id, key_usage.c.bucket, *(key_usage.c[n] for n in OUTCOMES))
+        query = select(*columns).where(
+            key_usage.c.key_id.in_(sorted(key_ids)),
+            _of_account(account_id),
+            *_span(granularity, since, until),
+        )
+        with self._reading() as connection:
+            for row in connection.execute(query):
+                found.setdefault(row[0], {})[row[1]] = tuple(row[2:])
+        return found
 
     def usage_totals(
         self, account_id: int, granularity: Granularity, since: datetime, until: datetime
@@ -991,6 +1013,16 @@ def _note_expiry(connection: Connection, key: StoredKey, now: datetime) -> None:
 
 def _delivery(row: Row[Any]) -> Delivery:
     return Delivery(row.delivered_through, row.retry_event, row.attempts, row.retry_at)
+
+
+def _of_account(account_id: int) -> ColumnElement[bool]:
+    """The account's rows of a key's counts, found by the key's primary key.
+
+    ``+ 0`` keeps the account index out of the plan: SQLite would otherwise read
+    every bucket of the account's keys in the span (an account of 10,000 keys:
+    700 ms for a page's sparklines instead of 1 ms), and only checks the owner.
+    """
+    return key_usage.c.account_id + 0 == account_id
 
 
 def _span(granularity: Granularity, since: datetime, until: datetime) -> list[ColumnElement[bool]]:
