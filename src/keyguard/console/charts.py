@@ -15,7 +15,7 @@ from keyguard.domain.counts import OUTCOMES, Granularity, Point
 WIDTH, HEIGHT = 720, 280
 LEFT, RIGHT, TOP, BOTTOM = 60, 12, 12, 52  # room for the axes' labels
 PLOT_WIDTH, PLOT_HEIGHT = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-X_TICKS = 6
+X_TICKS = 5
 Y_TICKS = 4
 SPARK_WIDTH, SPARK_HEIGHT = 96, 24
 TICK_FORMATS = {
