@@ -206,7 +206,14 @@ def test_health_tells_anyone_whether_the_process_can_serve_but_no_counts(
 def test_health_schema_documents_no_counts(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()["components"]["schemas"]["HealthResponse"]
 
-    assert set(schema["properties"]) == {"success", "database", "snapshot_age_seconds"}
+    assert set(schema["properties"]) == {
+        "success",
+        "database",
+        "snapshot_age_seconds",
+        "replica",  # with a read replica only, as the replica's lag
+        "replica_lag_seconds",
+    }
+    assert schema["required"] == ["success", "database", "snapshot_age_seconds"]
 
 
 # -- several workers ------------------------------------------------------------------------
