@@ -283,8 +283,10 @@ class KeyService:
         return token, digest, self._vault.seal(token, digest)
 
     def _view(self, key: StoredKey) -> KeyView:
-        value = self._vault.unseal(key.sealed_value, key.digest)
-        if self._display is SecretDisplay.MASKED:
+        value = ""  # a key imported by SHA-256 digest: its secret was never known here
+        if key.imported != "sha256":
+            value = self._vault.unseal(key.sealed_value, key.digest)
+        if value and self._display is SecretDisplay.MASKED:
             value = keys.mask(value)
         noted = self._usage.latest(key.id)
         last_used = key.last_used_at

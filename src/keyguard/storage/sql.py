@@ -81,7 +81,16 @@ from keyguard.domain.records import (
 )
 from keyguard.domain.scopes import expand
 from keyguard.errors import ConfigurationError, StorageUnavailable
-from keyguard.storage import AuditQuery, ChangeSignal, KeyRewrite, recorded_address
+from keyguard.storage import (
+    AuditQuery,
+    ChangeSignal,
+    ImportResult,
+    KeyRewrite,
+    NewKey,
+    import_document,
+    recorded_address,
+    sort_batch,
+)
 from keyguard.storage.tables import (
     UTCDateTime,
     accounts,
@@ -398,14 +407,18 @@ class SQLStore:
         with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
             connection = connection.execution_options(keyguard_write=True)
             with connection.begin():
-                connection.execute(update(meta).values(revision=meta.c.revision + 1))
-                revision = connection.execute(select(meta.c.revision)).scalar_one()
-                yield connection, revision
-                if self.dialect == "postgresql":  # delivered when the transaction commits
-                    connection.execute(
-                        text("SELECT pg_notify(:channel, :revision)"),
-                        {"channel": CHANNEL, "revision": str(revision)},
-                    )
+                yield connection, self._advance(connection)
+
+    def _advance(self, connection: Connection) -> int:
+        """Move the revision in this write transaction; the revision its changes carry."""
+        connection.execute(update(meta).values(revision=meta.c.revision + 1))
+        revision: int = connection.execute(select(meta.c.revision)).scalar_one()
+        if self.dialect == "postgresql":  # delivered when the transaction commits
+            connection.execute(
+                text("SELECT pg_notify(:channel, :revision)"),
+                {"channel": CHANNEL, "revision": str(revision)},
+            )
+        return revision
 
     # -- accounts ---------------------------------------------------------------
 
@@ -568,6 +581,39 @@ class SQLStore:
             changed_at=changed_at,
             rolled_from=rolled_from,
         )
+
+    def import_keys(
+        self, account_id: int, keys: Sequence[NewKey], actor: Actor = CLI
+    ) -> ImportResult:
+        with self._updating() as connection:
+            # The revision's row lock orders this batch after every other writer, so no
+            # digest can arrive between the look-up and the insert (SQLite: one writer).
+            connection.execute(select(meta.c.revision).with_for_update())
+            digests = [key.digest for key in keys]
+            held = connection.execute(
+                select(api_keys.c.digest, api_keys.c.account_id).where(
+                    api_keys.c.digest.in_(digests)
+                )
+            )
+            fresh, existing, elsewhere = sort_batch(account_id, keys, {row[0]: row[1] for row in held})
+            if not fresh:
+                return ImportResult([], existing, elsewhere)
+            revision = self._advance(connection)
+            changed_at = datetime.now(UTC)
+            common = {
+                "account_id": account_id,
+                "created_at": changed_at.replace(microsecond=0),
+                "revision": revision,
+                "changed_at": changed_at,
+            }
+            rows = [_import_row(keys[position], common) for position in fresh]
+            inserted = connection.execute(
+                insert(api_keys).returning(api_keys.c.id, sort_by_parameter_order=True), rows
+            )
+            result = ImportResult(list(inserted.scalars()), existing, elsewhere)
+            _count_keys(connection, account_id, len(result.created))
+            _audit(connection, account_id, "key.import", actor, after=import_document(result))
+            return result
 
     def list_keys(
         self,
@@ -1077,7 +1123,18 @@ def _key(row: Row[Any]) -> StoredKey:
         changed_at=row.changed_at,
         rolled_from=row.rolled_from,
         leaked_at=row.leaked_at,
+        imported=row.imported,
     )
+
+
+def _import_row(key: NewKey, common: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **common,
+        "digest": key.digest,
+        "sealed_value": key.sealed_value,
+        "imported": key.imported,
+        **_settings_columns(key.settings),
+    }
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
