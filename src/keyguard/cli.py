@@ -52,7 +52,7 @@ from keyguard.importing import (
 )
 from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView, Span
+from keyguard.service import NOT_DISPLAYABLE, KeyView, Span
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
@@ -561,7 +561,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
         table.add_row(
             str(view.key.id),
             settings.label,
-            keys.mask(view.value),
+            keys.mask(view.value) if view.value else NOT_DISPLAYABLE,
             "yes" if settings.active else "no",
             ips,
             scopes,
@@ -914,17 +914,21 @@ def import_keys(
             batch=batch_size,
             strict=strict,
         )
+        started = time.perf_counter()
         with _import_progress(count_lines(file)) as progress:
             tally = importer.run(read_records(file, form, runtime.service.groups), progress)
             progress(tally)
+        seconds = time.perf_counter() - started
     for refusal in tally.bad:
         click.echo(f"line {refusal.line}: {refusal.reason}", err=True)
     for line in tally.elsewhere:
         click.echo(f"line {line}: a key of another account; skipped", err=True)
     stopped = f"; stopped at line {tally.bad[-1].line} (--strict)" if tally.stopped else ""
+    read = tally.imported + tally.skipped + len(tally.elsewhere)
     click.echo(
         f"Imported {tally.imported} keys; skipped {tally.skipped} already there and "
-        f"{len(tally.elsewhere)} of other accounts; {len(tally.bad)} bad lines{stopped}."
+        f"{len(tally.elsewhere)} of other accounts; {len(tally.bad)} bad lines{stopped}. "
+        f"{read} keys in {seconds:.2f} s ({read / max(seconds, 1e-9):,.0f} keys/s)."
     )
     if tally.bad:
         sys.exit(1)

@@ -56,9 +56,14 @@ class Span:
     until: datetime
 
 
+# How tables show the empty value of a key imported by its SHA-256 digest.
+NOT_DISPLAYABLE = "(SHA-256 digest only)"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyView:
-    """A key as an account sees it: the secret as displayed, use as last noted."""
+    """A key as an account sees it: the secret as displayed (``""`` for a key imported
+    by its SHA-256 digest, whose secret keyguard never knew), use as last noted."""
 
     key: StoredKey
     value: str
