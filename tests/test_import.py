@@ -143,7 +143,8 @@ def test_a_key_imported_by_sha256_parses_in_the_official_client_and_cannot_be_sh
     key = ApiKey.model_validate(imported(keyguard, account)["u"])
 
     assert key.value == ""
-    assert key.model_extra is not None and key.model_extra["imported"] == "sha256"
+    assert key.model_extra is not None
+    assert key.model_extra["imported"] == "sha256"
     table = run("keys", "list", "--account", str(account)).stdout
     assert "(SHA-256 digest only)" in table
 
