@@ -5,11 +5,16 @@ import csv
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -19,7 +24,8 @@ from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery
 from keyguard.wire import key_object
 from tests.conftest import TEST_SECRET
-from wavix import ApiKey
+from tests.server import Servers, bearer, keyguard_command
+from wavix import ApiKey, Wavix
 
 Run = Callable[..., Result]
 
@@ -372,3 +378,94 @@ def test_an_unknown_account_is_refused_before_reading(run: Run, tmp_path: Path) 
 
     assert result.exit_code == 1
     assert "Record not found" in result.stderr
+
+
+# -- real processes ---------------------------------------------------------------------
+
+
+def forward(client: httpx.Client, token: str) -> int:
+    """``/auth/forward``'s status for ``GET /v1/numbers``, asked as nginx asks."""
+    headers = {**bearer(token), "X-Original-Method": "GET", "X-Original-URI": "/v1/numbers"}
+    return client.get("/auth/forward", headers=headers).status_code
+
+
+@pytest.mark.slow
+def test_a_running_server_enforces_imported_keys_within_a_second(
+    servers: Servers, database_url: str, tmp_path: Path
+) -> None:
+    server = servers("import", settings={"KEYGUARD_DATABASE_URL": database_url})
+    tenant = server.create_tenant("acme")
+    server.start()
+    source = jsonl(
+        tmp_path / "keys.jsonl",
+        {"value": WAVIX_TOKEN, "label": "from Wavix"},
+        {"sha256": sha256_hex(UNKEY_TOKEN), "label": "from Unkey"},
+        {"value": "wvx_elsewhere_only", "restricted": True, "permitted_ips": ["192.0.2.1"]},
+    )
+    with server.client() as client:
+        assert forward(client, WAVIX_TOKEN) == forward(client, UNKEY_TOKEN) == 401
+
+        server.cli("import", "--account", str(tenant.account_id), str(source))
+        imported_at = time.monotonic()
+        while not forward(client, WAVIX_TOKEN) == forward(client, UNKEY_TOKEN) == 200:
+            assert time.monotonic() - imported_at < 1.0, "imported keys refused for 1 s"
+            time.sleep(0.02)
+        assert forward(client, "wvx_elsewhere_only") == 403  # its allow-list came along
+        assert forward(client, sha256_hex(UNKEY_TOKEN)) == 401
+
+    with httpx.Client(timeout=10) as http:
+        wavix = Wavix(token=tenant.token, base_url=server.base_url, httpx_client=http)
+        listed = {key.label: key for key in wavix.api_keys.list()}
+    assert listed["from Wavix"].value == WAVIX_TOKEN
+    assert listed["from Unkey"].value == ""
+    extra = listed["from Unkey"].model_extra
+    assert extra is not None
+    assert extra["imported"] == "sha256"
+
+
+KILL_KEYS = 60_000
+KILL_BATCH = 500
+
+
+@pytest.mark.slow
+def test_a_killed_import_leaves_whole_batches_and_a_second_run_completes_it(
+    keyguard: Keyguard, account: int, tmp_path: Path
+) -> None:
+    source = jsonl(
+        tmp_path / "many.jsonl",
+        *({"value": f"killed_{index:06d}", "label": f"k{index}"} for index in range(KILL_KEYS)),
+    )
+    environment = {
+        **os.environ,
+        "KEYGUARD_DATABASE_URL": keyguard.settings.database_url,
+        "KEYGUARD_SECRET_KEY": TEST_SECRET.get_secret_value(),
+    }
+    command = [*keyguard_command(), "import", "--account", str(account), str(source),
+               "--batch-size", str(KILL_BATCH)]  # fmt: skip
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while keyguard.store.count_keys(account) < 1 + 2 * KILL_BATCH:
+            assert process.poll() is None, "the import ended before it could be killed"
+            assert time.monotonic() < deadline, "no batch was written in 60 s"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert process.returncode == -signal.SIGKILL
+    written = len(imported_values(keyguard, account))
+    assert 0 < written < KILL_KEYS
+    assert written % KILL_BATCH == 0  # every batch all or nothing
+    batches = key_imports(keyguard, account)
+    assert [batch["imported"] for batch in batches] == [KILL_BATCH] * (written // KILL_BATCH)
+    assert keyguard.store.count_keys(account) == 1 + written
+
+    again = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+
+    assert again.returncode == 0, again.stderr
+    assert f"Imported {KILL_KEYS - written} keys; skipped {written} already there" in again.stdout
+    assert keyguard.store.count_keys(account) == 1 + KILL_KEYS
+    assert len(set(imported_values(keyguard, account))) == KILL_KEYS
