@@ -23,6 +23,7 @@ from benchmarks import (
     decide,
     drf,
     forward,
+    importing,
     limits,
     management,
     memory,
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "postgres": postgres.run,
     "limits": limits.run,
     "ratelimit": ratelimit.run,
+    "importing": importing.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

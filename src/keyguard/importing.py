@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyguard.domain.imports import Incoming, csv_record, parse_record
+from keyguard.domain.imports import Incoming, RecordParser, csv_record
 from keyguard.domain.records import CLI, Actor
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import InvalidInput
@@ -116,7 +116,7 @@ class Importer:
     ) -> None:
         self._store = store
         self._vault = vault
-        self._groups = groups
+        self._parser = RecordParser(groups)
         self._account_id = account_id
         self._batch = batch
         self._strict = strict
@@ -136,7 +136,7 @@ class Importer:
             try:
                 if isinstance(record, InvalidInput):
                     raise record
-                keys.append(self._new_key(parse_record(record, self._groups)))
+                keys.append(self._new_key(self._parser.parse(record)))
                 lines.append(number)
             except InvalidInput as error:
                 tally.bad.append(Refusal(number, error.message))

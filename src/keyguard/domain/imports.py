@@ -16,11 +16,11 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from keyguard.domain.fields import parse_create, settings_for_new_key
+from keyguard.domain.fields import parse_create, parse_label, settings_for_new_key
 from keyguard.domain.records import KeySettings
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import InvalidInput
@@ -36,6 +36,10 @@ _FLAG_COLUMNS = frozenset(
     {"active", "is_active", "restricted", "is_restriction", "scopes_enabled", "is_scopes_enabled"}
 )
 _LIST_SEPARATORS = re.compile(r"[\s,;]+")
+# Fields of one key alone, never shared with another's settings: its secret, its label,
+# and what a Wavix key object says of its identity and use (ignored).
+_OWN_FIELDS = frozenset({"value", "sha256", "label", "id", "created_at", "last_used_at"})
+_REMEMBERED = 4096  # distinct settings remembered at once
 # Past expiries are kept: an expired key imports as expired, and is refused.
 _ANY_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -49,15 +53,35 @@ class Incoming:
     sha256: bytes | None = None
 
 
-def parse_record(record: object, groups: ScopeGroups) -> Incoming:
-    """The key a record describes; ``InvalidInput`` saying what is wrong with it."""
-    if not isinstance(record, dict):
-        raise InvalidInput("Not a JSON object", 400)
-    value, sha256 = record.get("value"), record.get("sha256")
-    if (value is None) == (sha256 is None):
-        raise InvalidInput("Exactly one of value and sha256 is required", 400)
-    body = {**record, "label": record.get("label") or DEFAULT_LABEL}
-    settings = settings_for_new_key(parse_create(body, groups, now=_ANY_TIME))
+class RecordParser:
+    """Records into keys to import. Records that differ only in their secret, label
+    and identity (``id``, times) share settings, checked once."""
+
+    def __init__(self, groups: ScopeGroups) -> None:
+        self._groups = groups
+        self._settings: dict[str, KeySettings] = {}
+
+    def parse(self, record: object) -> Incoming:
+        """The key a record describes; ``InvalidInput`` saying what is wrong with it."""
+        if not isinstance(record, dict):
+            raise InvalidInput("Not a JSON object", 400)
+        value, sha256 = record.get("value"), record.get("sha256")
+        if (value is None) == (sha256 is None):
+            raise InvalidInput("Exactly one of value and sha256 is required", 400)
+        label = parse_label(record.get("label")) or DEFAULT_LABEL
+        rest = {name: field for name, field in record.items() if name not in _OWN_FIELDS}
+        shared = repr(rest)  # records from one exporter list their fields in one order
+        settings = self._settings.get(shared)
+        if settings is None:
+            body = {**rest, "label": DEFAULT_LABEL}
+            settings = settings_for_new_key(parse_create(body, self._groups, now=_ANY_TIME))
+            if len(self._settings) >= _REMEMBERED:
+                self._settings.clear()
+            self._settings[shared] = settings
+        return _incoming(replace(settings, label=label), value, sha256)
+
+
+def _incoming(settings: KeySettings, value: object, sha256: object) -> Incoming:
     if value is not None:
         if not isinstance(value, str) or _VALUE.fullmatch(value) is None:
             raise InvalidInput(
