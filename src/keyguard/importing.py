@@ -9,10 +9,11 @@ stops there, before anything of that line's batch is written.
 
 import csv
 import io
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from keyguard.domain.imports import Incoming, RecordParser, csv_record
 from keyguard.domain.records import CLI, Actor
@@ -73,16 +74,17 @@ def count_lines(path: Path) -> int:
 def read_records(path: Path, form: str, groups: ScopeGroups) -> Iterator[tuple[int, object]]:
     """Each record with the number of the line it starts on; a line that cannot be
     read as one comes as an ``InvalidInput``. Blank lines are passed over."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        if form == "csv":
-            yield from _csv_records(handle, groups)
-            return
+    if form == "csv":
+        with path.open(encoding="utf-8", newline="") as text:
+            yield from _csv_records(text, groups)
+        return
+    with path.open("rb") as handle:  # orjson reads UTF-8 bytes, ~3x as fast as json
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
-            except ValueError:
+                yield number, orjson.loads(line)
+            except orjson.JSONDecodeError:
                 yield number, InvalidInput("Not valid JSON", 400)
 
 
