@@ -49,21 +49,14 @@ class Round:
     cpu_seconds: float  # the whole process's CPU time, start-up included
     again_seconds: float  # the same file once more: every key skipped
 
-    @property
-    def keys_per_second(self) -> float:
-        return self.keys / self.seconds
-
-    @property
-    def wall_keys_per_second(self) -> float:
-        return self.keys / self.wall_seconds
-
-    @property
-    def cpu_keys_per_second(self) -> float:
-        return self.keys / self.cpu_seconds
-
-    @property
-    def again_keys_per_second(self) -> float:
-        return self.keys / self.again_seconds
+    def rates(self) -> dict[str, float]:
+        """Keys per second of each time."""
+        return {
+            "keys_per_second": self.keys / self.seconds,
+            "wall_keys_per_second": self.keys / self.wall_seconds,
+            "cpu_keys_per_second": self.keys / self.cpu_seconds,
+            "again_keys_per_second": self.keys / self.again_seconds,
+        }
 
 
 def write_file(path: Path, kind: str, keys: int) -> Path:
@@ -148,13 +141,7 @@ def run(context: Context) -> Section:  # noqa: ARG001
             "Keys imported per second",
             ["database, keys by", "keys/s", "with start-up", "per CPU second", "same file again"],
             [
-                [
-                    f"{one.database}, {one.kind}",
-                    rate(one.keys_per_second),
-                    rate(one.wall_keys_per_second),
-                    rate(one.cpu_keys_per_second),
-                    rate(one.again_keys_per_second),
-                ]
+                [f"{one.database}, {one.kind}", *(rate(value) for value in one.rates().values())]
                 for one in rounds
             ],
         )
@@ -171,16 +158,7 @@ def run(context: Context) -> Section:  # noqa: ARG001
         {
             "keys": IMPORT_KEYS,
             "target_sqlite_keys_per_second": TARGET,
-            "rounds": [
-                {
-                    **asdict(one),
-                    "keys_per_second": one.keys_per_second,
-                    "wall_keys_per_second": one.wall_keys_per_second,
-                    "cpu_keys_per_second": one.cpu_keys_per_second,
-                    "again_keys_per_second": one.again_keys_per_second,
-                }
-                for one in rounds
-            ],
+            "rounds": [{**asdict(one), **one.rates()} for one in rounds],
         }
     )
     return section

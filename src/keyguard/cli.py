@@ -296,14 +296,18 @@ def migrate() -> None:
     click.echo("Database schema is up to date.")
 
 
+def _batch_size_option(default: int, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--batch-size",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1, 10_000),
+        help=help,
+    )
+
+
 @main.command("rotate-secret")
-@click.option(
-    "--batch-size",
-    default=ROTATION_BATCH,
-    show_default=True,
-    type=click.IntRange(1, 10_000),
-    help="Keys rewritten per transaction.",
-)
+@_batch_size_option(ROTATION_BATCH, "Keys rewritten per transaction.")
 @_fail_cleanly
 def rotate_secret(batch_size: int) -> None:
     """Rewrite every key from the previous server secret to the current one, online.
@@ -884,13 +888,7 @@ def accounts_resume(account_id: int) -> None:
     help="The file's format (default: by its extension, .jsonl or .csv).",
 )
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, before its batch.")
-@click.option(
-    "--batch-size",
-    default=DEFAULT_BATCH,
-    show_default=True,
-    type=click.IntRange(1, 10_000),
-    help="Keys written per transaction.",
-)
+@_batch_size_option(DEFAULT_BATCH, "Keys written per transaction.")
 @_fail_cleanly
 def import_keys(
     account_id: int, file: Path, form: str | None, strict: bool, batch_size: int
