@@ -587,15 +587,11 @@ class SQLStore:
         self, account_id: int, keys: Sequence[NewKey], actor: Actor = CLI
     ) -> ImportResult:
         with self._updating() as connection:
-            # The revision's row lock orders this batch after every other writer, so no
-            # digest can arrive between the look-up and the insert (SQLite: one writer).
-            connection.execute(select(meta.c.revision).with_for_update())
-            held = self._held(connection, [key.digest for key in keys])
-            owners = {digest: owner for digest, owner, _id in held}
-            fresh, existing, elsewhere = sort_batch(account_id, keys, owners)
-            if not fresh:
-                return ImportResult([], existing, elsewhere)
-            revision = self._advance(connection)
+            # The revision's row lock orders this batch after every other writer, so the
+            # revision it reads is the one it writes, and no digest arrives meanwhile
+            # (SQLite: one writer at a time).
+            locked = select(meta.c.revision).with_for_update()
+            revision = connection.execute(locked).scalar_one() + 1
             changed_at = datetime.now(UTC)
             common = {
                 "account_id": account_id,
@@ -603,29 +599,39 @@ class SQLStore:
                 "revision": revision,
                 "changed_at": changed_at,
             }
-            _insert_many(connection, common, [_import_row(keys[position]) for position in fresh])
-            new_digests = [keys[position].digest for position in fresh]
-            id_of = {
-                digest: key_id for digest, _owner, key_id in self._held(connection, new_digests)
-            }
-            result = ImportResult([id_of[digest] for digest in new_digests], existing, elsewhere)
-            _count_keys(connection, account_id, len(result.created))
+            # Every key goes in, those whose digest is taken are left out by the database,
+            # and one look-up then tells which went in: the rows with this revision.
+            _insert_many(connection, common, [_import_row(key) for key in keys])
+            held = self._held(connection, list({key.digest: None for key in keys}))
+            owners = {digest: owner for digest, owner, _id, written in held if written != revision}
+            fresh, existing, elsewhere = sort_batch(account_id, keys, owners)
+            if not fresh:
+                return ImportResult([], existing, elsewhere)
+            if self._advance(connection) != revision:
+                raise RuntimeError("the revision moved while the batch held its lock")
+            id_of = {digest: key_id for digest, _owner, key_id, _written in held}
+            created = [id_of[keys[position].digest] for position in fresh]
+            result = ImportResult(created, existing, elsewhere)
+            _count_keys(connection, account_id, len(created))
             _audit(connection, account_id, "key.import", actor, after=import_document(result))
             return result
 
-    def _held(self, connection: Connection, digests: list[bytes]) -> list[tuple[bytes, int, int]]:
-        """Digest, account and id of every key, deleted ones too, under one of ``digests``.
+    def _held(
+        self, connection: Connection, digests: list[bytes]
+    ) -> list[tuple[bytes, int, int, int]]:
+        """Digest, account, id and revision of every key, deleted ones too, under one
+        of ``digests``.
 
         Written for the driver: SQLAlchemy's expanding ``IN`` renders and binds each of a
         batch's thousands of digests with more work than the look-up itself.
         """
-        columns = "SELECT digest, account_id, id FROM api_keys WHERE digest"
+        columns = "SELECT digest, account_id, id, revision FROM api_keys WHERE digest"
         if self.dialect == "postgresql":
             rows = connection.exec_driver_sql(f"{columns} = ANY(%s)", (digests,))
         else:
             marks = ", ".join("?" * len(digests))
             rows = connection.exec_driver_sql(f"{columns} IN ({marks})", tuple(digests))
-        return [(bytes(digest), owner, key_id) for digest, owner, key_id in rows]
+        return [(bytes(digest), *found) for digest, *found in rows]
 
     def list_keys(
         self,
@@ -1143,7 +1149,7 @@ def _insert_many(
     connection: Connection, common: Mapping[str, Any], rows: list[dict[str, Any]]
 ) -> None:
     """Insert rows of ``api_keys``, each ``common`` plus its own values, with one
-    DBAPI executemany.
+    DBAPI executemany; a row whose digest is taken is left out.
 
     SQLAlchemy's executemany converts each value of each row by its column's type
     with generic machinery that costs more than the insert itself; here the common
@@ -1153,7 +1159,9 @@ def _insert_many(
     """
     dialect = connection.dialect
     names = [*common, *rows[0]]
-    compiled = insert(api_keys).compile(dialect=dialect, column_keys=names)
+    dialect_insert = postgresql_insert if dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(api_keys).on_conflict_do_nothing(index_elements=["digest"])
+    compiled = statement.compile(dialect=dialect, column_keys=names)
     shared = {name: _converted(dialect, name, value) for name, value in common.items()}
     documents: dict[tuple[str, str], Any] = {}  # keys often share allow-lists and scopes
     for row in rows:
