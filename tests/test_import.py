@@ -469,3 +469,18 @@ def test_a_killed_import_leaves_whole_batches_and_a_second_run_completes_it(
     assert f"Imported {KILL_KEYS - written} keys; skipped {written} already there" in again.stdout
     assert keyguard.store.count_keys(account) == 1 + KILL_KEYS
     assert len(set(imported_values(keyguard, account))) == KILL_KEYS
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_not_a_terminal(
+    account: int, run: Run, tmp_path: Path
+) -> None:
+    source = jsonl(tmp_path / "keys.jsonl", *({"value": f"progress_{n}"} for n in range(5)))
+
+    result = run("import", "--account", str(account), str(source), "--batch-size", "2")
+
+    progress = [line for line in result.stderr.splitlines() if "lines/s" in line]
+    assert progress[-1].startswith("5/5 lines, 5 imported, ")
+    assert progress[-1].endswith(" s left")
+    assert "\x1b[" not in result.stderr  # no terminal codes
+    assert result.stdout.startswith("Imported 5 keys")
+    assert "keys/s" in result.stdout
