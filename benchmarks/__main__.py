@@ -25,6 +25,7 @@ from benchmarks import (
     decide,
     drf,
     forward,
+    importing,
     limits,
     management,
     memory,
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "analytics": analytics.run,
     "replica": replica.run,
     "console": console_keys.run,
+    "importing": importing.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

@@ -492,7 +492,7 @@ def test_every_command_and_option_has_help() -> None:
         for option in command.params:
             if isinstance(option, click.Option) and not option.hidden:
                 assert option.help, f"keyguard {' '.join(path)} {option.opts[0]} has no help"
-    assert len(commands) == 17  # the group, its commands and subcommands
+    assert len(commands) == 18  # the group, its commands and subcommands
 
 
 def test_migrate_is_idempotent(run: Any) -> None:

@@ -84,7 +84,13 @@ def tag() -> str:
 
 # keyguard's fields beyond Wavix's, as a key that never expires, was not rolled,
 # did not leak and has no rate limit has them; the official client keeps them as extras.
-NO_LIFECYCLE = {"expires_at": None, "rolled_from": None, "leaked_at": None, "ratelimit": None}
+NO_LIFECYCLE = {
+    "expires_at": None,
+    "rolled_from": None,
+    "leaked_at": None,
+    "ratelimit": None,
+    "imported": None,
+}
 
 
 def levels(key: ApiKey) -> dict[str, str]:

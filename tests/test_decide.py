@@ -1,5 +1,6 @@
 """The decision function, over a real snapshot of a real store."""
 
+import hashlib
 import time
 from datetime import UTC, datetime
 
@@ -10,6 +11,7 @@ from keyguard.decide import UNAUTHORIZED, Decider, Decision
 from keyguard.domain.keys import generate
 from keyguard.domain.routes import Route, RouteMap, UnknownRoutes
 from keyguard.domain.scopes import ScopeGroups
+from keyguard.importing import Importer
 from keyguard.limits import WindowLimiter
 from keyguard.runtime import MANAGEMENT_ROUTES, wavix_route_map
 from keyguard.service import KeyService
@@ -255,3 +257,73 @@ def test_change_by_another_process_is_seen_after_refresh(world: World) -> None:
     assert world.decide(view.value) is UNAUTHORIZED
     world.cache.refresh()
     assert world.decide(view.value).allowed
+
+
+# -- imported keys ------------------------------------------------------------------
+
+
+class CountingVault(Vault):
+    """The real vault, counting the digests a decision computes."""
+
+    digests = 0
+
+    def digest(self, token: str) -> bytes:
+        self.digests += 1
+        return super().digest(token)
+
+    def imported_digest(self, token: str) -> bytes:
+        self.digests += 1
+        return super().imported_digest(token)
+
+
+class ImportWorld(World):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vault = CountingVault(b"k" * 32)
+        self.decider = Decider(self.vault, self.cache, wavix_route_map(), self.usage)
+        self.cache.refresh()
+
+    def bring(self, *records: dict[str, object]) -> None:
+        """Import ``records`` as ``keyguard import`` does, and refresh the snapshot."""
+        importer = Importer(self.store, self.vault, ScopeGroups(), self.account.id)
+        tally = importer.run(iter(enumerate(records, 1)))
+        assert tally.imported == len(records)
+        self.cache.refresh()
+
+    def cost(self, token: str) -> tuple[int, int]:
+        """The decision's status, and how many digests it took."""
+        before = self.vault.digests
+        status = self.decide(token).status
+        return status, self.vault.digests - before
+
+
+FOREIGN = "wvx_live_0123456789abcdef"
+
+
+def test_without_imported_keys_a_token_of_another_shape_costs_no_digest() -> None:
+    world = ImportWorld()
+
+    assert world.cost(FOREIGN) == (401, 0)
+    assert world.cost(generate("kg")) == (401, 1)
+    assert world.cost(world.root) == (200, 1)
+
+
+def test_a_key_imported_by_value_works_in_its_own_shape_and_a_miss_costs_one_digest() -> None:
+    world = ImportWorld()
+    world.bring({"value": FOREIGN})
+
+    assert world.cost(FOREIGN) == (200, 1)
+    assert world.cost(FOREIGN + "0") == (401, 1)
+    assert world.cost("x" * 10_000) == (401, 0)  # no key of any system is that long
+    assert world.cost(world.root) == (200, 1)
+
+
+def test_with_keys_imported_by_sha256_only_a_miss_pays_a_second_digest() -> None:
+    world = ImportWorld()
+    unkey = "uk_3ZbXk9JpWq2mTn4RvL8sYc"
+    world.bring({"sha256": hashlib.sha256(unkey.encode()).hexdigest()})
+
+    assert world.cost(world.root) == (200, 1)
+    assert world.cost(unkey) == (200, 2)
+    assert world.cost(generate("kg")) == (401, 2)
+    assert world.cost(hashlib.sha256(unkey.encode()).hexdigest()) == (401, 2)

@@ -67,6 +67,11 @@ class KeyCache:
         self._account_revisions: dict[int, int] = {}
         # Accounts whose keys must fail: suspended or deleted. Decisions check it.
         self.blocked_accounts: set[int] = set()
+        # Whether any key came in by `keyguard import`: then a token of any shape may
+        # be a key, and with keys imported by SHA-256 a miss is looked up once more.
+        # Once set they stay set: a stale True costs a miss one digest, no wrong answer.
+        self.imported = False
+        self.imported_sha256 = False
         self.revision = 0
         self.refreshed_at: float | None = None  # time.monotonic() of the last refresh
         self.store_reachable = False  # did the last refresh reach the store?
@@ -91,6 +96,7 @@ class KeyCache:
         """Take in a key written by this process; older copies are ignored."""
         with self._lock:
             self._apply(key)
+        self._note_imported([key])
 
     def put_account(self, account: Account) -> None:
         """Take in an account status written by this process."""
@@ -112,12 +118,18 @@ class KeyCache:
             self.revision = max(self.revision, changes.revision)
             self.refreshed_at = time.monotonic()
             self.store_reachable = True
+        self._note_imported(applied)
         if self._observe_lag is not None and not first_load:  # a first load is no propagation
             now = datetime.now(UTC)
             for key in applied:
                 if key.changed_at is not None:
                     self._observe_lag((now - key.changed_at).total_seconds())
         return len(applied)
+
+    def _note_imported(self, keys: list[StoredKey]) -> None:
+        kinds = {key.imported for key in keys if key.imported is not None and not key.deleted}
+        self.imported = self.imported or bool(kinds)
+        self.imported_sha256 = self.imported_sha256 or "sha256" in kinds
 
     @property
     def age(self) -> float | None:

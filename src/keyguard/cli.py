@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,13 @@ from typing import Any, TypeVar
 import click
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from keyguard.config import SecretDisplay, Settings, load_settings
@@ -33,9 +41,18 @@ from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import AccountStatus, timestamp
 from keyguard.domain.scopes import ScopeGroups
 from keyguard.errors import ConfigurationError, InvalidInput, KeyguardError, NotFound
+from keyguard.importing import (
+    DEFAULT_BATCH,
+    FORMATS,
+    Importer,
+    Tally,
+    count_lines,
+    file_format,
+    read_records,
+)
 from keyguard.metrics import MULTIPROCESS_DIR
 from keyguard.runtime import Keyguard, in_memory
-from keyguard.service import KeyView, Span
+from keyguard.service import NOT_DISPLAYABLE, KeyView, Span
 from keyguard.storage import AuditQuery
 from keyguard.vault import ROTATION_BATCH, rotate
 from keyguard.wire import account_object, audit_object, key_object
@@ -279,14 +296,18 @@ def migrate() -> None:
     click.echo("Database schema is up to date.")
 
 
+def _batch_size_option(default: int, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--batch-size",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1, 10_000),
+        help=help,
+    )
+
+
 @main.command("rotate-secret")
-@click.option(
-    "--batch-size",
-    default=ROTATION_BATCH,
-    show_default=True,
-    type=click.IntRange(1, 10_000),
-    help="Keys rewritten per transaction.",
-)
+@_batch_size_option(ROTATION_BATCH, "Keys rewritten per transaction.")
 @_fail_cleanly
 def rotate_secret(batch_size: int) -> None:
     """Rewrite every key from the previous server secret to the current one, online.
@@ -544,7 +565,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
         table.add_row(
             str(view.key.id),
             settings.label,
-            keys.mask(view.value),
+            keys.mask(view.value) if view.value else NOT_DISPLAYABLE,
             "yes" if settings.active else "no",
             ips,
             scopes,
@@ -852,3 +873,101 @@ def accounts_resume(account_id: int) -> None:
     with _keyguard() as runtime:
         runtime.service.set_account_status(account_id, AccountStatus.ACTIVE)
     click.echo(f"Resumed account {account_id}.")
+
+
+# -- import --------------------------------------------------------------------
+
+
+@main.command("import")
+@_account_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(FORMATS),
+    help="The file's format (default: by its extension, .jsonl or .csv).",
+)
+@click.option("--strict", is_flag=True, help="Stop at the first bad line, before its batch.")
+@_batch_size_option(DEFAULT_BATCH, "Keys written per transaction.")
+@_fail_cleanly
+def import_keys(
+    account_id: int, file: Path, form: str | None, strict: bool, batch_size: int
+) -> None:
+    """Import keys from another system into an account, from JSON Lines or CSV.
+
+    Each line holds a key's value (`value`) or the SHA-256 digest another system
+    kept (`sha256`), with any of a Wavix key object's fields. Keys already in the
+    database are skipped, so running it again completes an interrupted import.
+    A bad line is reported by its number and skipped (--strict: the import stops
+    there); the exit status is then 1. Progress goes to stderr.
+    """
+    form = file_format(file, form)
+    with _keyguard() as runtime:
+        runtime.service.get_account(account_id)
+        importer = Importer(
+            runtime.store,
+            runtime.vault,
+            runtime.service.groups,
+            account_id,
+            batch=batch_size,
+            strict=strict,
+        )
+        started = time.perf_counter()
+        with _import_progress(count_lines(file)) as progress:
+            tally = importer.run(read_records(file, form, runtime.service.groups), progress)
+            progress(tally)
+        seconds = time.perf_counter() - started
+    for refusal in tally.bad:
+        click.echo(f"line {refusal.line}: {refusal.reason}", err=True)
+    for line in tally.elsewhere:
+        click.echo(f"line {line}: a key of another account; skipped", err=True)
+    stopped = f"; stopped at line {tally.bad[-1].line} (--strict)" if tally.stopped else ""
+    read = tally.imported + tally.skipped + len(tally.elsewhere)
+    click.echo(
+        f"Imported {tally.imported} keys; skipped {tally.skipped} already there and "
+        f"{len(tally.elsewhere)} of other accounts; {len(tally.bad)} bad lines{stopped}. "
+        f"{read} keys in {seconds:.2f} s ({read / max(seconds, 1e-9):,.0f} keys/s)."
+    )
+    if tally.bad:
+        sys.exit(1)
+
+
+@contextmanager
+def _import_progress(total: int) -> Iterator[Callable[[Tally], None]]:
+    """Progress on stderr: a bar with rate and ETA on a terminal, else a line a second."""
+    if not sys.stderr.isatty():
+        started = last = time.monotonic()
+        shown = -1
+
+        def line(tally: Tally) -> None:
+            nonlocal last, shown
+            now = time.monotonic()
+            if tally.lines == shown or (now - last < 1 and tally.lines < total):
+                return
+            last, shown = now, tally.lines
+            rate = tally.lines / max(now - started, 1e-9)
+            left = (total - tally.lines) / rate if rate else 0
+            click.echo(
+                f"{tally.lines}/{total} lines, {tally.imported} imported, "
+                f"{rate:,.0f} lines/s, {left:.0f} s left",
+                err=True,
+            )
+
+        yield line
+        return
+    columns = (
+        TextColumn("Importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} keys/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("import", total=total, rate="-")
+
+        def advance(tally: Tally) -> None:
+            speed = bar.tasks[0].speed
+            rate = "-" if speed is None else f"{speed:,.0f}"
+            bar.update(task, completed=tally.lines, rate=rate)
+
+        yield advance

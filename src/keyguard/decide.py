@@ -47,6 +47,9 @@ class Decision(NamedTuple):
 
 
 UNAUTHORIZED = Decision(False, 401, "Unauthorized")
+# Keys brought in by `keyguard import` keep the shape another system gave them; a
+# longer token than this is no key of any system worth a digest.
+MAX_IMPORTED_LENGTH = 512
 SAMPLE_EVERY = 64
 _ALLOWED_LIMIT = 65_536
 # Upstreams may route such a path differently from how keyguard would judge it.
@@ -119,11 +122,16 @@ class Decider:
         # The failure limit is consulted only once a key has failed: a valid key is
         # never refused by it, whoever shares its client's address (a NAT, a backend
         # calling /auth/verify). A refused key costs one digest (~0.6 µs) either way.
-        if token is None or not is_well_formed(token):
+        cache = self._cache
+        if token is None or not (
+            is_well_formed(token) or (cache.imported and len(token) <= MAX_IMPORTED_LENGTH)
+        ):
             return self._unauthorized(failures_of)
-        key = self._cache.get(self._vault.digest(token))
+        key = cache.get(self._vault.digest(token))
         if key is None and self._previous is not None:
-            key = self._cache.get(self._previous.digest(token))
+            key = cache.get(self._previous.digest(token))
+        if key is None and cache.imported_sha256:
+            key = cache.get(self._vault.imported_digest(token))
         if key is None:
             return self._unauthorized(failures_of)
         if (

@@ -57,9 +57,14 @@ class Span:
     until: datetime
 
 
+# How tables show the empty value of a key imported by its SHA-256 digest.
+NOT_DISPLAYABLE = "(SHA-256 digest only)"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyView:
-    """A key as an account sees it: the secret as displayed, use as last noted."""
+    """A key as an account sees it: the secret as displayed (``""`` for a key imported
+    by its SHA-256 digest, whose secret keyguard never knew), use as last noted."""
 
     key: StoredKey
     value: str
@@ -299,8 +304,10 @@ class KeyService:
         return token, digest, self._vault.seal(token, digest)
 
     def _view(self, key: StoredKey) -> KeyView:
-        value = self._vault.unseal(key.sealed_value, key.digest)
-        if self._display is SecretDisplay.MASKED:
+        value = ""  # a key imported by SHA-256 digest: its secret was never known here
+        if key.imported != "sha256":
+            value = self._vault.unseal(key.sealed_value, key.digest)
+        if value and self._display is SecretDisplay.MASKED:
             value = keys.mask(value)
         noted = self._usage.latest(key.id)
         last_used = key.last_used_at

@@ -8,6 +8,9 @@ Three keys are derived from the server secret with HKDF-SHA256:
   denial-of-service lever.
 * an encryption key: ``seal(token)`` is AES-256-GCM, bound to the key's digest,
   so the secret can be shown again without being stored in plain text.
+* a second MAC key for keys imported by the SHA-256 digest another system kept:
+  ``sha256_digest(sha256(token))``. A key of its own, so that a digest, presented
+  as a token, never matches such a key.
 * a check key: ``check_value`` is HMAC-SHA256 of a fixed label, kept in the
   database so that a start with another secret is refused (:func:`verify_secret`).
 
@@ -41,6 +44,15 @@ def _derive(secret: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
 
 
+def _hmac_states(key: bytes) -> tuple["hashlib._Hash", "hashlib._Hash"]:
+    """HMAC's (RFC 2104) two keyed SHA-256 states, computed once: each digest then
+    costs two hash copies instead of a fresh HMAC setup, a third of the time on the
+    request path. The result is plain HMAC-SHA256."""
+    padded = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+    return inner, hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+
+
 class Vault:
     """Digests and seals key values under the server secret.
 
@@ -65,11 +77,9 @@ class Vault:
             )
         self.previous = None if previous is None else Vault(previous)
         mac_key = _derive(secret, b"keyguard key digest v1")
-        # HMAC (RFC 2104) with its two keyed SHA-256 states computed once: each
-        # digest then costs two hash copies instead of a fresh HMAC setup, a
-        # third of the time on the request path. The result is plain HMAC-SHA256.
-        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in mac_key.ljust(64, b"\0")))
-        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in mac_key.ljust(64, b"\0")))
+        self._inner, self._outer = _hmac_states(mac_key)
+        imported_key = _derive(secret, b"keyguard imported sha256 digest v1")
+        self._imported_inner, self._imported_outer = _hmac_states(imported_key)
         self._aead = AESGCM(_derive(secret, b"keyguard key display v1"))
         check_key = _derive(secret, b"keyguard secret check v1")
         self.check_value = hmac.digest(check_key, b"keyguard server secret", "sha256")
@@ -81,6 +91,19 @@ class Vault:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+    def sha256_digest(self, sha256: bytes) -> bytes:
+        """What a key imported by its SHA-256 digest is looked up by: HMAC-SHA256 of
+        that digest (32 raw bytes) under the second MAC key."""
+        inner = self._imported_inner.copy()
+        inner.update(sha256)
+        outer = self._imported_outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def imported_digest(self, token: str) -> bytes:
+        """The digest a key imported by SHA-256 would be stored under, were ``token`` its secret."""
+        return self.sha256_digest(hashlib.sha256(token.encode()).digest())
 
     def seal(self, token: str, digest: bytes) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)

@@ -12,7 +12,7 @@ _LEVEL_LABELS = {level: level.label for level in Level}
 
 def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
     """A key in Wavix's field order, with both generations of flag names, then
-    keyguard's own fields: the key's life."""
+    keyguard's own fields: the key's life, and how it was imported, if it was."""
     key, settings = view.key, view.key.settings
     body: dict[str, Any] = {
         "id": key.id,
@@ -36,6 +36,8 @@ def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
     body["rolled_from"] = key.rolled_from
     body["leaked_at"] = _timestamp(key.leaked_at)
     body["ratelimit"] = None if settings.ratelimit is None else settings.ratelimit.document()
+    # "sha256": imported by its digest, so ``value`` is "" and can never be shown.
+    body["imported"] = key.imported
     return body
 
 

@@ -46,6 +46,7 @@ FIELD_ORDER = (
     "rolled_from",
     "leaked_at",
     "ratelimit",
+    "imported",
 )
 # current name -> seed-era name
 FLAG_NAMES = {
@@ -110,6 +111,7 @@ def defaults(label: str) -> dict[str, Any]:
         "rolled_from": None,
         "leaked_at": None,
         "ratelimit": None,
+        "imported": None,
     }
 
 

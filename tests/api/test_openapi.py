@@ -286,6 +286,7 @@ def test_documented_api_key_schema_requires_both_generations_of_names(
         "rolled_from",
         "leaked_at",
         "ratelimit",
+        "imported",
     ]
 
 

@@ -19,12 +19,13 @@ from keyguard.domain.records import (
     AccountStatus,
     Actor,
     ChangeFeed,
+    Imported,
     KeySettings,
     StoredKey,
 )
 from keyguard.domain.scopes import Level
 from keyguard.errors import Conflict
-from keyguard.storage import AuditQuery, KeyRewrite, Store, open_store
+from keyguard.storage import AuditQuery, KeyRewrite, NewKey, Store, open_store
 from keyguard.storage.sql import SQLStore
 from keyguard.storage.tables import accounts
 from tests.conftest import BACKENDS, database
@@ -876,3 +877,94 @@ def test_a_leaked_key_rolls_into_an_active_key(store: Store) -> None:
     old, new = rolled
     assert (old.settings.active, old.leaked_at is not None) == (False, True)
     assert (new.settings.active, new.leaked_at, new.rolled_from) == (True, None, key.id)
+
+
+# -- import -----------------------------------------------------------------------------
+
+
+def _new(label: str, imported: Imported = "value", **settings: Any) -> NewKey:
+    sealed = b"" if imported == "sha256" else b"sealed " + label.encode()
+    return NewKey(_digest(), sealed, KeySettings(label=label, **settings), imported)
+
+
+def test_imported_keys_read_back_with_their_kind_in_one_new_revision(store: Store) -> None:
+    account_id = _account(store)
+    before = store.changes_since(0).revision
+    batch = [
+        _new("by value", scopes_enabled=True, scopes={"calls": Level.READ}),
+        _new("by digest", "sha256", restricted=True, permitted_ips=("10.0.0.0/8",)),
+    ]
+
+    result = store.import_keys(account_id, batch)
+
+    assert (result.existing, result.elsewhere) == ([], [])
+    feed = store.changes_since(before)
+    assert [key.id for key in feed.keys] == result.created
+    assert {key.revision for key in feed.keys} == {feed.revision} == {before + 1}
+    for new, key in zip(batch, feed.keys, strict=True):
+        assert (key.digest, key.sealed_value, key.settings, key.imported) == (
+            new.digest,
+            new.sealed_value,
+            new.settings,
+            new.imported,
+        )
+        assert key.changed_at is not None
+        assert store.get_key(account_id, key.id) == key
+    assert store.count_keys(account_id) == 3
+
+
+def test_an_import_skips_digests_held_here_elsewhere_or_earlier_in_the_batch(
+    store: Store,
+) -> None:
+    account_id, other_id = _account(store, "a"), _account(store, "b")
+    [here] = store.import_keys(account_id, [mine := _new("mine")]).created
+    [theirs] = store.import_keys(other_id, [foreign := _new("theirs")]).created
+    fresh = _new("fresh")
+
+    result = store.import_keys(account_id, [mine, foreign, fresh, fresh])
+
+    assert (len(result.created), result.existing, result.elsewhere) == (1, [0, 3], [1])
+    assert store.get_key(other_id, theirs) is not None  # never moved
+    assert store.get_key(account_id, theirs) is None
+    assert [key.id for key in store.list_keys(account_id)][1:] == [here, *result.created]
+    assert store.count_keys(account_id) == 3
+    assert store.count_keys(other_id) == 2
+
+
+def test_an_import_is_audited_once_per_batch_with_counts_and_ids_and_no_secret(
+    store: Store,
+) -> None:
+    account_id = _account(store)
+    kept = _new("kept")
+    store.import_keys(account_id, [kept])
+    batch = [kept, _new("one"), _new("two", "sha256")]
+
+    result = store.import_keys(account_id, batch, Actor("cli"))
+
+    records, _total = store.list_audit(AuditQuery(account_id, action="key.import"))
+    assert len(records) == 2
+    newest = records[0]
+    assert (newest.key_id, newest.actor, newest.before) == (None, Actor("cli"), None)
+    assert newest.after == {
+        "imported": 2,
+        "first_key_id": result.created[0],
+        "last_key_id": result.created[1],
+        "skipped": 1,
+        "skipped_elsewhere": 0,
+    }
+
+
+def test_an_import_with_nothing_new_writes_nothing(store: Store) -> None:
+    account_id = _account(store)
+    key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))
+    store.delete_key(account_id, key.id)
+    revision = store.changes_since(0).revision
+    _records, audited = store.list_audit(AuditQuery(account_id))
+    deleted_again = NewKey(key.digest, b"s", KeySettings(label="back"), "value")
+
+    result = store.import_keys(account_id, [deleted_again])
+
+    assert (result.created, result.existing) == ([], [0])  # a deleted key stays deleted
+    assert store.changes_since(0).revision == revision
+    assert store.list_audit(AuditQuery(account_id))[1] == audited
+    assert store.get_key(account_id, key.id) is None

@@ -112,6 +112,14 @@ def key_model(groups: ScopeGroups) -> type[BaseModel]:
         RateLimitModel | None,
         Field(description="At most `limit` requests per `duration` seconds; null: no limit."),
     )
+    fields["imported"] = (
+        Literal["value", "sha256"] | None,
+        Field(
+            description="How `keyguard import` brought the key in: by its value, or by a "
+            'SHA-256 digest, so that `value` is "" and the secret can never be shown; '
+            "null: made by keyguard."
+        ),
+    )
     return create_model("ApiKey", **fields)
 
 

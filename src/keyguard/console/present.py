@@ -8,7 +8,7 @@ from datetime import datetime
 
 from keyguard.domain import keys
 from keyguard.domain.scopes import Level, ScopeGroups
-from keyguard.service import KeyView
+from keyguard.service import NOT_DISPLAYABLE, KeyView
 
 SHOWN_SCOPES = 3
 PER = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
@@ -27,7 +27,7 @@ def status(view: KeyView, now: datetime) -> str:
 
 def masked(view: KeyView) -> str:
     """The value as every page but the reveal-once panel shows it."""
-    return keys.mask(view.value)
+    return keys.mask(view.value) if view.value else NOT_DISPLAYABLE
 
 
 def restriction(view: KeyView) -> str:

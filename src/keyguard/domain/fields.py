@@ -114,7 +114,7 @@ def _as_object(body: object) -> Mapping[str, Any]:
 
 def _parse(data: Mapping[str, Any], groups: ScopeGroups, now: datetime | None) -> KeyChanges:
     return KeyChanges(
-        label=_label(data.get("label")),
+        label=parse_label(data.get("label")),
         active=_flag(data, "active"),
         restricted=_flag(data, "restricted"),
         permitted_ips=_permitted_ips(data.get("permitted_ips")),
@@ -143,7 +143,8 @@ def parse_filter(name: str, value: str | None) -> str | None:
     return value
 
 
-def _label(value: object) -> str | None:
+def parse_label(value: object) -> str | None:
+    """A label as given; ``None`` if not given."""
     if value is None:
         return None
     if not isinstance(value, str) or not is_clean_text(value):

@@ -15,6 +15,7 @@ Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
 
+@lru_cache(maxsize=4096)  # an import checks the same few entries for key after key
 def canonical_entry(text: str) -> str | None:
     """The canonical spelling of an allow-list entry, or ``None`` if it is not one.
 

@@ -31,7 +31,7 @@ class Account:
 Action = Literal[
     "account.create", "account.suspend", "account.resume", "account.delete",
     "key.create", "key.update", "key.activate", "key.deactivate", "key.delete",
-    "key.roll", "key.leak", "key.expiring", "key.expire",
+    "key.roll", "key.leak", "key.expiring", "key.expire", "key.import",
 ]  # fmt: skip
 ActorKind = Literal["key", "operator", "cli", "keyguard", "github"]  # keyguard: notices of expiry
 
@@ -80,6 +80,11 @@ def is_expired(settings: KeySettings, now: datetime) -> bool:
     return settings.expires_at is not None and settings.expires_at <= now
 
 
+# How an imported key came in: by its value (stored like keyguard's own keys), or by
+# the SHA-256 digest another system kept (verified by that digest, never displayable).
+Imported = Literal["value", "sha256"]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredKey:
     """An API key as the store holds it: the secret only as digest and ciphertext.
@@ -88,6 +93,8 @@ class StoredKey:
     ``deleted`` keys appear only in change feeds, so that caches drop them.
     ``rolled_from`` names the key this one replaced; a key with ``leaked_at`` was
     found in public and is refused for good, whatever ``active`` says.
+    ``imported`` says how a key brought over from another system came in; a
+    ``"sha256"`` key has no ``sealed_value`` (``b""``): its secret cannot be shown.
     """
 
     id: int
@@ -102,6 +109,7 @@ class StoredKey:
     changed_at: datetime | None = None  # when ``revision`` was written, to the microsecond
     rolled_from: int | None = None
     leaked_at: datetime | None = None
+    imported: Imported | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from keyguard.domain.records import (
     Actor,
     AuditRecord,
     ChangeFeed,
+    Imported,
     KeySettings,
     StoredKey,
 )
@@ -67,6 +68,63 @@ class KeyRewrite:
     old_digest: bytes
     digest: bytes
     sealed_value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key to import: its digest, its sealed value (``b""`` for a ``"sha256"`` key,
+    whose secret was never known) and its settings."""
+
+    digest: bytes
+    sealed_value: bytes
+    settings: KeySettings
+    imported: Imported
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What one batch of :meth:`Store.import_keys` did.
+
+    ``created`` holds the new keys' ids in the batch's order; ``existing`` and
+    ``elsewhere`` the positions in the batch of keys skipped because their digest is
+    already a key of this account (or came earlier in the batch), or of another account.
+    """
+
+    created: list[int]
+    existing: list[int]
+    elsewhere: list[int]
+
+
+def sort_batch(
+    account_id: int, keys: Sequence[NewKey], held: Mapping[bytes, int]
+) -> tuple[list[int], list[int], list[int]]:
+    """The positions of ``keys`` that are new, already this account's, and another
+    account's, given the account of each digest the database ``held``."""
+    fresh: list[int] = []
+    existing: list[int] = []
+    elsewhere: list[int] = []
+    seen: set[bytes] = set()
+    for position, key in enumerate(keys):
+        owner = held.get(key.digest)
+        if owner is None and key.digest not in seen:
+            fresh.append(position)
+        elif owner is None or owner == account_id:
+            existing.append(position)
+        else:
+            elsewhere.append(position)
+        seen.add(key.digest)
+    return fresh, existing, elsewhere
+
+
+def import_document(result: ImportResult) -> dict[str, int]:
+    """A ``key.import`` record's ``after``: how many keys, and which ids; no secret."""
+    return {
+        "imported": len(result.created),
+        "first_key_id": min(result.created),
+        "last_key_id": max(result.created),
+        "skipped": len(result.existing),
+        "skipped_elsewhere": len(result.elsewhere),
+    }
 
 
 MAX_ADDRESS_LENGTH = 64  # audit_log.ip
@@ -139,6 +197,18 @@ class Store(Protocol):
         settings: KeySettings,
         actor: Actor = CLI,
     ) -> StoredKey: ...
+
+    def import_keys(
+        self, account_id: int, keys: Sequence[NewKey], actor: Actor = CLI
+    ) -> ImportResult:
+        """Add ``keys`` to an existing account in one transaction, all or nothing.
+
+        A key whose digest the database already holds, deleted keys included, is
+        skipped, never moved between accounts. The new keys carry the transaction's
+        revision like any write, add to the account's key count, and are audited
+        together as one ``key.import`` (counts and the range of ids, no secret). A
+        batch with nothing new writes nothing.
+        """
 
     def list_keys(
         self,
@@ -343,8 +413,12 @@ def open_store(url: str, pool_size: int = 5, setting: str = "KEYGUARD_DATABASE_U
 __all__ = [
     "AuditQuery",
     "ChangeSignal",
+    "ImportResult",
     "KeyRewrite",
+    "NewKey",
     "Store",
+    "import_document",
     "open_store",
     "recorded_address",
+    "sort_batch",
 ]

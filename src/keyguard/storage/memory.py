@@ -32,7 +32,15 @@ from keyguard.domain.records import (
     settings_document,
     timestamp,
 )
-from keyguard.storage import AuditQuery, KeyRewrite, recorded_address
+from keyguard.storage import (
+    AuditQuery,
+    ImportResult,
+    KeyRewrite,
+    NewKey,
+    import_document,
+    recorded_address,
+    sort_batch,
+)
 
 
 def _now() -> datetime:
@@ -175,6 +183,37 @@ class MemoryStore:
                 raise ValueError(f"no account {account_id}")
             self._next_revision()
             return self._insert(account_id, digest, sealed_value, settings, actor)
+
+    def import_keys(
+        self, account_id: int, keys: Sequence[NewKey], actor: Actor = CLI
+    ) -> ImportResult:
+        with self._lock:
+            wanted = {key.digest for key in keys}
+            held = {k.digest: k.account_id for k in self._keys.values() if k.digest in wanted}
+            fresh, existing, elsewhere = sort_batch(account_id, keys, held)
+            if not fresh:
+                return ImportResult([], existing, elsewhere)
+            self._next_revision()
+            created: list[int] = []
+            for position in fresh:
+                key = keys[position]
+                self._digests.add(key.digest)
+                stored = StoredKey(
+                    id=len(self._keys) + 1,
+                    account_id=account_id,
+                    digest=key.digest,
+                    sealed_value=key.sealed_value,
+                    settings=key.settings,
+                    created_at=_now(),
+                    revision=self._revision,
+                    changed_at=datetime.now(UTC),
+                    imported=key.imported,
+                )
+                self._keys[stored.id] = stored
+                created.append(stored.id)
+            result = ImportResult(created, existing, elsewhere)
+            self._record(account_id, "key.import", actor, after=import_document(result))
+            return result
 
     def list_keys(
         self,

@@ -30,6 +30,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     CursorResult,
+    Dialect,
     Engine,
     Row,
     Text,
@@ -86,8 +87,12 @@ from keyguard.storage import (
     LEAK_BATCH,
     AuditQuery,
     ChangeSignal,
+    ImportResult,
     KeyRewrite,
+    NewKey,
+    import_document,
     recorded_address,
+    sort_batch,
 )
 from keyguard.storage.tables import (
     UTCDateTime,
@@ -431,14 +436,18 @@ class SQLStore:
         with self._write_lock, self._translate_errors(), self.engine.connect() as connection:
             connection = connection.execution_options(keyguard_write=True)
             with connection.begin():
-                connection.execute(update(meta).values(revision=meta.c.revision + 1))
-                revision = connection.execute(select(meta.c.revision)).scalar_one()
-                yield connection, revision
-                if self.dialect == "postgresql":  # delivered when the transaction commits
-                    connection.execute(
-                        text("SELECT pg_notify(:channel, :revision)"),
-                        {"channel": CHANNEL, "revision": str(revision)},
-                    )
+                yield connection, self._advance(connection)
+
+    def _advance(self, connection: Connection) -> int:
+        """Move the revision in this write transaction; the revision its changes carry."""
+        connection.execute(update(meta).values(revision=meta.c.revision + 1))
+        revision: int = connection.execute(select(meta.c.revision)).scalar_one()
+        if self.dialect == "postgresql":  # delivered when the transaction commits
+            connection.execute(
+                text("SELECT pg_notify(:channel, :revision)"),
+                {"channel": CHANNEL, "revision": str(revision)},
+            )
+        return revision
 
     # -- accounts ---------------------------------------------------------------
 
@@ -601,6 +610,56 @@ class SQLStore:
             changed_at=changed_at,
             rolled_from=rolled_from,
         )
+
+    def import_keys(
+        self, account_id: int, keys: Sequence[NewKey], actor: Actor = CLI
+    ) -> ImportResult:
+        with self._updating() as connection:
+            # The revision's row lock orders this batch after every other writer, so the
+            # revision it reads is the one it writes, and no digest arrives meanwhile
+            # (SQLite: one writer at a time).
+            locked = select(meta.c.revision).with_for_update()
+            revision = connection.execute(locked).scalar_one() + 1
+            changed_at = datetime.now(UTC)
+            common = {
+                "account_id": account_id,
+                "created_at": changed_at.replace(microsecond=0),
+                "revision": revision,
+                "changed_at": changed_at,
+            }
+            # Every key goes in, those whose digest is taken are left out by the database,
+            # and one look-up then tells which went in: the rows with this revision.
+            _insert_many(connection, common, [_import_row(key) for key in keys])
+            held = self._held(connection, list({key.digest: None for key in keys}))
+            owners = {digest: owner for digest, owner, _id, written in held if written != revision}
+            fresh, existing, elsewhere = sort_batch(account_id, keys, owners)
+            if not fresh:
+                return ImportResult([], existing, elsewhere)
+            if self._advance(connection) != revision:
+                raise RuntimeError("the revision moved while the batch held its lock")
+            id_of = {digest: key_id for digest, _owner, key_id, _written in held}
+            created = [id_of[keys[position].digest] for position in fresh]
+            result = ImportResult(created, existing, elsewhere)
+            _count_keys(connection, account_id, len(created))
+            _audit(connection, account_id, "key.import", actor, after=import_document(result))
+            return result
+
+    def _held(
+        self, connection: Connection, digests: list[bytes]
+    ) -> list[tuple[bytes, int, int, int]]:
+        """Digest, account, id and revision of every key, deleted ones too, under one
+        of ``digests``.
+
+        Written for the driver: SQLAlchemy's expanding ``IN`` renders and binds each of a
+        batch's thousands of digests with more work than the look-up itself.
+        """
+        columns = "SELECT digest, account_id, id, revision FROM api_keys WHERE digest"
+        if self.dialect == "postgresql":
+            rows = connection.exec_driver_sql(f"{columns} = ANY(%s)", (digests,))
+        else:
+            marks = ", ".join("?" * len(digests))
+            rows = connection.exec_driver_sql(f"{columns} IN ({marks})", tuple(digests))
+        return [(bytes(digest), *found) for digest, *found in rows]
 
     def list_keys(
         self,
@@ -1181,6 +1240,7 @@ def _key(row: Row[Any]) -> StoredKey:
         changed_at=row.changed_at,
         rolled_from=row.rolled_from,
         leaked_at=row.leaked_at,
+        imported=row.imported,
     )
 
 
@@ -1197,6 +1257,61 @@ def _keys_by_digest(connection: Connection, leaks: Sequence[Leak]) -> dict[bytes
 def _named(keys: Mapping[bytes, StoredKey], leak: Leak) -> StoredKey | None:
     """The key a leak names: the one under its first digest that is stored."""
     return next((keys[digest] for digest in leak.digests if digest in keys), None)
+
+
+def _insert_many(
+    connection: Connection, common: Mapping[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    """Insert rows of ``api_keys``, each ``common`` plus its own values, with one
+    DBAPI executemany; a row whose digest is taken is left out.
+
+    SQLAlchemy's executemany converts each value of each row by its column's type
+    with generic machinery that costs more than the insert itself; here the common
+    values are converted once, and of a row's own only those the driver cannot
+    take as they are (:data:`_CONVERTED`), each distinct JSON document once.
+    (RETURNING the ids would make SQLite insert row by row.)
+    """
+    dialect = connection.dialect
+    names = [*common, *rows[0]]
+    dialect_insert = postgresql_insert if dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(api_keys).on_conflict_do_nothing(index_elements=["digest"])
+    compiled = statement.compile(dialect=dialect, column_keys=names)
+    shared = {name: _converted(dialect, name, value) for name, value in common.items()}
+    documents: dict[tuple[str, str], Any] = {}  # keys often share allow-lists and scopes
+    for row in rows:
+        row.update(shared)
+        for name in _CONVERTED:
+            value = row[name]
+            if value is None:
+                continue
+            held = (name, repr(value))
+            document = documents.get(held)
+            if document is None:
+                document = documents[held] = _converted(dialect, name, value)
+            row[name] = document
+    order = compiled.positiontup
+    parameters: list[Any] = (
+        rows if order is None else [tuple(row[name] for name in order) for row in rows]
+    )
+    connection.exec_driver_sql(compiled.string, parameters)
+
+
+# The columns of a key whose values no driver takes as Python has them.
+_CONVERTED = ("permitted_ips", "scopes", "ratelimit", "expires_at")
+
+
+def _converted(dialect: Dialect, name: str, value: Any) -> Any:
+    convert = api_keys.c[name].type._cached_bind_processor(dialect)
+    return value if convert is None or value is None else convert(value)
+
+
+def _import_row(key: NewKey) -> dict[str, Any]:
+    return {
+        "digest": key.digest,
+        "sealed_value": key.sealed_value,
+        "imported": key.imported,
+        **_settings_columns(key.settings),
+    }
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:

@@ -102,6 +102,8 @@ api_keys = Table(
     Index("ix_api_keys_expires_at", "expires_at"),
     # {"limit": N, "duration": S}; NULL: no rate limit
     Column("ratelimit", JSON(none_as_null=True), nullable=True),
+    # "value" or "sha256" for a key brought in by `keyguard import`; NULL: made here
+    Column("imported", String(8), nullable=True),
     Index(
         "ix_api_keys_live",
         "account_id",
