@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -31,7 +31,9 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     Engine,
+    Result,
     Row,
+    Select,
     Text,
     and_,
     bindparam,
@@ -42,6 +44,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    null,
     or_,
     select,
     text,
@@ -75,6 +78,8 @@ from keyguard.domain.records import (
     AuditRecord,
     ChangeFeed,
     KeySettings,
+    KeyState,
+    KeyStream,
     StoredKey,
     settings_document,
     timestamp,
@@ -94,6 +99,7 @@ from keyguard.storage.tables import (
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
+STREAM_BATCH = 5000  # rows a streamed change feed holds at a time
 _SQLITE_UNAVAILABLE = ("unable to open", "locked", "disk i/o", "readonly", "no such table")
 
 
@@ -742,11 +748,7 @@ class SQLStore:
         return None if row is None else _key(row)
 
     def changes_since(self, revision: int) -> ChangeFeed:
-        keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
-        changed = select(accounts).where(accounts.c.revision > revision)
-        if revision == 0:
-            keys = keys.where(api_keys.c.deleted_at.is_(None))
-            changed = changed.where(accounts.c.status != AccountStatus.ACTIVE.value)
+        keys, changed = _change_queries(revision, select(*_KEY_COLUMNS))
         with self._reading() as connection, connection.begin():
             newest = connection.execute(select(meta.c.revision)).scalar_one()
             key_rows = connection.execute(
@@ -755,6 +757,20 @@ class SQLStore:
             found = [_key(row) for row in key_rows]
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
             return ChangeFeed(newest, found, [_account(row) for row in account_rows])
+
+    @contextmanager
+    def stream_changes(self, revision: int) -> Iterator[KeyStream]:
+        """Rows come by a server-side cursor on PostgreSQL (SQLite's cursor streams as
+        it is), :data:`STREAM_BATCH` at a time; each key once, in no particular order,
+        since an order would cost a first load a sort or an index walk."""
+        keys, changed = _change_queries(revision, select(*_state_columns(revision)))
+        with self._reading() as connection, connection.begin():
+            newest = connection.execute(select(meta.c.revision)).scalar_one()
+            account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
+            found = [_account(row) for row in account_rows]
+            streaming = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH)
+            rows = streaming.execute(keys.where(api_keys.c.revision <= newest))
+            yield KeyStream(newest, found, _states(rows))
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         if not rewrites:
@@ -1078,6 +1094,84 @@ def _key(row: Row[Any]) -> StoredKey:
         rolled_from=row.rolled_from,
         leaked_at=row.leaked_at,
     )
+
+
+def _change_queries(revision: int, keys: Select[Any]) -> tuple[Select[Any], Select[Any]]:
+    """The keys and accounts a change feed after ``revision`` holds, before its end."""
+    keys = keys.where(api_keys.c.revision > revision)
+    changed = select(accounts).where(accounts.c.revision > revision)
+    if revision == 0:
+        keys = keys.where(api_keys.c.deleted_at.is_(None))
+        changed = changed.where(accounts.c.status != AccountStatus.ACTIVE.value)
+    return keys, changed
+
+
+def _state_columns(revision: int) -> list[ColumnElement[Any]]:
+    """What a snapshot reads of a key, in :class:`KeyState`'s order; settings as text.
+
+    A first load is no propagation: it skips ``changed_at``, whose parsing would
+    cost every row of millions.
+    """
+    key = api_keys.c
+    return [
+        key.id,
+        key.digest,
+        key.revision,
+        key.deleted_at.is_not(None).label("deleted"),
+        key.changed_at if revision else null().label("changed_at"),
+        key.account_id,
+        and_(key.active, key.leaked_at.is_(None)).label("active"),
+        key.restricted,
+        cast(key.permitted_ips, Text).label("permitted_ips"),
+        key.scopes_enabled,
+        cast(key.scopes, Text).label("scopes"),
+        key.expires_at,
+        cast(key.ratelimit, Text).label("ratelimit"),
+    ]
+
+
+def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
+    """Rows of :func:`_state_columns` as key states, each settings text parsed once.
+
+    Most keys share their settings: a first load sees the same allow-list, scopes
+    and rate limit text again and again, and parses each once.
+    """
+    parsed: dict[tuple[str, str | None], Any] = {}
+
+    def parse(kind: str, text: str | None) -> Any:
+        found = parsed.get((kind, text), parsed)
+        if found is parsed:
+            if len(parsed) >= _PARSED_LIMIT:  # keys with settings all their own
+                parsed.clear()
+            found = parsed[kind, text] = _PARSERS[kind](text)
+        return found
+
+    batches: Iterator[Sequence[Sequence[Any]]] = rows.partitions()
+    for batch in batches:
+        for row in batch:
+            key_id, digest, revision, deleted, changed_at, account_id, active, *settings = row
+            restricted, ips, scopes_enabled, scopes, expires, ratelimit = settings
+            yield KeyState(
+                key_id,
+                digest,
+                revision,
+                deleted,
+                changed_at,
+                account_id,
+                active,
+                parse("ips", ips) if restricted else None,
+                parse("scopes", scopes) if scopes_enabled else None,
+                None if expires is None else expires.timestamp(),
+                None if ratelimit is None else parse("ratelimit", ratelimit),
+            )
+
+
+_PARSED_LIMIT = 10_000
+_PARSERS: dict[str, Callable[[str | None], Any]] = {
+    "ips": lambda text: tuple(_document(text)),
+    "scopes": lambda text: tuple(expand(_document(text)).items()),
+    "ratelimit": lambda text: RateLimit.of(_document(text)),
+}
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
