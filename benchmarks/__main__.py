@@ -29,6 +29,7 @@ from benchmarks import (
     postgres,
     propagation,
     ratelimit,
+    snapshot,
 )
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "postgres": postgres.run,
     "limits": limits.run,
     "ratelimit": ratelimit.run,
+    "snapshot": snapshot.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

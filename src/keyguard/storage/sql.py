@@ -30,6 +30,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     CursorResult,
+    DateTime,
     Engine,
     Result,
     Row,
@@ -48,6 +49,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     update,
     values,
 )
@@ -1125,7 +1127,7 @@ def _state_columns(revision: int) -> list[ColumnElement[Any]]:
         cast(key.permitted_ips, Text).label("permitted_ips"),
         key.scopes_enabled,
         cast(key.scopes, Text).label("scopes"),
-        key.expires_at,
+        type_coerce(key.expires_at, DateTime(timezone=True)),  # no decorator's call per row
         cast(key.ratelimit, Text).label("ratelimit"),
     ]
 
@@ -1136,21 +1138,14 @@ def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
     Most keys share their settings: a first load sees the same allow-list, scopes
     and rate limit text again and again, and parses each once.
     """
-    parsed: dict[tuple[str, str | None], Any] = {}
-
-    def parse(kind: str, text: str | None) -> Any:
-        found = parsed.get((kind, text), parsed)
-        if found is parsed:
-            if len(parsed) >= _PARSED_LIMIT:  # keys with settings all their own
-                parsed.clear()
-            found = parsed[kind, text] = _PARSERS[kind](text)
-        return found
-
+    networks = _Parsed(lambda text: tuple(_document(text)))
+    scopes = _Parsed(lambda text: tuple(expand(_document(text)).items()))
+    ratelimits = _Parsed(lambda text: RateLimit.of(_document(text)))
     batches: Iterator[Sequence[Sequence[Any]]] = rows.partitions()
     for batch in batches:
         for row in batch:
-            key_id, digest, revision, deleted, changed_at, account_id, active, *settings = row
-            restricted, ips, scopes_enabled, scopes, expires, ratelimit = settings
+            (key_id, digest, revision, deleted, changed_at, account_id, active,
+             restricted, ips, scoped, granted, expires, ratelimit) = row  # fmt: skip
             yield KeyState(
                 key_id,
                 digest,
@@ -1159,19 +1154,32 @@ def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
                 changed_at,
                 account_id,
                 active,
-                parse("ips", ips) if restricted else None,
-                parse("scopes", scopes) if scopes_enabled else None,
-                None if expires is None else expires.timestamp(),
-                None if ratelimit is None else parse("ratelimit", ratelimit),
+                networks[ips] if restricted else None,
+                scopes[granted] if scoped else None,
+                None if expires is None else _timestamp(expires),
+                None if ratelimit is None else ratelimits[ratelimit],
             )
 
 
-_PARSED_LIMIT = 10_000
-_PARSERS: dict[str, Callable[[str | None], Any]] = {
-    "ips": lambda text: tuple(_document(text)),
-    "scopes": lambda text: tuple(expand(_document(text)).items()),
-    "ratelimit": lambda text: RateLimit.of(_document(text)),
-}
+class _Parsed(dict[str, Any]):
+    """Settings texts and what they parse to, each parsed when first asked for."""
+
+    LIMIT = 10_000  # keys with settings all their own would make it a copy of every row
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        parsed = self[text] = self._parse(text)
+        return parsed
+
+
+def _timestamp(value: datetime) -> float:
+    """A stored time as POSIX seconds; SQLite's come without their zone, which is UTC."""
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).timestamp()
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
