@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ipaddress import ip_network
 from typing import NamedTuple
 
-from keyguard.cache import CachedKey, KeyCache, Profile
+from keyguard.cache import KeyCache, Profile
 from keyguard.domain.keys import is_well_formed
 from keyguard.domain.network import parse_address, parse_client
 from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
@@ -152,7 +152,7 @@ class Decider:
         if profile.ratelimit is not None:
             window = self.meter.admit(key_id, profile.ratelimit)
             if window is None:
-                return self._rate_limited(key, needed)
+                return self._rate_limited(key_id, account_id, needed)
         self._usage.touch(key_id, account_id)
         allowed = self._allowed.get((key_id, needed))
         if allowed is None or allowed.account_id != account_id or allowed.ratelimit is not window:
@@ -173,11 +173,11 @@ class Decider:
                 return Decision(False, 429, TOO_MANY_FAILURES.format(wait), retry_after=wait)
         return UNAUTHORIZED
 
-    def _rate_limited(self, key: CachedKey, needed: str) -> Decision:
+    def _rate_limited(self, key_id: int, account_id: int, needed: str) -> Decision:
         # Not a failed authentication: the key is good, so the failure limit is not charged.
-        self._usage.count(key.key_id, key.account_id, Outcome.RATE_LIMITED)
-        wait, window = self.meter.refusal(key.key_id)
-        return Decision(False, 429, RATE_LIMITED, key.account_id, key.key_id, needed, wait, window)
+        self._usage.count(key_id, account_id, Outcome.RATE_LIMITED)
+        wait, window = self.meter.refusal(key_id)
+        return Decision(False, 429, RATE_LIMITED, account_id, key_id, needed, wait, window)
 
     def _scope_refusal(self, key: Profile, route: Route | None) -> str | None:
         """Why a key of this profile may not take ``route``, or ``None`` if it may."""
