@@ -23,9 +23,7 @@ from keyguard.storage import ChangeSignal, Store
 
 log = logging.getLogger("keyguard.cache")
 
-DIGEST_SIZE = 32  # bytes: SHA-256, keyed or not
-_PREFIX = 2**60 - 1  # a digest's hash is kept to 60 bits: a two-digit int, 32 bytes
-_UNSEEN = -1
+_NARROW = 2**32 - 1  # the largest revision a 4-byte column holds
 Shared = tuple[
     int,
     bool,
@@ -112,12 +110,12 @@ Found = tuple[int, Profile]  # what a lookup by digest answers: the key's id and
 class KeyCache:
     """Live keys by digest, plus the revision the snapshot has reached.
 
-    Per key it holds about 160 bytes, in columns indexed by key id (ids are dense):
-    the revision held (tombstones too), the digest's 32 bytes, and a reference to
-    the key's profile; plus one dict entry from 60 bits of the digest's hash to
-    the id. A lookup compares the whole digest before it answers. Two digests
-    whose hashes share those bits (about one pair in a million keys) are told
-    apart by a second dict keyed by the whole digest.
+    Per key it holds about 200 bytes: one dict entry from the digest to the key
+    id, and columns indexed by key id (ids are dense) of the revision held
+    (tombstones too), the digest the key is held under and a reference to the
+    key's profile. The dict keyed by the whole digest costs some 30 bytes a key
+    more than one keyed by part of it, and spares each lookup the comparison of
+    the rest: a lookup costs what a plain dict's does.
 
     Decisions read it without a lock: a key's profile is one reference, replaced
     at once, so a reader sees a key's settings of one revision or the next,
@@ -128,10 +126,11 @@ class KeyCache:
         self._store = store
         self._observe_lag = observe_lag
         self._lock = threading.Lock()
-        self._ids: dict[int, int] = {}  # a digest's hash, 60 bits -> key id
-        self._colliding: dict[bytes, int] = {}  # digest -> key id, when the hash is taken
-        self._revisions = array("q")  # by key id: revision held, tombstones too
-        self._digests = bytearray()  # by key id: DIGEST_SIZE bytes
+        self._ids: dict[bytes, int] = {}  # digest -> key id
+        # By key id: 1 + the revision held, tombstones too (0: never seen); 4 bytes
+        # each until a revision needs 8.
+        self._revisions = array("I")
+        self._digests: list[bytes | None] = []  # by key id: the digest it is held under
         self._profiles: list[Profile | None] = []  # by key id: None unless live
         self._shared: dict[Shared, Profile] = {}
         self._live = 0
@@ -148,13 +147,9 @@ class KeyCache:
     def get(self, digest: bytes) -> Found | None:
         """The live key with this digest: its id and profile (a plain tuple, the
         cheapest answer to build), or None."""
-        key_id = self._ids.get(hash(digest) & _PREFIX)
-        start = 0 if key_id is None else key_id * DIGEST_SIZE
-        # Never an answer on the hash alone: the whole digest must be the key's.
-        if key_id is None or self._digests[start : start + DIGEST_SIZE] != digest:
-            key_id = self._colliding.get(digest) if self._colliding else None
-            if key_id is None:
-                return None
+        key_id = self._ids.get(digest)
+        if key_id is None:
+            return None
         profile = self._profiles[key_id]
         return None if profile is None else (key_id, profile)
 
@@ -240,9 +235,11 @@ class KeyCache:
         key_id = key.id
         if key_id >= len(self._revisions):
             self._grow(key_id)
-        if self._revisions[key_id] >= key.revision:
+        if key.revision >= _NARROW and self._revisions.typecode == "I":
+            self._revisions = array("q", self._revisions)
+        if self._revisions[key_id] > key.revision:
             return False
-        self._revisions[key_id] = key.revision
+        self._revisions[key_id] = key.revision + 1
         # A rotation of the server secret gives a key a new digest: the entry under
         # the old one must go, or the old digest would keep answering for the key.
         self._drop(key_id)
@@ -252,24 +249,21 @@ class KeyCache:
 
     def _grow(self, key_id: int) -> None:
         more = max(key_id + 1 - len(self._revisions), len(self._revisions) // 8, 1024)
-        self._revisions.extend(array("q", [_UNSEEN]) * more)
-        self._digests.extend(bytes(DIGEST_SIZE * more))
+        revisions = self._revisions
+        revisions.extend(array(revisions.typecode, bytes(revisions.itemsize * more)))
+        self._digests.extend([None] * more)
         self._profiles.extend([None] * more)
 
     def _hold(self, key_id: int, key: KeyState) -> None:
         digest = key.digest
-        if len(digest) != DIGEST_SIZE:
-            raise ValueError(f"a key digest holds {DIGEST_SIZE} bytes, not {len(digest)}")
-        start = key_id * DIGEST_SIZE
-        self._digests[start : start + DIGEST_SIZE] = digest
+        self._digests[key_id] = digest
         shared: Shared = key[5:]
         profile = self._shared.get(shared)
         if profile is None:
             profile = self._shared[shared] = Profile.of(shared)
         profile.holders += 1
         self._profiles[key_id] = profile
-        if self._ids.setdefault(hash(digest) & _PREFIX, key_id) != key_id:
-            self._colliding[digest] = key_id
+        self._ids[digest] = key_id
         self._live += 1
 
     def _drop(self, key_id: int) -> None:
@@ -280,13 +274,10 @@ class KeyCache:
         profile.holders -= 1
         if not profile.holders:
             del self._shared[profile.shared]
-        start = key_id * DIGEST_SIZE
-        digest = bytes(self._digests[start : start + DIGEST_SIZE])
-        prefix = hash(digest) & _PREFIX
-        if self._ids.get(prefix) == key_id:
-            del self._ids[prefix]
-        else:
-            del self._colliding[digest]
+        digest = self._digests[key_id]
+        self._digests[key_id] = None
+        if digest is not None and self._ids.get(digest) == key_id:
+            del self._ids[digest]
         self._live -= 1
 
 
