@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks import (
+    baseline,
     decide,
     drf,
     forward,
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "limits": limits.run,
     "ratelimit": ratelimit.run,
     "snapshot": snapshot.run,
+    "baseline": baseline.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 
