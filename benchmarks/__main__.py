@@ -21,6 +21,7 @@ from rich.console import Console
 
 from benchmarks import (
     analytics,
+    baseline,
     console_keys,
     decide,
     drf,
@@ -33,6 +34,7 @@ from benchmarks import (
     propagation,
     ratelimit,
     replica,
+    snapshot,
 )
 from benchmarks.context import Context
 from benchmarks.load import choose_generator
@@ -52,6 +54,8 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "replica": replica.run,
     "console": console_keys.run,
     "importing": importing.run,
+    "snapshot": snapshot.run,
+    "baseline": baseline.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

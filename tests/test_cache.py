@@ -28,12 +28,13 @@ def test_refresh_loads_every_live_key_with_its_parsed_rules() -> None:
     assert cache.refresh() == 2
     restricted = cache.get(b"b" * 32)
     assert restricted is not None
-    assert restricted.networks is not None
-    assert restricted.networks.permits(ip_address("10.255.0.1"))
-    assert not restricted.networks.permits(ip_address("11.0.0.1"))
+    networks = restricted[1].networks
+    assert networks is not None
+    assert networks.permits(ip_address("10.255.0.1"))
+    assert not networks.permits(ip_address("11.0.0.1"))
     unrestricted = cache.get(b"a" * 32)
     assert unrestricted is not None
-    assert unrestricted.networks is None
+    assert unrestricted[1].networks is None
     assert len(cache) == 2
     assert cache.refreshed_at is not None
 
@@ -45,7 +46,7 @@ def test_refresh_applies_updates_and_deletions() -> None:
     assert cache.refresh() == 1
     cached = cache.get(b"d" * 32)
     assert cached is not None
-    assert not cached.active
+    assert not cached[1].active
     store.delete_key(account_id, key_id)
     cache.refresh()
     assert cache.get(b"d" * 32) is None
@@ -62,7 +63,7 @@ def test_older_copy_of_a_key_never_overwrites_a_newer_one() -> None:
     cache.put(old)
     cached = cache.get(b"d" * 32)
     assert cached is not None
-    assert not cached.active
+    assert not cached[1].active
 
 
 def test_late_copy_does_not_resurrect_a_deleted_key() -> None:

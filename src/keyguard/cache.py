@@ -9,61 +9,136 @@ revision, so a late, older copy of a key can never overwrite a newer one.
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from keyguard.domain.network import AllowList, parse_networks
 from keyguard.domain.ratelimit import RateLimit
-from keyguard.domain.records import Account, AccountStatus, StoredKey
+from keyguard.domain.records import Account, AccountStatus, KeyState, StoredKey
 from keyguard.domain.scopes import Level
 from keyguard.storage import ChangeSignal, Store
 
 log = logging.getLogger("keyguard.cache")
 
+_NARROW = 2**32 - 1  # the largest revision a 4-byte column holds
+Shared = tuple[
+    int,
+    bool,
+    tuple[str, ...] | None,
+    tuple[tuple[str, Level], ...] | None,
+    float | None,
+    RateLimit | None,
+]
 
-@dataclass(frozen=True, slots=True)
-class CachedKey:
-    """What a decision needs to know about a key, parsed once."""
 
-    key_id: int
+def shared_of(key: KeyState) -> Shared:
+    """What ``key`` shares with keys whose settings are the same: from ``account_id`` on."""
+    return key[6:]
+
+
+@dataclass(slots=True, eq=False)
+class Profile:
+    """What a decision needs to know about a key but its id, parsed once.
+
+    Keys whose settings are the same share one profile: most of a snapshot's
+    keys are a handful of profiles.
+    """
+
     account_id: int
     active: bool  # false for a leaked key too, whatever its settings say
     networks: AllowList | None  # None: not restricted
     scopes_enabled: bool
-    levels: Mapping[str, Level] = field(default_factory=dict)
+    levels: Mapping[str, Level]
     # A POSIX timestamp: decisions compare it with the clock, so a key expires on
     # every process at its second, with no refresh or write needed then.
-    expires: float | None = None
-    ratelimit: RateLimit | None = None  # None: the decision never meters this key
+    expires: float | None
+    ratelimit: RateLimit | None  # None: the decision never meters this key
+    shared: Shared  # what it was made of, and is found again by
+    holders: int = 0  # keys that hold it; at none it is forgotten
 
     @classmethod
-    def of(cls, key: StoredKey) -> "CachedKey":
-        settings = key.settings
+    def of(cls, shared: Shared) -> "Profile":
+        account_id, active, networks, scopes, expires, ratelimit = shared
         return cls(
-            key_id=key.id,
-            account_id=key.account_id,
-            active=settings.active and key.leaked_at is None,
-            networks=AllowList.of(parse_networks(settings.permitted_ips))
-            if settings.restricted
-            else None,
-            scopes_enabled=settings.scopes_enabled,
-            levels=dict(settings.scopes),
-            expires=None if settings.expires_at is None else settings.expires_at.timestamp(),
-            ratelimit=settings.ratelimit,
+            account_id,
+            active,
+            None if networks is None else AllowList.of(parse_networks(networks)),
+            scopes is not None,
+            dict(scopes or ()),
+            expires,
+            ratelimit,
+            shared,
         )
 
 
+class CachedKey(NamedTuple):
+    """A key as the snapshot answers for it: its id and its (shared) profile."""
+
+    key_id: int
+    profile: Profile
+
+    @property
+    def account_id(self) -> int:
+        return self.profile.account_id
+
+    @property
+    def active(self) -> bool:
+        return self.profile.active
+
+    @property
+    def networks(self) -> AllowList | None:
+        return self.profile.networks
+
+    @property
+    def scopes_enabled(self) -> bool:
+        return self.profile.scopes_enabled
+
+    @property
+    def levels(self) -> Mapping[str, Level]:
+        return self.profile.levels
+
+    @property
+    def expires(self) -> float | None:
+        return self.profile.expires
+
+    @property
+    def ratelimit(self) -> RateLimit | None:
+        return self.profile.ratelimit
+
+
+Found = tuple[int, Profile]  # what a lookup by digest answers: the key's id and profile
+
+
 class KeyCache:
-    """Live keys by digest, plus the revision the snapshot has reached."""
+    """Live keys by digest, plus the revision the snapshot has reached.
+
+    Per key it holds about 200 bytes: one dict entry from the digest to the key
+    id, and columns indexed by key id (ids are dense) of the revision held
+    (tombstones too), the digest the key is held under and a reference to the
+    key's profile. The dict keyed by the whole digest costs some 30 bytes a key
+    more than one keyed by part of it, and spares each lookup the comparison of
+    the rest: a lookup costs what a plain dict's does.
+
+    Decisions read it without a lock: a key's profile is one reference, replaced
+    at once, so a reader sees a key's settings of one revision or the next,
+    never a mix.
+    """
 
     def __init__(self, store: Store, observe_lag: Callable[[float], None] | None = None) -> None:
         self._store = store
         self._observe_lag = observe_lag
         self._lock = threading.Lock()
-        self._by_digest: dict[bytes, CachedKey] = {}
-        self._revisions: dict[int, int] = {}  # key id -> revision held, tombstones too
-        self._digests: dict[int, bytes] = {}  # key id -> digest it is held under
+        self._ids: dict[bytes, int] = {}  # digest -> key id
+        # By key id: 1 + the revision held, tombstones too (0: never seen); 4 bytes
+        # each until a revision needs 8.
+        self._revisions = array("I")
+        self._digests: list[bytes | None] = []  # by key id: the digest it is held under
+        self._profiles: list[Profile | None] = []  # by key id: None unless live
+        self._shared: dict[Shared, Profile] = {}
+        self._live = 0
         self._account_revisions: dict[int, int] = {}
         # Accounts whose keys must fail: suspended or deleted. Decisions check it.
         self.blocked_accounts: set[int] = set()
@@ -77,26 +152,40 @@ class KeyCache:
         self.store_reachable = False  # did the last refresh reach the store?
 
     def __len__(self) -> int:
-        return len(self._by_digest)
+        return self._live
 
-    def get(self, digest: bytes) -> CachedKey | None:
-        return self._by_digest.get(digest)
+    def get(self, digest: bytes) -> Found | None:
+        """The live key with this digest: its id and profile (a plain tuple, the
+        cheapest answer to build), or None."""
+        key_id = self._ids.get(digest)
+        if key_id is None:
+            return None
+        profile = self._profiles[key_id]
+        return None if profile is None else (key_id, profile)
 
     def by_id(self, key_id: int) -> CachedKey | None:
         """The live key with this id, or None once it is deleted (or was never seen)."""
-        digest = self._digests.get(key_id)
-        return None if digest is None else self._by_digest.get(digest)
+        profile = self._profiles[key_id] if 0 <= key_id < len(self._profiles) else None
+        return None if profile is None else CachedKey(key_id, profile)
 
     def live_keys(self) -> list[CachedKey]:
         """Every live key in the snapshot, as of now."""
         with self._lock:
-            return list(self._by_digest.values())
+            return [
+                CachedKey(key_id, profile)
+                for key_id, profile in enumerate(self._profiles)
+                if profile is not None
+            ]
+
+    def profiles(self) -> list[Profile]:
+        """Every profile live keys hold, as of now; ``holders`` says how many."""
+        with self._lock:
+            return list(self._shared.values())
 
     def put(self, key: StoredKey) -> None:
         """Take in a key written by this process; older copies are ignored."""
         with self._lock:
-            self._apply(key)
-        self._note_imported([key])
+            self._apply(KeyState.of(key))
 
     def put_account(self, account: Account) -> None:
         """Take in an account status written by this process."""
@@ -104,37 +193,44 @@ class KeyCache:
             self._apply_account(account)
 
     def refresh(self) -> int:
-        """Read every change since the last refresh; return how many were applied."""
+        """Read every change since the last refresh; return how many were applied.
+
+        The keys are read as they are applied: a first load of millions of keys
+        never holds a list of them.
+        """
         first_load = self.revision == 0
+        observe = self._observe_lag is not None and not first_load  # a first load is no propagation
+        lags: list[datetime] = []
+        applied = 0
         try:
-            changes = self._store.changes_since(self.revision)
+            with self._store.stream_changes(self.revision) as changes, self._lock:
+                for account in changes.accounts:
+                    self._apply_account(account)
+                for key in changes.keys:
+                    if self._apply(key):
+                        applied += 1
+                        if observe and key.changed_at is not None:
+                            lags.append(key.changed_at)
+                self.revision = max(self.revision, changes.revision)
+                self.refreshed_at = time.monotonic()
+                self.store_reachable = True
         except Exception:
             self.store_reachable = False
             raise
-        with self._lock:
-            for account in changes.accounts:
-                self._apply_account(account)
-            applied = [key for key in changes.keys if self._apply(key)]
-            self.revision = max(self.revision, changes.revision)
-            self.refreshed_at = time.monotonic()
-            self.store_reachable = True
-        self._note_imported(applied)
-        if self._observe_lag is not None and not first_load:  # a first load is no propagation
-            now = datetime.now(UTC)
-            for key in applied:
-                if key.changed_at is not None:
-                    self._observe_lag((now - key.changed_at).total_seconds())
-        return len(applied)
-
-    def _note_imported(self, keys: list[StoredKey]) -> None:
-        kinds = {key.imported for key in keys if key.imported is not None and not key.deleted}
-        self.imported = self.imported or bool(kinds)
-        self.imported_sha256 = self.imported_sha256 or "sha256" in kinds
+        self._observe(lags)
+        return applied
 
     @property
     def age(self) -> float | None:
         """Seconds since the last successful refresh."""
         return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at
+
+    def _observe(self, changed: Iterable[datetime]) -> None:
+        if self._observe_lag is None:
+            return
+        now = datetime.now(UTC)
+        for when in changed:
+            self._observe_lag((now - when).total_seconds())
 
     def _apply_account(self, account: Account) -> None:
         if self._account_revisions.get(account.id, -1) >= account.revision:
@@ -145,21 +241,57 @@ class KeyCache:
         else:
             self.blocked_accounts.add(account.id)
 
-    def _apply(self, key: StoredKey) -> bool:
-        if self._revisions.get(key.id, -1) >= key.revision:
+    def _apply(self, key: KeyState) -> bool:
+        key_id = key.id
+        if key_id >= len(self._revisions):
+            self._grow(key_id)
+        if key.revision >= _NARROW and self._revisions.typecode == "I":
+            self._revisions = array("q", self._revisions)
+        if self._revisions[key_id] > key.revision:
             return False
-        self._revisions[key.id] = key.revision
+        self._revisions[key_id] = key.revision + 1
         # A rotation of the server secret gives a key a new digest: the entry under
         # the old one must go, or the old digest would keep answering for the key.
-        held = self._digests.pop(key.id, None)
-        if held is not None and held != key.digest:
-            self._by_digest.pop(held, None)
-        if key.deleted:
-            self._by_digest.pop(key.digest, None)
-        else:
-            self._by_digest[key.digest] = CachedKey.of(key)
-            self._digests[key.id] = key.digest
+        self._drop(key_id)
+        if not key.deleted:
+            self._hold(key_id, key)
         return True
+
+    def _grow(self, key_id: int) -> None:
+        more = max(key_id + 1 - len(self._revisions), len(self._revisions) // 8, 1024)
+        revisions = self._revisions
+        revisions.extend(array(revisions.typecode, bytes(revisions.itemsize * more)))
+        self._digests.extend([None] * more)
+        self._profiles.extend([None] * more)
+
+    def _hold(self, key_id: int, key: KeyState) -> None:
+        digest = key.digest
+        self._digests[key_id] = digest
+        if key.imported is not None:  # once set, they stay set (see __init__)
+            self.imported = True
+            self.imported_sha256 = self.imported_sha256 or key.imported == "sha256"
+        shared = shared_of(key)
+        profile = self._shared.get(shared)
+        if profile is None:
+            profile = self._shared[shared] = Profile.of(shared)
+        profile.holders += 1
+        self._profiles[key_id] = profile
+        self._ids[digest] = key_id
+        self._live += 1
+
+    def _drop(self, key_id: int) -> None:
+        profile = self._profiles[key_id]
+        if profile is None:
+            return
+        self._profiles[key_id] = None
+        profile.holders -= 1
+        if not profile.holders:
+            del self._shared[profile.shared]
+        digest = self._digests[key_id]
+        self._digests[key_id] = None
+        if digest is not None and self._ids.get(digest) == key_id:
+            del self._ids[digest]
+        self._live -= 1
 
 
 class ChangeFollower:

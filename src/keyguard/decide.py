@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ipaddress import ip_network
 from typing import NamedTuple
 
-from keyguard.cache import CachedKey, KeyCache
+from keyguard.cache import KeyCache, Profile
 from keyguard.domain.keys import is_well_formed
 from keyguard.domain.network import parse_address, parse_client
 from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
@@ -134,42 +134,40 @@ class Decider:
             key = cache.get(self._vault.imported_digest(token))
         if key is None:
             return self._unauthorized(failures_of)
+        key_id, profile = key
+        account_id = profile.account_id
         if (
-            not key.active
-            or key.account_id in self._cache.blocked_accounts
-            or (key.expires is not None and self._clock() >= key.expires)
+            not profile.active
+            or account_id in self._cache.blocked_accounts
+            or (profile.expires is not None and self._clock() >= profile.expires)
         ):
-            self._usage.count(key.key_id, key.account_id, Outcome.UNAUTHORIZED)
+            self._usage.count(key_id, account_id, Outcome.UNAUTHORIZED)
             return self._unauthorized(failures_of)
-        if key.networks is not None:
+        if profile.networks is not None:
             address = parse_client(ip) if ip else None
-            if address is None or not key.networks.permits(address):
+            if address is None or not profile.networks.permits(address):
                 shown = str(address) if address is not None else "(unknown)"
                 message = f"IP address {shown} is not permitted for this API key"
-                self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
-                return Decision(False, 403, message, key.account_id, key.key_id)
+                self._usage.count(key_id, account_id, Outcome.FORBIDDEN)
+                return Decision(False, 403, message, account_id, key_id)
         route = self._routes.match(method, path)
         needed = route.label if route else "full"  # unknown and ambiguous paths need full access
-        refusal = self._scope_refusal(key, route)
+        refusal = self._scope_refusal(profile, route)
         if refusal is not None:
-            self._usage.count(key.key_id, key.account_id, Outcome.FORBIDDEN)
-            return Decision(False, 403, refusal, key.account_id, key.key_id, needed)
+            self._usage.count(key_id, account_id, Outcome.FORBIDDEN)
+            return Decision(False, 403, refusal, account_id, key_id, needed)
         window = None
-        if key.ratelimit is not None:
-            window = self.meter.admit(key.key_id, key.ratelimit)
+        if profile.ratelimit is not None:
+            window = self.meter.admit(key_id, profile.ratelimit)
             if window is None:
-                return self._rate_limited(key, needed)
-        self._usage.touch(key.key_id, key.account_id)
-        allowed = self._allowed.get((key.key_id, needed))
-        if (
-            allowed is None
-            or allowed.account_id != key.account_id
-            or allowed.ratelimit is not window
-        ):
+                return self._rate_limited(key_id, account_id, needed)
+        self._usage.touch(key_id, account_id)
+        allowed = self._allowed.get((key_id, needed))
+        if allowed is None or allowed.account_id != account_id or allowed.ratelimit is not window:
             if len(self._allowed) >= _ALLOWED_LIMIT:
                 self._allowed.clear()
-            allowed = Decision(True, 200, "OK", key.account_id, key.key_id, needed, None, window)
-            self._allowed[key.key_id, needed] = allowed
+            allowed = Decision(True, 200, "OK", account_id, key_id, needed, None, window)
+            self._allowed[key_id, needed] = allowed
         return allowed
 
     def _unauthorized(self, failures_of: str | None) -> Decision:
@@ -183,14 +181,14 @@ class Decider:
                 return Decision(False, 429, TOO_MANY_FAILURES.format(wait), retry_after=wait)
         return UNAUTHORIZED
 
-    def _rate_limited(self, key: CachedKey, needed: str) -> Decision:
+    def _rate_limited(self, key_id: int, account_id: int, needed: str) -> Decision:
         # Not a failed authentication: the key is good, so the failure limit is not charged.
-        self._usage.count(key.key_id, key.account_id, Outcome.RATE_LIMITED)
-        wait, window = self.meter.refusal(key.key_id)
-        return Decision(False, 429, RATE_LIMITED, key.account_id, key.key_id, needed, wait, window)
+        self._usage.count(key_id, account_id, Outcome.RATE_LIMITED)
+        wait, window = self.meter.refusal(key_id)
+        return Decision(False, 429, RATE_LIMITED, account_id, key_id, needed, wait, window)
 
-    def _scope_refusal(self, key: CachedKey, route: Route | None) -> str | None:
-        """Why ``key`` may not take ``route``, or ``None`` if it may."""
+    def _scope_refusal(self, key: Profile, route: Route | None) -> str | None:
+        """Why a key of this profile may not take ``route``, or ``None`` if it may."""
         if route is AMBIGUOUS:
             if self._routes.unknown is UnknownRoutes.DENY:
                 return f"{_AMBIGUOUS_PATH}: not available to any API key"

@@ -88,16 +88,16 @@ def warn_about_missing_groups(route_map: RouteMap, cache: KeyCache, source: Path
     none, back to Wavix's groups) on a database whose keys were made for another.
     """
     known = set(route_map.groups)
-    missing = [set(key.levels) - known for key in cache.live_keys()]
-    holders = [groups for groups in missing if groups]
+    missing = [(set(profile.levels) - known, profile.holders) for profile in cache.profiles()]
+    holders = [(groups, count) for groups, count in missing if groups]
     if not holders:
         return
-    names = ", ".join(sorted(set().union(*holders)))
+    names = ", ".join(sorted(set().union(*(groups for groups, _ in holders))))
     where = f"the route map {source}" if source is not None else "Wavix's route map"
     log.warning(
         "%d keys grant scope groups that %s does not have (%s): those grants allow nothing "
         "until the map declares the groups again",
-        len(holders),
+        sum(count for _, count in holders),
         where,
         names,
     )

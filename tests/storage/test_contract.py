@@ -14,6 +14,7 @@ from keyguard.domain.counts import Granularity
 from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.leaks import Leak
+from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.records import (
     Account,
     AccountStatus,
@@ -21,6 +22,7 @@ from keyguard.domain.records import (
     ChangeFeed,
     Imported,
     KeySettings,
+    KeyState,
     StoredKey,
 )
 from keyguard.domain.scopes import Level
@@ -175,6 +177,49 @@ def test_initial_feed_skips_deleted_keys(store: Store) -> None:
     store.delete_key(account_id, key.id)
     changes = store.changes_since(0).keys
     assert key.id not in [change.id for change in changes]
+
+
+def _streamed(store: Store, revision: int) -> tuple[int, list[Account], list[KeyState]]:
+    with store.stream_changes(revision) as stream:
+        return stream.revision, stream.accounts, sorted(stream.keys, key=lambda k: k.revision)
+
+
+def _state(key: StoredKey, first_load: bool) -> KeyState:
+    """What a stream yields of ``key``: a first load carries no change time."""
+    state = KeyState.of(key)
+    return state._replace(changed_at=None) if first_load else state
+
+
+def test_streamed_feed_holds_what_the_change_feed_holds(store: Store) -> None:
+    account_id = _account(store)
+    expires = datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)
+    restricted = KeySettings(
+        label="r",
+        restricted=True,
+        permitted_ips=("10.0.0.0/8", "2001:db8::/32"),
+        scopes_enabled=True,
+        scopes={"messages": Level.WRITE, "numbers": Level.READ},
+        expires_at=expires,
+        ratelimit=RateLimit(10, 60),
+    )
+    for settings in (restricted, restricted, KeySettings(label="plain", scopes_enabled=True)):
+        store.create_key(account_id, _digest(), b"s", settings)
+    gone = store.create_key(account_id, _digest(), b"s", KeySettings(label="gone"))
+    store.delete_key(account_id, gone.id)
+    other = _account(store, "other")
+    store.set_account_status(other, AccountStatus.SUSPENDED)
+    for start in (0, gone.revision - 1):
+        feed = store.changes_since(start)
+        revision, accounts, states = _streamed(store, start)
+        assert (revision, accounts) == (feed.revision, feed.accounts)
+        assert states == [_state(key, start == 0) for key in feed.keys]
+    first = _streamed(store, 0)[2]
+    assert first[1].networks == restricted.permitted_ips
+    assert first[1].expires == expires.timestamp()
+    assert dict(first[1].scopes or ()) == restricted.scopes
+    assert first[3].scopes == ()
+    assert first[3].networks is None
+    assert gone.id not in [state.id for state in first]
 
 
 def test_usage_moves_forward_only_and_does_not_touch_revision(store: Store) -> None:

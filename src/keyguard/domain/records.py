@@ -1,10 +1,10 @@
 """The records keyguard stores: accounts and their API keys."""
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.scopes import Level
@@ -119,6 +119,55 @@ class ChangeFeed:
     revision: int
     keys: list[StoredKey]
     accounts: list[Account]
+
+
+class KeyState(NamedTuple):
+    """What a key snapshot holds of a key, as :meth:`Store.stream_changes` yields it.
+
+    The fields from ``account_id`` on are what keys share when their settings are
+    the same; :class:`~keyguard.cache.KeyCache` keeps one copy of each such set.
+    """
+
+    id: int
+    digest: bytes
+    revision: int
+    deleted: bool
+    changed_at: datetime | None
+    imported: Imported | None
+    account_id: int
+    active: bool  # false for a leaked key too, whatever its settings say
+    networks: tuple[str, ...] | None  # None: not restricted
+    scopes: tuple[tuple[str, Level], ...] | None  # granted levels; None: full access
+    expires: float | None  # a POSIX timestamp; None: never
+    ratelimit: RateLimit | None
+
+    @classmethod
+    def of(cls, key: StoredKey) -> "KeyState":
+        settings = key.settings
+        expires = settings.expires_at
+        return cls(
+            key.id,
+            key.digest,
+            key.revision,
+            key.deleted,
+            key.changed_at,
+            key.imported,
+            key.account_id,
+            settings.active and key.leaked_at is None,
+            settings.permitted_ips if settings.restricted else None,
+            tuple(settings.scopes.items()) if settings.scopes_enabled else None,
+            None if expires is None else expires.timestamp(),
+            settings.ratelimit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStream:
+    """A change feed streamed: what :class:`ChangeFeed` holds, keys read as they come."""
+
+    revision: int
+    accounts: list[Account]
+    keys: Iterator[KeyState]
 
 
 def settings_document(settings: KeySettings) -> dict[str, Any]:

@@ -6,6 +6,7 @@ chosen by URL in :func:`open_store`; each passes the same contract suite
 """
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -24,6 +25,7 @@ from keyguard.domain.records import (
     ChangeFeed,
     Imported,
     KeySettings,
+    KeyStream,
     StoredKey,
 )
 from keyguard.errors import ConfigurationError
@@ -280,6 +282,13 @@ class Store(Protocol):
         From revision 0 (a first load): live keys, and accounts that are not active.
         Later: deleted keys too (``deleted=True``), so that snapshots drop them.
         """
+
+    def stream_changes(self, revision: int) -> AbstractContextManager[KeyStream]:
+        """What :meth:`changes_since` returns, as :class:`KeyState` records in revision
+        order, read from the database while the block iterates them: a first load of
+        millions of keys holds one batch of rows at a time, never a list of them all.
+        Each key comes once, in no particular order; a first load (from revision 0)
+        carries no ``changed_at``, since it is no propagation."""
 
     def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         """Move ``last_used_at`` forward, never back, for each key id given; skip a

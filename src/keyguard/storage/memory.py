@@ -2,7 +2,8 @@
 its :class:`~keyguard.storage.ChangeSignal`, the twin of PostgreSQL's LISTEN/NOTIFY."""
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,8 @@ from keyguard.domain.records import (
     AuditRecord,
     ChangeFeed,
     KeySettings,
+    KeyState,
+    KeyStream,
     StoredKey,
     settings_document,
     timestamp,
@@ -331,6 +334,14 @@ class MemoryStore:
             ]
             keys.sort(key=lambda key: key.revision)
             return ChangeFeed(self._revision, keys, accounts)
+
+    @contextmanager
+    def stream_changes(self, revision: int) -> Iterator[KeyStream]:
+        feed = self.changes_since(revision)
+        states: Iterator[KeyState] = map(KeyState.of, feed.keys)
+        if revision == 0:  # as a database's first load: no change times
+            states = (state._replace(changed_at=None) for state in states)
+        yield KeyStream(feed.revision, feed.accounts, states)
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         with self._lock:

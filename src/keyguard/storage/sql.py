@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -30,9 +30,12 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     CursorResult,
+    DateTime,
     Dialect,
     Engine,
+    Result,
     Row,
+    Select,
     Text,
     and_,
     bindparam,
@@ -43,9 +46,11 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    null,
     or_,
     select,
     text,
+    type_coerce,
     update,
     values,
 )
@@ -77,6 +82,8 @@ from keyguard.domain.records import (
     AuditRecord,
     ChangeFeed,
     KeySettings,
+    KeyState,
+    KeyStream,
     StoredKey,
     settings_document,
     timestamp,
@@ -106,6 +113,7 @@ from keyguard.storage.tables import (
 
 CHANNEL = "keyguard_changes"
 USAGE_BATCH = 1000
+STREAM_BATCH = 5000  # rows a streamed change feed holds at a time
 _SQLITE_UNAVAILABLE = ("unable to open", "locked", "disk i/o", "readonly", "no such table")
 
 
@@ -846,11 +854,7 @@ class SQLStore:
             return newest
 
     def changes_since(self, revision: int) -> ChangeFeed:
-        keys = select(*_KEY_COLUMNS).where(api_keys.c.revision > revision)
-        changed = select(accounts).where(accounts.c.revision > revision)
-        if revision == 0:
-            keys = keys.where(api_keys.c.deleted_at.is_(None))
-            changed = changed.where(accounts.c.status != AccountStatus.ACTIVE.value)
+        keys, changed = _change_queries(revision, select(*_KEY_COLUMNS))
         with self._reading() as connection, connection.begin():
             newest = connection.execute(select(meta.c.revision)).scalar_one()
             key_rows = connection.execute(
@@ -859,6 +863,20 @@ class SQLStore:
             found = [_key(row) for row in key_rows]
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
             return ChangeFeed(newest, found, [_account(row) for row in account_rows])
+
+    @contextmanager
+    def stream_changes(self, revision: int) -> Iterator[KeyStream]:
+        """Rows come by a server-side cursor on PostgreSQL (SQLite's cursor streams as
+        it is), :data:`STREAM_BATCH` at a time; each key once, in no particular order,
+        since an order would cost a first load a sort or an index walk."""
+        keys, changed = _change_queries(revision, select(*_state_columns(revision)))
+        with self._reading() as connection, connection.begin():
+            newest = connection.execute(select(meta.c.revision)).scalar_one()
+            account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
+            found = [_account(row) for row in account_rows]
+            streaming = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH)
+            rows = streaming.execute(keys.where(api_keys.c.revision <= newest))
+            yield KeyStream(newest, found, _states(rows))
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         if not rewrites:
@@ -1312,6 +1330,92 @@ def _import_row(key: NewKey) -> dict[str, Any]:
         "imported": key.imported,
         **_settings_columns(key.settings),
     }
+
+
+def _change_queries(revision: int, keys: Select[Any]) -> tuple[Select[Any], Select[Any]]:
+    """The keys and accounts a change feed after ``revision`` holds, before its end."""
+    keys = keys.where(api_keys.c.revision > revision)
+    changed = select(accounts).where(accounts.c.revision > revision)
+    if revision == 0:
+        keys = keys.where(api_keys.c.deleted_at.is_(None))
+        changed = changed.where(accounts.c.status != AccountStatus.ACTIVE.value)
+    return keys, changed
+
+
+def _state_columns(revision: int) -> list[ColumnElement[Any]]:
+    """What a snapshot reads of a key, in :class:`KeyState`'s order; settings as text.
+
+    A first load is no propagation: it skips ``changed_at``, whose parsing would
+    cost every row of millions.
+    """
+    key = api_keys.c
+    return [
+        key.id,
+        key.digest,
+        key.revision,
+        key.deleted_at.is_not(None).label("deleted"),
+        key.changed_at if revision else null().label("changed_at"),
+        key.imported,
+        key.account_id,
+        and_(key.active, key.leaked_at.is_(None)).label("active"),
+        key.restricted,
+        cast(key.permitted_ips, Text).label("permitted_ips"),
+        key.scopes_enabled,
+        cast(key.scopes, Text).label("scopes"),
+        type_coerce(key.expires_at, DateTime(timezone=True)),  # no decorator's call per row
+        cast(key.ratelimit, Text).label("ratelimit"),
+    ]
+
+
+def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
+    """Rows of :func:`_state_columns` as key states, each settings text parsed once.
+
+    Most keys share their settings: a first load sees the same allow-list, scopes
+    and rate limit text again and again, and parses each once.
+    """
+    networks = _Parsed(lambda text: tuple(_document(text)))
+    scopes = _Parsed(lambda text: tuple(expand(_document(text)).items()))
+    ratelimits = _Parsed(lambda text: RateLimit.of(_document(text)))
+    batches: Iterator[Sequence[Sequence[Any]]] = rows.partitions()
+    for batch in batches:
+        for row in batch:
+            (key_id, digest, revision, deleted, changed_at, imported, account_id, active,
+             restricted, ips, scoped, granted, expires, ratelimit) = row  # fmt: skip
+            yield KeyState(
+                key_id,
+                digest,
+                revision,
+                deleted,
+                changed_at,
+                imported,
+                account_id,
+                active,
+                networks[ips] if restricted else None,
+                scopes[granted] if scoped else None,
+                None if expires is None else _timestamp(expires),
+                None if ratelimit is None else ratelimits[ratelimit],
+            )
+
+
+class _Parsed(dict[str, Any]):
+    """Settings texts and what they parse to, each parsed when first asked for."""
+
+    LIMIT = 10_000  # keys with settings all their own would make it a copy of every row
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        parsed = self[text] = self._parse(text)
+        return parsed
+
+
+def _timestamp(value: datetime) -> float:
+    """A stored time as POSIX seconds; SQLite's come without their zone, which is UTC."""
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).timestamp()
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
