@@ -36,6 +36,10 @@ class CachedKey:
     # every process at its second, with no refresh or write needed then.
     expires: float | None = None
     ratelimit: RateLimit | None = None  # None: the decision never meters this key
+    # The epoch of the key's credits (leases older than it are dropped); None:
+    # unlimited, and the decision spends nothing.
+    credits: int | None = None
+    refill_interval: str | None = None
 
     @classmethod
     def of(cls, key: StoredKey) -> "CachedKey":
@@ -51,6 +55,8 @@ class CachedKey:
             levels=dict(settings.scopes),
             expires=None if settings.expires_at is None else settings.expires_at.timestamp(),
             ratelimit=settings.ratelimit,
+            credits=None if settings.remaining is None else key.credits_epoch,
+            refill_interval=None if settings.refill is None else settings.refill.interval,
         )
 
 
@@ -64,6 +70,7 @@ class KeyCache:
         self._by_digest: dict[bytes, CachedKey] = {}
         self._revisions: dict[int, int] = {}  # key id -> revision held, tombstones too
         self._digests: dict[int, bytes] = {}  # key id -> digest it is held under
+        self._credited: dict[int, CachedKey] = {}  # live keys with credits, by id
         self._account_revisions: dict[int, int] = {}
         # Accounts whose keys must fail: suspended or deleted. Decisions check it.
         self.blocked_accounts: set[int] = set()
@@ -86,6 +93,11 @@ class KeyCache:
         """Every live key in the snapshot, as of now."""
         with self._lock:
             return list(self._by_digest.values())
+
+    def credited(self) -> list[CachedKey]:
+        """Every live key with credits, as of now."""
+        with self._lock:
+            return list(self._credited.values())
 
     def put(self, key: StoredKey) -> None:
         """Take in a key written by this process; older copies are ignored."""
@@ -142,11 +154,14 @@ class KeyCache:
         held = self._digests.pop(key.id, None)
         if held is not None and held != key.digest:
             self._by_digest.pop(held, None)
+        self._credited.pop(key.id, None)
         if key.deleted:
             self._by_digest.pop(key.digest, None)
         else:
-            self._by_digest[key.digest] = CachedKey.of(key)
+            self._by_digest[key.digest] = cached = CachedKey.of(key)
             self._digests[key.id] = key.digest
+            if cached.credits is not None:
+                self._credited[key.id] = cached
         return True
 
 
