@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks import (
+    credits,
     decide,
     drf,
     forward,
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "postgres": postgres.run,
     "limits": limits.run,
     "ratelimit": ratelimit.run,
+    "credits": credits.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

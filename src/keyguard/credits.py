@@ -232,18 +232,23 @@ class CreditLeases:
         grants = self._store.lease_credits(wanted, datetime.fromtimestamp(now, UTC))
         total = 0
         for key_id, grant in grants.items():
-            lease, key = self._leases.get(key_id), keys.get(key_id)
-            if key is None:
-                continue
-            if lease is None or (lease.epoch, lease.period) != (grant.epoch, grant.period):
-                until = period_end(key.refill_interval, grant.period)
-                lease = Lease(grant.epoch, grant.period, until, 0)  # the old one is dropped
-                lease.busy = now
-                self._leases[key_id] = lease
-            lease.granted += grant.granted
-            lease.asked = 0.0 if grant.granted else now
-            total += grant.granted
+            key = keys.get(key_id)
+            if key is not None:
+                self.hold(key, grant, now)
+                total += grant.granted
         return total
+
+    def hold(self, key: "CachedKey", grant: CreditGrant, now: float) -> None:
+        """Add credits the store granted to ``key``'s lease, which is started afresh
+        (the old one dropped) when they are of another epoch or refill period."""
+        lease = self._leases.get(key.key_id)
+        if lease is None or (lease.epoch, lease.period) != (grant.epoch, grant.period):
+            until = period_end(key.refill_interval, grant.period)
+            lease = Lease(grant.epoch, grant.period, until, 0)
+            lease.busy = now
+            self._leases[key.key_id] = lease
+        lease.granted += grant.granted
+        lease.asked = 0.0 if grant.granted else now
 
     def _shrink(self, lease: Lease) -> int:
         """Keep one credit of an idle lease (and any the hot path may be spending

@@ -46,6 +46,8 @@ FIELD_ORDER = (
     "rolled_from",
     "leaked_at",
     "ratelimit",
+    "remaining",
+    "refill",
 )
 # current name -> seed-era name
 FLAG_NAMES = {
@@ -110,6 +112,8 @@ def defaults(label: str) -> dict[str, Any]:
         "rolled_from": None,
         "leaked_at": None,
         "ratelimit": None,
+        "remaining": None,
+        "refill": None,
     }
 
 
