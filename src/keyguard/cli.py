@@ -661,6 +661,17 @@ def keys_list(
         click.echo(f"Page {page} of {pages} ({found.total} keys).")
 
 
+@keys_group.command("show")
+@click.argument("key_id", type=int)
+@_account_option
+@_json_option
+@_fail_cleanly
+def keys_show(key_id: int, account_id: int, as_json: bool) -> None:
+    """Show one key: its settings, rate limit and credits (the secret masked in the table)."""
+    with _keyguard() as runtime:
+        _print_keys([runtime.service.get_key(account_id, key_id)], runtime, as_json)
+
+
 @keys_group.command("create")
 @_account_option
 @_key_options

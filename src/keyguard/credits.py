@@ -123,9 +123,12 @@ class CreditLeases:
 
     def prime(self, key_id: int) -> None:
         """Lease one credit of a key that was just given credits, unless a lease of
-        its current credits is held already (a management call, not the hot path)."""
+        its current credits is held already (a management call, not the hot path).
+
+        Only while this process leases (it serves requests): a command line that
+        manages keys must not carry credits away."""
         key = None if self._cache is None else self._cache.by_id(key_id)
-        if self._store is None or key is None or key.credits is None:
+        if not self._thread.is_alive() or key is None or key.credits is None:
             return
         with self._lock:
             lease = self._leases.get(key_id)
