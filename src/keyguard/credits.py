@@ -28,13 +28,14 @@ the leasing thread the only writer of the rest of a lease.
 """
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from keyguard.domain.credits import CreditGrant, period_end
+from keyguard.domain.credits import NO_END, CreditGrant, period_end
 
 if TYPE_CHECKING:  # the middleware imports this module, and must not load SQLAlchemy
     from keyguard.cache import CachedKey, KeyCache
@@ -45,7 +46,7 @@ log = logging.getLogger("keyguard.credits")
 USAGE_EXCEEDED = "Usage limit exceeded"
 LEASE_INTERVAL = 0.1  # seconds between leasing rounds
 MAX_LEASE = 100  # credits one process holds of one key, at most
-LOAD_ROUNDS = 10  # a lease holds about this many rounds of the load it serves
+LOAD_SECONDS = 1.0  # a lease holds about this many seconds of the load it serves
 IDLE_RETURN = 2.0  # seconds without a spend before a lease is given back but one credit
 DRY_RETRY = 1.0  # seconds between asking again for a key the store has no credits of
 MIN_ROUND = 0.005  # seconds between rounds, however often leases run dry
@@ -58,7 +59,7 @@ class Lease:
     """Credits of one key this process may spend: ``granted - spent`` of them."""
 
     __slots__ = (
-        "asked", "busy", "epoch", "granted", "missed", "period", "seen", "spent", "until"
+        "asked", "at", "busy", "epoch", "granted", "missed", "period", "seen", "spent", "until"
     )  # fmt: skip
 
     def __init__(self, epoch: int, period: int, until: float, granted: int) -> None:
@@ -70,6 +71,7 @@ class Lease:
         self.missed = 0  # requests refused while it was dry (written by the hot path)
         self.seen = 0  # ``spent + missed`` at the previous round
         self.busy = 0.0  # when a round last saw a request
+        self.at = 0.0  # when the previous round looked at it
         self.asked = 0.0  # when the store last gave nothing
 
 
@@ -104,7 +106,7 @@ class CreditLeases:
             lease is not None
             and lease.spent < lease.granted
             and lease.epoch >= key.credits  # type: ignore[operator]  # not None here
-            and self._clock() < lease.until
+            and (lease.until is NO_END or self._clock() < lease.until)  # no clock without refill
         ):
             lease.spent += 1
             return True
@@ -177,11 +179,15 @@ class CreditLeases:
             return
         with self._lock:
             now = self._clock()
-            keys = {key.key_id: key for key in self._cache.credited()}
-            for key_id in [key_id for key_id in self._leases if key_id not in keys]:
-                del self._leases[key_id]  # deleted, or unlimited now
+            # Inactive keys are refused before their credits: they need no lease.
+            keys = {key.key_id: key for key in self._cache.credited() if key.active}
             wanted: dict[int, int] = {}
             returned: dict[int, CreditGrant] = {}
+            for key_id in [key_id for key_id in self._leases if key_id not in keys]:
+                gone = self._leases.pop(key_id)  # deleted, unlimited or inactive now
+                given = self._shrink(gone, keep=0)
+                if given > 0:  # refused by the store if the credits changed meanwhile
+                    returned[key_id] = CreditGrant(given, gone.epoch, gone.period, 0)
             for key_id, key in keys.items():
                 lease = self._leases.get(key_id)
                 if lease is None or lease.epoch < key.credits or now >= lease.until:  # type: ignore[operator]
@@ -190,16 +196,18 @@ class CreditLeases:
                 spent = lease.spent
                 asked = spent + lease.missed
                 load, lease.seen = asked - lease.seen, asked
+                elapsed, lease.at = now - lease.at, now
                 if load:
                     lease.busy = now
                 left = lease.granted - spent
-                target = self._size(load * LOAD_ROUNDS)
+                # About a second of the load, at the rate seen since the previous round.
+                target = self._size(math.ceil(load * LOAD_SECONDS / max(elapsed, LEASE_INTERVAL)))
                 if left * 2 < target or left == 0:
                     if left == 0 and lease.asked and now - lease.asked < DRY_RETRY:
                         continue
                     wanted[key_id] = target - left
                 elif now - lease.busy >= IDLE_RETURN and left > 1:
-                    given = self._shrink(lease)
+                    given = self._shrink(lease, keep=1)
                     if given > 0:
                         returned[key_id] = CreditGrant(given, lease.epoch, lease.period, 0)
             self._store.return_credits(returned)
@@ -248,16 +256,16 @@ class CreditLeases:
         if lease is None or (lease.epoch, lease.period) != (grant.epoch, grant.period):
             until = period_end(key.refill_interval, grant.period)
             lease = Lease(grant.epoch, grant.period, until, 0)
-            lease.busy = now
+            lease.busy = lease.at = now
             self._leases[key.key_id] = lease
         lease.granted += grant.granted
         lease.asked = 0.0 if grant.granted else now
 
-    def _shrink(self, lease: Lease) -> int:
-        """Keep one credit of an idle lease (and any the hot path may be spending
-        meanwhile); how many to give back."""
+    def _shrink(self, lease: Lease, keep: int) -> int:
+        """Keep ``keep`` unspent credits of a lease (and any the hot path may be
+        spending meanwhile); how many to give back."""
         granted = lease.granted
-        lease.granted = lease.spent + 1
+        lease.granted = lease.spent + keep
         # A spend under way may have read the old ``granted``: leave room for it.
         kept = min(granted, max(lease.granted, lease.spent + _IN_FLIGHT))
         lease.granted = kept

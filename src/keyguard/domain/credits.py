@@ -21,6 +21,7 @@ INTERVALS: Final = ("daily", "monthly")
 # PATCH treats JSON null as "not given", so removing credits needs a value of its own.
 NO_CREDITS: Final = "none"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NO_END: Final = float("inf")  # when a period without a refill ends: one object, for `is`
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ def period_end(interval: str | None, period: int) -> float:
     if interval == "monthly":
         year, month = divmod(period + 1, 12)
         return datetime(year, month + 1, 1, tzinfo=UTC).timestamp()
-    return float("inf")
+    return NO_END
 
 
 def remaining_at(
