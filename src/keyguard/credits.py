@@ -179,17 +179,15 @@ class CreditLeases:
             return
         with self._lock:
             now = self._clock()
-            # Inactive keys are refused before their credits: they need no lease.
-            keys = {key.key_id: key for key in self._cache.credited() if key.active}
+            keys = {key.key_id: key for key in self._cache.credited()}
+            for key_id in [key_id for key_id in self._leases if key_id not in keys]:
+                del self._leases[key_id]  # deleted, or unlimited now: nothing to give back to
             wanted: dict[int, int] = {}
             returned: dict[int, CreditGrant] = {}
-            for key_id in [key_id for key_id in self._leases if key_id not in keys]:
-                gone = self._leases.pop(key_id)  # deleted, unlimited or inactive now
-                given = self._shrink(gone, keep=0)
-                if given > 0:  # refused by the store if the credits changed meanwhile
-                    returned[key_id] = CreditGrant(given, gone.epoch, gone.period, 0)
             for key_id, key in keys.items():
                 lease = self._leases.get(key_id)
+                if lease is None and not key.active:
+                    continue  # refused before its credits are looked at: no lease needed
                 if lease is None or lease.epoch < key.credits or now >= lease.until:  # type: ignore[operator]
                     wanted[key_id] = self._size(1)
                     continue

@@ -49,11 +49,15 @@ def drain(ask: Callable[[], int], quiet: float = 1.5, deadline: float = 30.0) ->
 
 def stored_credits(keyguard: Keyguard, tenant: Tenant, key_id: int) -> int:
     """What the store holds and what this process holds in its lease: the credits
-    not spent yet."""
-    key = keyguard.store.get_key(tenant.account_id, key_id)
-    assert key is not None
-    assert key.settings.remaining is not None
-    return key.settings.remaining + keyguard.credits.held()
+    not spent yet, read until two readings agree (a lease may be on its way back)."""
+    readings: list[int] = []
+    while len(readings) < 2 or readings[-1] != readings[-2]:
+        time.sleep(0.05 if readings else 0)
+        key = keyguard.store.get_key(tenant.account_id, key_id)
+        assert key is not None
+        assert key.settings.remaining is not None
+        readings.append(key.settings.remaining + keyguard.credits.held())
+    return readings[-1]
 
 
 def without_use(key: dict[str, Any]) -> dict[str, Any]:
