@@ -8,7 +8,8 @@ by :meth:`CreditLeases.sync`, run in the background (every :data:`LEASE_INTERVAL
 - every key with credits gets a lease of one credit as soon as the snapshot
   holds it, so that its first request is answered without waiting;
 - a lease in use is topped up before it runs out, to about one second of the
-  load it serves (adaptive), never more than :data:`MAX_LEASE` credits; a
+  load it serves (adaptive), never more than :data:`MAX_LEASE` credits nor a
+  quarter of what the store has left; a
   request refused because the lease ran dry while the store still had credits
   starts a round at once, and counts as load;
 - a lease unused for :data:`IDLE_RETURN` seconds gives back all but one credit,
@@ -53,13 +54,15 @@ MIN_ROUND = 0.005  # seconds between rounds, however often leases run dry
 # Requests that may be between the check and the spend while a lease shrinks: the
 # hot path is one thread, so one.
 _IN_FLIGHT = 1
+_SHORTEST = 0.02  # seconds: the shortest span a rate is worked out over
 
 
 class Lease:
     """Credits of one key this process may spend: ``granted - spent`` of them."""
 
     __slots__ = (
-        "asked", "at", "busy", "epoch", "granted", "missed", "period", "seen", "spent", "until"
+        "asked", "at", "busy", "epoch", "granted", "missed", "period", "seen", "spent",
+        "stored", "until",
     )  # fmt: skip
 
     def __init__(self, epoch: int, period: int, until: float, granted: int) -> None:
@@ -72,6 +75,7 @@ class Lease:
         self.seen = 0  # ``spent + missed`` at the previous round
         self.busy = 0.0  # when a round last saw a request
         self.at = 0.0  # when the previous round looked at it
+        self.stored = 0  # what the store had left after the last grant
         self.asked = 0.0  # when the store last gave nothing
 
 
@@ -194,12 +198,18 @@ class CreditLeases:
                 spent = lease.spent
                 asked = spent + lease.missed
                 load, lease.seen = asked - lease.seen, asked
-                elapsed, lease.at = now - lease.at, now
+                # The load since the previous round, taken to have come within the last
+                # interval (it may have begun just now, after a quiet spell).
+                elapsed = max(min(now - lease.at, LEASE_INTERVAL), _SHORTEST)
+                lease.at = now
                 if load:
                     lease.busy = now
                 left = lease.granted - spent
-                # About a second of the load, at the rate seen since the previous round.
-                target = self._size(math.ceil(load * LOAD_SECONDS / max(elapsed, LEASE_INTERVAL)))
+                # About a second of that load, but no more than a quarter of what the
+                # store has left, so that near the end the processes share it.
+                target = self._size(
+                    min(math.ceil(load * LOAD_SECONDS / elapsed), (lease.stored + left) // 4)
+                )
                 if left * 2 < target or left == 0:
                     if left == 0 and lease.asked and now - lease.asked < DRY_RETRY:
                         continue
@@ -257,6 +267,7 @@ class CreditLeases:
             lease.busy = lease.at = now
             self._leases[key.key_id] = lease
         lease.granted += grant.granted
+        lease.stored = grant.left
         lease.asked = 0.0 if grant.granted else now
 
     def _shrink(self, lease: Lease, keep: int) -> int:
