@@ -23,6 +23,7 @@ from benchmarks import (
     analytics,
     baseline,
     console_keys,
+    credits,
     decide,
     drf,
     forward,
@@ -56,6 +57,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "importing": importing.run,
     "snapshot": snapshot.run,
     "baseline": baseline.run,
+    "credits": credits.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

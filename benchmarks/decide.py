@@ -25,7 +25,9 @@ Expiry costs a decision one clock read for keys that have one: a third keyguard
 holds the 1,000 keys again, each expiring in 2099, and the warm pattern runs on it
 too; its figures beside the same keys without an expiry are the check's cost. A
 rate limit is measured the same way: a fourth keyguard holds the 1,000 keys with
-a limit they never reach (each decision counts one request in its key's window).
+a limit they never reach (each decision counts one request in its key's window),
+and a fifth with that limit and credits too (each decision also spends one credit
+from the key's lease, which holds more than a run spends).
 
 A round's requests are built just before it is timed, as an HTTP parser would
 have just built them. Rounds alternate the cases, including keyguard's own
@@ -52,6 +54,7 @@ from benchmarks.context import Context
 from benchmarks.report import Section, table, times
 from benchmarks.stats import median, median_interval
 from keyguard.config import Settings
+from keyguard.domain.credits import CreditGrant
 from keyguard.domain.keys import ALPHABET, BODY_LENGTH, checksum
 from keyguard.domain.ratelimit import MAX_LIMIT, RateLimit
 from keyguard.domain.records import KeySettings, StoredKey
@@ -69,11 +72,18 @@ FAR_EXPIRY = datetime(2099, 1, 1, tzinfo=UTC)
 TARGET_RATELIMIT_MICROSECONDS = 0.5  # what a rate limit may add to a decision
 NEVER_REACHED = RateLimit(MAX_LIMIT, 3600)
 # Keys as the warm pattern finds them in each keyguard: plain, or with one more setting.
+TARGET_METERED_MICROSECONDS = 0.5  # what a rate limit and credits together may add
+CREDITS = 10**12  # never spent in a run: each key's lease holds them all
 VARIANTS: dict[str, dict[str, Any]] = {
     "expiring": {"expires_at": FAR_EXPIRY},
     "limited": {"ratelimit": NEVER_REACHED},
+    "metered": {"ratelimit": NEVER_REACHED, "remaining": CREDITS},
 }
-TARGETS = {"expiring": TARGET_EXPIRY_MICROSECONDS, "limited": TARGET_RATELIMIT_MICROSECONDS}
+TARGETS = {
+    "expiring": TARGET_EXPIRY_MICROSECONDS,
+    "limited": TARGET_RATELIMIT_MICROSECONDS,
+    "metered": TARGET_METERED_MICROSECONDS,
+}
 
 WARM_IP, WARM_METHOD, WARM_PATH = "198.51.100.7", "POST", "/v3/messages"
 CLIENT_NETWORK = "198.51.100."  # spread clients: .1 to .254, all inside the last entry
@@ -133,17 +143,20 @@ def fill(keyguard: Keyguard, tokens: list[str], size: int, variant: str | None =
     try:
         for index in range(size):
             key_digest = digest(tokens[index]) if index < len(tokens) else os.urandom(32)
-            keyguard.cache.put(
-                StoredKey(
-                    id=index + 1,
-                    account_id=1 + index // 1_000,
-                    digest=key_digest,
-                    sealed_value=b"",
-                    settings=kinds[KIND_NAMES[index % len(KINDS)]],
-                    created_at=created,
-                    revision=index + 1,
-                )
+            key = StoredKey(
+                id=index + 1,
+                account_id=1 + index // 1_000,
+                digest=key_digest,
+                sealed_value=b"",
+                settings=kinds[KIND_NAMES[index % len(KINDS)]],
+                created_at=created,
+                revision=index + 1,
             )
+            keyguard.cache.put(key)
+            if key.settings.remaining is not None:  # a lease of every credit, as if leased
+                cached = keyguard.cache.by_id(key.id)
+                assert cached is not None
+                keyguard.credits.hold(cached, CreditGrant(CREDITS, 0, 0, 0), time.time())
     finally:
         gc.enable()
 
@@ -273,8 +286,15 @@ def run(context: Context) -> Section:  # noqa: ARG001
     small, _ = build(secret, tokens, SMALL)
     expiring, _ = build(secret, tokens, SMALL, "expiring")
     limited, _ = build(secret, tokens, SMALL, "limited")
+    metered, _ = build(secret, tokens, SMALL, "metered")
     large, snapshot = build(secret, tokens, LARGE)
-    keyguards = {"small": small, "large": large, "expiring": expiring, "limited": limited}
+    keyguards = {
+        "small": small,
+        "large": large,
+        "expiring": expiring,
+        "limited": limited,
+        "metered": metered,
+    }
     rounds = measure(keyguards, tokens)
     section = Section(
         "decide", "Decider.decide in-process: 1,000 vs 1,000,000 keys, warm and spread"

@@ -149,6 +149,10 @@ def test_key_table_masks_secrets(run: Any) -> None:
          "keyguard: Rate limit must be between 1 and 1000000000 requests"),
         (["keys", "create", "--account", "1", "--label", "x", "--ratelimit", "10/2d"],
          "keyguard: Rate limit duration must be between 1 and 86400 seconds (1 day)"),
+        (["keys", "create", "--account", "1", "--label", "x", "--credits", "1000000000001"],
+         "keyguard: Remaining must be between 0 and 1000000000000 credits"),
+        (["keys", "create", "--account", "1", "--label", "x", "--refill", "0/daily"],
+         "keyguard: Refill amount must be between 1 and 1000000000000 credits"),
     ],
 )  # fmt: skip
 def test_refusals_print_one_sentence_and_exit_1(
@@ -206,8 +210,35 @@ def test_keys_get_a_rate_limit_and_lose_it_with_none(run: Any) -> None:
     assert removed["ratelimit"] is None
 
 
+def test_keys_get_credits_and_a_refill_and_lose_them_with_none(run: Any) -> None:
+    account = str(_json(run("accounts", "create", "acme", "--json"))["account"]["id"])
+
+    created = _json(run("keys", "create", "--account", account, "--label", "x", "--credits",
+                        "1000", "--refill", "1000/daily", "--json"))  # fmt: skip
+    monthly = _json(run("keys", "update", str(created["id"]), "--account", account,
+                        "--credits", "20", "--refill", "50000/monthly", "--json"))  # fmt: skip
+    table = run("keys", "list", "--account", account).stdout
+    shown = run("keys", "show", str(created["id"]), "--account", account).stdout
+    removed = _json(run("keys", "update", str(created["id"]), "--account", account,
+                        "--credits", "none", "--json"))  # fmt: skip
+
+    assert (created["remaining"], created["refill"]) == (
+        1000,
+        {"amount": 1000, "interval": "daily"},
+    )
+    assert (monthly["remaining"], monthly["refill"]) == (
+        20,
+        {"amount": 50000, "interval": "monthly"},
+    )
+    assert "20 (50000/monthly)" in table
+    assert "20 (50000/monthly)" in shown
+    assert (removed["remaining"], removed["refill"]) == (None, None)
+
+
 NOT_A_DURATION = "is not a duration such as 90d, 12h, 30m or 45s"
 NOT_A_RATE_LIMIT = "is not a rate limit such as 100/60s, 5000/1h or none"
+NOT_CREDITS = "is not a number of credits such as 1000, or none"
+NOT_A_REFILL = "is not a refill such as 1000/daily, 5000/monthly or none"
 
 
 @pytest.mark.parametrize(
@@ -217,6 +248,9 @@ NOT_A_RATE_LIMIT = "is not a rate limit such as 100/60s, 5000/1h or none"
           for duration in ["90", "d", "1.5h", "-1d", "1w", "1234567d", "\u0661d"]),
         *(("--ratelimit", limit, NOT_A_RATE_LIMIT)
           for limit in ["100", "100/", "/60s", "1.5/60s", "-1/60s", "100/60x", "ten/1m"]),
+        *(("--credits", credits, NOT_CREDITS) for credits in ["-1", "1.5", "ten", "", "1e3"]),
+        *(("--refill", refill, NOT_A_REFILL)
+          for refill in ["1000", "1000/weekly", "-1/daily", "1.5/daily", "/daily", "ten/daily"]),
     ],
 )  # fmt: skip
 def test_an_option_value_that_does_not_parse_is_a_usage_error(

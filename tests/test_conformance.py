@@ -89,6 +89,8 @@ NO_LIFECYCLE = {
     "rolled_from": None,
     "leaked_at": None,
     "ratelimit": None,
+    "remaining": None,
+    "refill": None,
     "imported": None,
 }
 
@@ -228,6 +230,31 @@ def test_a_key_with_a_rate_limit_is_parsed_and_keeps_it_through_updates(
     assert renamed.model_extra is not None
     assert renamed.model_extra["ratelimit"] == limit
     assert by_id(admin.api_keys.list(), created.id) == renamed
+
+
+def test_a_key_with_credits_is_parsed_and_keeps_them_through_updates(
+    admin: Wavix, tag: str
+) -> None:
+    refill = {"amount": 1000, "interval": "daily"}
+    extra: Any = {"additional_body_parameters": {"remaining": 500, "refill": refill}}
+    created: ApiKey = admin.api_keys.create(label=f"{tag} Credited", request_options=extra)
+
+    renamed: ApiKey = admin.api_keys.update(created.id, label=f"{tag} Credited EU")
+
+    assert isinstance(created, ApiKey)
+    assert created.model_extra == {
+        "is_active": True,
+        "is_restriction": False,
+        "is_scopes_enabled": False,
+        **NO_LIFECYCLE,
+        "remaining": 500,
+        "refill": refill,
+    }
+    assert renamed.label == f"{tag} Credited EU"
+    assert renamed.model_extra is not None
+    assert renamed.model_extra["refill"] == refill
+    # Each serving process may hold one credit of the key in a lease.
+    assert 500 - 8 <= renamed.model_extra["remaining"] <= 500
 
 
 def test_delete_answers_success_and_the_key_is_gone_from_list(admin: Wavix) -> None:

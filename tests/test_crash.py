@@ -7,6 +7,7 @@ from typing import Any, Self
 import httpx
 import pytest
 
+from keyguard.credits import MAX_LEASE
 from tests.conftest import bearer
 from tests.server import KeyguardServer, Servers, create_key, list_keys
 
@@ -138,3 +139,61 @@ def test_sigkill_loses_at_most_the_last_interval_of_uses(servers: Servers) -> No
     recorded = listed[earlier["id"]]["last_used_at"]
     assert recorded is not None, "a use older than one flush interval was lost by SIGKILL"
     assert before <= datetime.fromisoformat(recorded) <= after
+
+
+def forward_statuses(server: KeyguardServer, token: str, requests: int) -> list[int]:
+    headers = {**bearer(token), "X-Original-Method": "GET", "X-Original-URI": "/v1/trunks"}
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        return [client.get("/auth/forward", headers=headers).status_code for _ in range(requests)]
+
+
+def test_sigkill_loses_at_most_the_last_interval_of_request_counts(servers: Servers) -> None:
+    interval = 0.5
+    server = servers("counts-crash", settings={"KEYGUARD_USAGE_FLUSH_INTERVAL": str(interval)})
+    admin = first_key(server)
+    server.start()
+    with server.client(admin) as api:
+        key = create_key(api, label="counted")
+
+    earlier = forward_statuses(server, key["value"], 30)
+    threading.Event().wait(2 * interval + 0.2)  # a full interval and its flush have passed
+    latest = forward_statuses(server, key["value"], 20)
+    server.kill()
+    server.start()
+    with server.client(admin) as api:
+        series = api.get(f"/v1/api-keys/{key['id']}/usage", params={"granularity": "hour"})
+    counted = sum(point["allowed"] for point in series.json()["items"])
+
+    assert earlier == [200] * 30
+    assert latest == [200] * 20
+    assert 30 <= counted <= 30 + 20  # only the last interval's may be lost
+
+
+def test_sigkill_of_a_server_holding_a_lease_never_grants_more_credits_than_exist(
+    servers: Servers,
+) -> None:
+    credits = 300
+    server = servers("credits-crash")
+    admin = first_key(server)
+    server.start()
+    with server.client(admin) as api:
+        key = create_key(api, label="metered", remaining=credits)
+    allowed = 0
+    for _ in range(20):  # a steady load grows the lease this process holds
+        allowed += forward_statuses(server, key["value"], 5).count(200)
+        threading.Event().wait(0.02)
+    server.kill()
+    server.start()
+    refused_since = None
+    while True:
+        statuses = forward_statuses(server, key["value"], 10)
+        allowed += statuses.count(200)
+        if 200 in statuses:
+            refused_since = None
+            continue
+        refused_since = (refused_since or 0) + 1
+        if refused_since >= 30:  # refused for about 1.5 s: nothing left anywhere
+            break
+        threading.Event().wait(0.05)
+
+    assert credits - MAX_LEASE <= allowed <= credits

@@ -272,6 +272,8 @@ def test_an_event_is_the_audit_record_as_the_audit_log_shows_it(
                 "scopes": {},
                 "expires_at": None,
                 "ratelimit": None,
+                "remaining": None,
+                "refill": None,
             },
         },
     }

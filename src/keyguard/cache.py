@@ -31,6 +31,8 @@ Shared = tuple[
     tuple[tuple[str, Level], ...] | None,
     float | None,
     RateLimit | None,
+    int | None,
+    str | None,
 ]
 
 
@@ -56,12 +58,16 @@ class Profile:
     # every process at its second, with no refresh or write needed then.
     expires: float | None
     ratelimit: RateLimit | None  # None: the decision never meters this key
+    # The epoch of the key's credits (leases older than it are dropped); None:
+    # unlimited, and the decision spends nothing.
+    credits: int | None
+    refill_interval: str | None
     shared: Shared  # what it was made of, and is found again by
     holders: int = 0  # keys that hold it; at none it is forgotten
 
     @classmethod
     def of(cls, shared: Shared) -> "Profile":
-        account_id, active, networks, scopes, expires, ratelimit = shared
+        account_id, active, networks, scopes, expires, ratelimit, credits, refill = shared
         return cls(
             account_id,
             active,
@@ -70,6 +76,8 @@ class Profile:
             dict(scopes or ()),
             expires,
             ratelimit,
+            credits,
+            refill,
             shared,
         )
 
@@ -108,6 +116,14 @@ class CachedKey(NamedTuple):
     def ratelimit(self) -> RateLimit | None:
         return self.profile.ratelimit
 
+    @property
+    def credits(self) -> int | None:
+        return self.profile.credits
+
+    @property
+    def refill_interval(self) -> str | None:
+        return self.profile.refill_interval
+
 
 Found = tuple[int, Profile]  # what a lookup by digest answers: the key's id and profile
 
@@ -138,6 +154,7 @@ class KeyCache:
         self._digests: list[bytes | None] = []  # by key id: the digest it is held under
         self._profiles: list[Profile | None] = []  # by key id: None unless live
         self._shared: dict[Shared, Profile] = {}
+        self._credited: set[int] = set()  # live keys with credits, by id
         self._live = 0
         self._account_revisions: dict[int, int] = {}
         # Accounts whose keys must fail: suspended or deleted. Decisions check it.
@@ -181,6 +198,12 @@ class KeyCache:
         """Every profile live keys hold, as of now; ``holders`` says how many."""
         with self._lock:
             return list(self._shared.values())
+
+    def credited(self) -> list[CachedKey]:
+        """Every live key with credits, as of now."""
+        with self._lock:
+            profiles = self._profiles
+            return [CachedKey(key_id, profiles[key_id]) for key_id in self._credited]  # type: ignore[arg-type]
 
     def put(self, key: StoredKey) -> None:
         """Take in a key written by this process; older copies are ignored."""
@@ -276,6 +299,8 @@ class KeyCache:
             profile = self._shared[shared] = Profile.of(shared)
         profile.holders += 1
         self._profiles[key_id] = profile
+        if profile.credits is not None:
+            self._credited.add(key_id)
         self._ids[digest] = key_id
         self._live += 1
 
@@ -284,6 +309,7 @@ class KeyCache:
         if profile is None:
             return
         self._profiles[key_id] = None
+        self._credited.discard(key_id)
         profile.holders -= 1
         if not profile.holders:
             del self._shared[profile.shared]

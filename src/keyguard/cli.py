@@ -36,6 +36,7 @@ from keyguard.config import SecretDisplay, Settings, load_settings
 from keyguard.domain import keys
 from keyguard.domain.audit import ACTIONS, utc_bound
 from keyguard.domain.counts import Granularity, Point
+from keyguard.domain.credits import INTERVALS, NO_CREDITS
 from keyguard.domain.fields import DURATION_UNITS, parse_duration
 from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import AccountStatus, timestamp
@@ -427,6 +428,47 @@ class _RateLimit(click.ParamType[object, "str | object"]):
         return {"limit": int(limit), "duration": seconds}
 
 
+class _Credits(click.ParamType[object, "str | object"]):
+    """A number of credits, or ``none`` for unlimited."""
+
+    name = "N"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text == NO_CREDITS:
+            return NO_CREDITS
+        if not (text.isascii() and text.isdigit()) or len(text) > 13:
+            self.fail(f"{value!r} is not a number of credits such as 1000, or none", param, ctx)
+        return int(text)
+
+
+class _Refill(click.ParamType[object, "str | object"]):
+    """A refill as amount per interval, ``1000/daily`` or ``50000/monthly``, or ``none``."""
+
+    name = "N/INTERVAL"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text == NO_CREDITS:
+            return NO_CREDITS
+        amount, _, interval = text.partition("/")
+        if not (amount.isascii() and amount.isdigit()) or len(amount) > 13:
+            amount = ""
+        if not amount or interval not in INTERVALS:
+            self.fail(
+                f"{value!r} is not a refill such as 1000/daily, 5000/monthly or none", param, ctx
+            )
+        return {"amount": int(amount), "interval": interval}
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Manage the keys of one account, as the HTTP API does."""
@@ -490,6 +532,18 @@ def _key_options(function: F) -> F:
             help="At most N requests per DURATION, as in 100/60s or 5000/1h (1s to 1d); "
             "on update, 'none' removes a limit.",
         ),
+        click.option(
+            "--credits",
+            type=_Credits(),
+            help="Requests the key may still make (each allowed request spends one); "
+            "on update, sets them anew, and 'none' makes the key unlimited.",
+        ),
+        click.option(
+            "--refill",
+            type=_Refill(),
+            help="Set the credits to N at the start of each UTC day or month, as in "
+            "1000/daily or 50000/monthly; on update, 'none' removes a refill.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -507,6 +561,8 @@ def _key_body(
     expires_at: str | None,
     expires_in: timedelta | None,
     ratelimit: object,
+    credits: object,
+    refill: object,
 ) -> dict[str, Any]:
     """The API body for the options given, refusing any that would not do what they say.
 
@@ -532,6 +588,8 @@ def _key_body(
         "scopes_enabled": scopes_enabled,
         "expires_at": expires_at,
         "ratelimit": ratelimit,
+        "remaining": credits,
+        "refill": refill,
     }
     for grant in scopes:
         group, sep, level = (part.strip() for part in grant.partition("="))
@@ -545,13 +603,24 @@ def _key_body(
     return {name: value for name, value in body.items() if value is not None}
 
 
+def _credits(body: dict[str, Any]) -> str:
+    """A key's credits as a table shows them: ``950 (1000/daily)``, or ``-`` for unlimited."""
+    if body["remaining"] is None:
+        return "-"
+    refill = body["refill"]
+    return f"{body['remaining']}" + (
+        f" ({refill['amount']}/{refill['interval']})" if refill else ""
+    )
+
+
 def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
     groups = runtime.service.groups
     if as_json:
         _echo_json([key_object(view, groups) for view in views])
         return
     headers = (
-        "id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires", "limit"
+        "id", "label", "key", "active", "ips", "scopes", "last used", "created", "expires", "limit",
+        "credits",
     )  # fmt: skip
     table = _table(*headers)
     for view in views:
@@ -573,6 +642,7 @@ def _print_keys(views: list[KeyView], runtime: Keyguard, as_json: bool) -> None:
             _when(view.key.created_at),
             _when(settings.expires_at) if settings.expires_at else "never",
             f"{limit.limit}/{limit.duration}s" if (limit := settings.ratelimit) else "-",
+            _credits(key_object(view, groups)),
         )
     _console().print(table)
 
@@ -610,6 +680,17 @@ def keys_list(
     if not as_json:
         pages = max(1, -(-found.total // per_page))
         click.echo(f"Page {page} of {pages} ({found.total} keys).")
+
+
+@keys_group.command("show")
+@click.argument("key_id", type=int)
+@_account_option
+@_json_option
+@_fail_cleanly
+def keys_show(key_id: int, account_id: int, as_json: bool) -> None:
+    """Show one key: its settings, rate limit and credits (the secret masked in the table)."""
+    with _keyguard() as runtime:
+        _print_keys([runtime.service.get_key(account_id, key_id)], runtime, as_json)
 
 
 @keys_group.command("create")

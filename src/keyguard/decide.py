@@ -3,8 +3,13 @@
 :meth:`Decider.decide` takes a token, a client address, a method and a path and
 returns a :class:`Decision`. It reads only the in-memory key snapshot and the
 route map; a refusal is a value, never an exception; the side effects are a
-note of the key's use, flushed to the database later in a batch, and, for a key
-with a rate limit, one count in the :class:`~keyguard.metering.Meter`.
+note of the key's use, flushed to the database later in a batch, for a key
+with a rate limit one count in the :class:`~keyguard.metering.Meter`, and for a
+key with credits one credit spent from its :class:`~keyguard.credits.CreditLeases`.
+
+The rate limit is consulted before the credits, so that a request it refuses
+spends no credit; a request refused for want of credits is taken back from the
+rate limit's count: only allowed requests count or spend.
 """
 
 import time
@@ -13,6 +18,7 @@ from ipaddress import ip_network
 from typing import NamedTuple
 
 from keyguard.cache import KeyCache, Profile
+from keyguard.credits import USAGE_EXCEEDED, CreditLeases
 from keyguard.domain.keys import is_well_formed
 from keyguard.domain.network import parse_address, parse_client
 from keyguard.domain.routes import AMBIGUOUS, Route, RouteMap, UnknownRoutes
@@ -29,8 +35,8 @@ class Decision(NamedTuple):
     ``status`` is 200 when allowed, else 401 (no usable key), 403 (a usable key
     that may not do this), or 429: the client address failed to authenticate
     too often, or the key is over its rate limit, and must wait ``retry_after``
-    seconds. ``ratelimit`` is the key's window when it has a rate limit, for the
-    ``RateLimit`` headers. ``scope`` names what the
+    seconds, or it has no credits left. ``ratelimit`` is the key's window when
+    it has a rate limit, for the ``RateLimit`` headers. ``scope`` names what the
     request needed: ``"messages:write"``, or ``"full"`` for a route (or an
     unknown path) that needs a full-access key; ``None`` when the key itself was
     refused.
@@ -70,6 +76,7 @@ class Decider:
         failures: WindowLimiter | None = None,
         clock: Callable[[], float] = time.time,
         meter: Meter | None = None,
+        credits: CreditLeases | None = None,
     ) -> None:
         self._vault = vault
         # While the server secret is rotated, a key not yet rewritten is found by
@@ -82,6 +89,7 @@ class Decider:
         self._failures = failures
         self._clock = clock  # for key expiry: POSIX seconds
         self.meter = meter if meter is not None else Meter(clock=clock)
+        self.credits = credits if credits is not None else CreditLeases(None, clock=clock)
         # Plain counters cost ~50 ns; metrics read them when scraped. Latency is
         # sampled, one decision in SAMPLE_EVERY, to keep the clock off the hot path.
         self.outcomes = {200: 0, 401: 0, 403: 0, 429: 0}
@@ -161,6 +169,11 @@ class Decider:
             window = self.meter.admit(key_id, profile.ratelimit)
             if window is None:
                 return self._rate_limited(key_id, account_id, needed)
+        if profile.credits is not None and not self.credits.spend(key_id, profile):
+            if window is not None:
+                self.meter.release(window)
+            self._usage.count(key_id, account_id, Outcome.NO_CREDITS)
+            return Decision(False, 429, USAGE_EXCEEDED, account_id, key_id, needed)
         self._usage.touch(key_id, account_id)
         allowed = self._allowed.get((key_id, needed))
         if allowed is None or allowed.account_id != account_id or allowed.ratelimit is not window:

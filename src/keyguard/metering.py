@@ -190,6 +190,11 @@ class Meter:
         window.seen = now
         return window
 
+    def release(self, window: Window) -> None:
+        """Take back the count of a request :meth:`admit` let through but that was
+        refused after all (for want of credits): refused requests are not counted."""
+        window.count.admitted -= 1
+
     def refusal(self, key_id: int) -> tuple[int, Window | None]:
         """Whole seconds (at least 1) until ``key_id`` may be admitted again, and its window."""
         window = self._windows.get(key_id)

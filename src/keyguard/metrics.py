@@ -70,6 +70,11 @@ class Metrics:
             "Requests refused because their key was over its rate limit (all keys together).",
             registry=self._registry,
         )
+        self._credits_refused = Counter(
+            "keyguard_credits_refused",
+            "Requests refused because their key had no credits left (all keys together).",
+            registry=self._registry,
+        )
         self._snapshot_keys = self._gauge("keyguard_snapshot_keys", "Live keys in the snapshot.")
         self._snapshot_age = self._gauge(
             "keyguard_snapshot_age_seconds",
@@ -131,6 +136,10 @@ class Metrics:
             if refused > 0:  # key 0: no status; the meter's count
                 self._rate_limited.inc(refused)
                 self._exported[0] = decider.meter.refused
+            refused = decider.credits.refused - self._exported.get(-1, 0)
+            if refused > 0:  # key -1: no status; the credit leases' count
+                self._credits_refused.inc(refused)
+                self._exported[-1] = decider.credits.refused
             self._snapshot_keys.set(len(cache))
             self._snapshot_age.set(cache.age if cache.age is not None else float("nan"))
             self._snapshot_revision.set(cache.revision)

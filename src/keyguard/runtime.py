@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from keyguard.cache import ChangeFollower, KeyCache
 from keyguard.config import Settings
+from keyguard.credits import CreditLeases
 from keyguard.decide import Decider
 from keyguard.domain.counts import Granularity
 from keyguard.domain.network import Network, parse_networks
@@ -210,6 +211,9 @@ class Keyguard:
         # Failed authentications per client, by key or by operator token alike.
         self.auth_failures = _limiter(settings.auth_failures_per_minute)
         self.meter = Meter(open_counters(self.store, settings.redis_url, settings.redis_prefix))
+        # On memory:// the store is this process's own: exact, leased on the hot path.
+        inline = settings.database_url.startswith("memory:")
+        self.credits = CreditLeases(self.store, self.cache, inline=inline)
         self.decider = Decider(
             self.vault,
             self.cache,
@@ -218,6 +222,7 @@ class Keyguard:
             observe_latency=self.metrics.decision_seconds.observe,
             failures=self.auth_failures,
             meter=self.meter,
+            credits=self.credits,
         )
         self.management_writes = _limiter(settings.management_writes_per_minute)
         # GitHub's keys, when it may report leaked keys (POST /v1/secret-scanning/github).
@@ -236,6 +241,7 @@ class Keyguard:
                 Granularity.HOUR: timedelta(days=settings.hour_counts_days),
                 Granularity.DAY: timedelta(days=settings.day_counts_days),
             },
+            credits=self.credits,
         )
         self.metrics.watch(self.decider, self.cache, self.usage)
         if self.replica is not None:
@@ -243,7 +249,7 @@ class Keyguard:
         self.webhooks = webhook_deliverer(settings, self.store)
         if self.webhooks is not None:
             self.metrics.watch_webhooks(self.webhooks)
-        self._tasks: list[Periodic | ChangeFollower | WebhookDeliverer] = [
+        self._tasks: list[Periodic | ChangeFollower | WebhookDeliverer | CreditLeases] = [
             Periodic("snapshot refresh", self.cache.refresh, settings.refresh_interval),
             Periodic(
                 "usage flush", self.usage.flush, settings.usage_flush_interval, run_on_stop=True
@@ -256,6 +262,7 @@ class Keyguard:
             )
         if self.meter.shared:
             self._tasks.append(Periodic("rate-limit sync", self.meter.sync, SYNC_INTERVAL))
+        self._tasks.append(self.credits)
         if self.metrics.shared:  # one of several workers: keep its figures current for all
             self._tasks.append(
                 Periodic("metrics export", self.metrics.export, EXPORT_INTERVAL, run_on_stop=True)

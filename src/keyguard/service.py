@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from keyguard.cache import KeyCache
 from keyguard.config import SecretDisplay
+from keyguard.credits import CreditLeases
 from keyguard.domain import keys
 from keyguard.domain.counts import MAX_POINTS, Granularity, Point, dense_series, points_between
 from keyguard.domain.fields import (
@@ -93,6 +94,7 @@ class KeyService:
         prefix: str = "kg",
         display: SecretDisplay = SecretDisplay.FULL,
         retention: Mapping[Granularity, timedelta] | None = None,
+        credits: CreditLeases | None = None,
     ) -> None:
         self.store = store
         self.groups = groups
@@ -102,6 +104,7 @@ class KeyService:
         self._prefix = prefix
         self._display = display
         self._retention = dict(retention or DEFAULT_RETENTION)
+        self._credits = credits
 
     # -- accounts -----------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class KeyService:
         token, digest, sealed = self._new_secret()
         key = self.store.create_key(account_id, digest, sealed, settings, actor)
         self._cache.put(key)
+        self._prime(key)
         return KeyView(key, token, None)
 
     def update_key(self, account_id: int, key_id: int, body: object, actor: Actor = CLI) -> KeyView:
@@ -290,7 +294,15 @@ class KeyService:
         if key is None:
             raise NotFound()
         self._cache.put(key)
+        if changes.credits:
+            self._prime(key)
         return key
+
+    def _prime(self, key: StoredKey) -> None:
+        """Lease a credit of a key given credits, so that its first request here is
+        answered at once (the other processes lease at their next round)."""
+        if self._credits is not None and key.settings.remaining is not None:
+            self._credits.prime(key.id)
 
     def _existing(self, account_id: int, key_id: int) -> StoredKey:
         key = self.store.get_key(account_id, key_id)

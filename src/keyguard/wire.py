@@ -1,7 +1,9 @@
 """The Wavix wire format: key objects and error bodies, as plain dicts."""
 
+from datetime import UTC, datetime
 from typing import Any
 
+from keyguard.domain.credits import remaining_at
 from keyguard.domain.records import Account, AuditRecord
 from keyguard.domain.records import timestamp as _timestamp
 from keyguard.domain.scopes import Level, ScopeGroups
@@ -36,6 +38,13 @@ def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
     body["rolled_from"] = key.rolled_from
     body["leaked_at"] = _timestamp(key.leaked_at)
     body["ratelimit"] = None if settings.ratelimit is None else settings.ratelimit.document()
+    # What the store holds, refilled if a period began since: credits that
+    # processes hold in leases are not in it until given back.
+    refill = settings.refill
+    body["remaining"] = remaining_at(
+        settings.remaining, refill, key.credits_period, datetime.now(UTC)
+    )
+    body["refill"] = None if refill is None else refill.document()
     # "sha256": imported by its digest, so ``value`` is "" and can never be shown.
     body["imported"] = key.imported
     return body

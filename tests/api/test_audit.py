@@ -49,6 +49,8 @@ def settings_view(**changed: Any) -> dict[str, Any]:
         "scopes": {},
         "expires_at": None,
         "ratelimit": None,
+        "remaining": None,
+        "refill": None,
     }
     return view | changed
 

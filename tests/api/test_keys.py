@@ -46,6 +46,8 @@ FIELD_ORDER = (
     "rolled_from",
     "leaked_at",
     "ratelimit",
+    "remaining",
+    "refill",
     "imported",
 )
 # current name -> seed-era name
@@ -111,6 +113,8 @@ def defaults(label: str) -> dict[str, Any]:
         "rolled_from": None,
         "leaked_at": None,
         "ratelimit": None,
+        "remaining": None,
+        "refill": None,
         "imported": None,
     }
 

@@ -245,7 +245,9 @@ def test_request_body_refers_to_a_component_schema_with_every_field(
     assert schema == {"$ref": f"#/components/schemas/{component}"}
     assert body["required"] is required
     properties = resolve(document, schema["$ref"])["properties"]
-    expected = {"label", "permitted_ips", *FLAGS, *GROUPS, "expires_at", "ratelimit"}
+    expected = {
+        "label", "permitted_ips", *FLAGS, *GROUPS, "expires_at", "ratelimit", "remaining", "refill"
+    }  # fmt: skip
     assert set(properties) == expected
 
 
@@ -286,6 +288,8 @@ def test_documented_api_key_schema_requires_both_generations_of_names(
         "rolled_from",
         "leaked_at",
         "ratelimit",
+        "remaining",
+        "refill",
         "imported",
     ]
 

@@ -1,5 +1,6 @@
 """The contract every Store backend keeps; one suite, run on each of them."""
 
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import update
 
 from keyguard.domain.counts import Granularity
+from keyguard.domain.credits import Refill
 from keyguard.domain.events import EVENT_ACTIONS, Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.leaks import Leak
@@ -1013,3 +1015,106 @@ def test_an_import_with_nothing_new_writes_nothing(store: Store) -> None:
     assert store.changes_since(0).revision == revision
     assert store.list_audit(AuditQuery(account_id))[1] == audited
     assert store.get_key(account_id, key.id) is None
+
+
+# -- usage credits ------------------------------------------------------------------
+
+DAY = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+def _credited(store: Store, remaining: int, refill: Refill | None = None) -> tuple[int, int]:
+    account_id = _account(store)
+    settings = KeySettings(label="metered", remaining=remaining, refill=refill)
+    return account_id, store.create_key(account_id, _digest(), b"s", settings).id
+
+
+def _remaining(store: Store, account_id: int, key_id: int) -> int | None:
+    key = store.get_key(account_id, key_id)
+    assert key is not None
+    return key.settings.remaining
+
+
+def test_credits_are_leased_up_to_what_is_left(store: Store) -> None:
+    account_id, key_id = _credited(store, 5)
+
+    first = store.lease_credits({key_id: 3}, DAY)[key_id]
+    second = store.lease_credits({key_id: 3}, DAY)[key_id]
+    dry = store.lease_credits({key_id: 3}, DAY)[key_id]
+
+    assert (first.granted, first.left) == (3, 2)
+    assert (second.granted, second.left) == (2, 0)
+    assert (dry.granted, dry.left) == (0, 0)
+    assert _remaining(store, account_id, key_id) == 0
+
+
+def test_unlimited_and_unknown_keys_get_no_lease(store: Store) -> None:
+    account_id = _account(store)
+    unlimited = store.create_key(account_id, _digest(), b"s", KeySettings(label="free"))
+
+    assert store.lease_credits({unlimited.id: 5, 999_999: 5}, DAY) == {}
+
+
+def test_returned_credits_are_added_back(store: Store) -> None:
+    account_id, key_id = _credited(store, 10)
+    lease = store.lease_credits({key_id: 4}, DAY)[key_id]
+
+    store.return_credits({key_id: replace(lease, granted=3)})
+
+    assert _remaining(store, account_id, key_id) == 9
+
+
+def test_a_change_of_credits_drops_the_leases_taken_before_it(store: Store) -> None:
+    account_id, key_id = _credited(store, 10)
+    lease = store.lease_credits({key_id: 4}, DAY)[key_id]
+
+    changed = store.update_key(account_id, key_id, KeyChanges(remaining=20))
+    store.return_credits({key_id: lease})
+
+    assert changed is not None
+    assert changed.credits_epoch > lease.epoch
+    assert _remaining(store, account_id, key_id) == 20
+
+
+def test_a_change_of_anything_else_keeps_leases_and_credits(store: Store) -> None:
+    account_id, key_id = _credited(store, 10)
+    lease = store.lease_credits({key_id: 4}, DAY)[key_id]
+
+    store.update_key(account_id, key_id, KeyChanges(label="renamed"))
+    store.return_credits({key_id: lease})
+
+    assert _remaining(store, account_id, key_id) == 10
+
+
+def test_a_refill_sets_the_credits_at_the_start_of_the_next_period(store: Store) -> None:
+    account_id, key_id = _credited(store, 2, Refill(7, "daily"))
+    today = datetime.now(UTC)
+    tomorrow = today + timedelta(days=1)
+    spent = store.lease_credits({key_id: 5}, today)[key_id]
+
+    refilled = store.lease_credits({key_id: 3}, tomorrow)[key_id]
+    store.return_credits({key_id: spent})  # yesterday's: dropped, not added
+
+    assert spent.granted == 2
+    assert (refilled.granted, refilled.left) == (3, 4)
+    assert refilled.period == spent.period + 1
+    assert _remaining(store, account_id, key_id) == 4
+    assert store.lease_credits({key_id: 3}, tomorrow)[key_id].granted == 3  # once a period
+
+
+def test_leases_taken_at_once_never_exceed_the_credits(store: Store) -> None:
+    account_id, key_id = _credited(store, 100)
+    granted: list[int] = []
+
+    def lease() -> None:
+        for _ in range(20):
+            grant = store.lease_credits({key_id: 3}, DAY).get(key_id)
+            granted.append(0 if grant is None else grant.granted)
+
+    threads = [threading.Thread(target=lease) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(granted) + (_remaining(store, account_id, key_id) or 0) == 100
+    assert sum(granted) <= 100

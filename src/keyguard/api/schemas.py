@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from keyguard.domain.credits import MAX_CREDITS, NO_CREDITS
 from keyguard.domain.fields import (
     CLEAN_TEXT_PATTERN,
     DEFAULT_GRACE_SECONDS,
@@ -112,6 +113,18 @@ def key_model(groups: ScopeGroups) -> type[BaseModel]:
         RateLimitModel | None,
         Field(description="At most `limit` requests per `duration` seconds; null: no limit."),
     )
+    fields["remaining"] = (
+        int | None,
+        Field(
+            description="Credits left: each allowed request spends one, and at 0 the key is "
+            "refused (429) until refilled or raised; null: unlimited. Credits that serving "
+            "processes hold in leases are not counted until given back."
+        ),
+    )
+    fields["refill"] = (
+        RefillModel | None,
+        Field(description="`remaining` becomes `amount` at the start of each UTC day or month."),
+    )
     fields["imported"] = (
         Literal["value", "sha256"] | None,
         Field(
@@ -130,6 +143,15 @@ class RateLimitModel(BaseModel):
 
     limit: int = Field(ge=1, le=MAX_LIMIT, description="Requests allowed per window.")
     duration: int = Field(ge=1, le=MAX_DURATION, description="The window, in seconds.")
+
+
+class RefillModel(BaseModel):
+    """A refill of a key's credits: ``remaining`` is set to ``amount`` each period."""
+
+    model_config = ConfigDict(title="Refill", extra="forbid")
+
+    amount: int = Field(ge=1, le=MAX_CREDITS, description="Credits at the period's start.")
+    interval: Literal["daily", "monthly"] = Field(description="A UTC day or a UTC month.")
 
 
 class UsagePoint(BaseModel):
@@ -211,6 +233,25 @@ def _request_fields(groups: ScopeGroups) -> dict[str, Any]:
             default=None,
             description=f'At most `limit` requests per `duration` seconds. "{NO_LIMIT}" removes '
             "a limit (null means not given).",
+        ),
+    )
+    fields["remaining"] = (
+        int | Literal["none"] | None,
+        Field(
+            default=None,
+            ge=0,
+            le=MAX_CREDITS,
+            description="Credits left; sets them anew, dropping what processes hold. "
+            f'"{NO_CREDITS}" makes the key unlimited and removes its refill '
+            "(null means not given).",
+        ),
+    )
+    fields["refill"] = (
+        RefillModel | Literal["none"] | None,
+        Field(
+            default=None,
+            description=f'Set `remaining` to `amount` each UTC day or month. "{NO_CREDITS}" '
+            "removes a refill (null means not given).",
         ),
     )
     return fields

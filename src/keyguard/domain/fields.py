@@ -2,8 +2,9 @@
 
 Both generations of Wavix field names are accepted (``is_active`` and
 ``active``, …); when a body gives both, the current name wins. JSON ``null``
-means "not given", so an expiry is removed with ``"expires_at": "never"`` and a
-rate limit with ``"ratelimit": "none"``. Every
+means "not given", so an expiry is removed with ``"expires_at": "never"``, a
+rate limit with ``"ratelimit": "none"`` and credits with ``"remaining": "none"``
+(which removes their refill too). Every
 refusal is an :class:`~keyguard.errors.InvalidInput` carrying Wavix's own message,
 raised before anything is changed.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
+from keyguard.domain.credits import NO_CREDITS, Refill, parse_refill, parse_remaining
 from keyguard.domain.network import canonical_entry
 from keyguard.domain.ratelimit import RateLimit, parse_rate_limit
 from keyguard.domain.records import KeySettings, is_expired
@@ -55,6 +57,13 @@ class KeyChanges:
     scopes: dict[str, Level] = field(default_factory=dict)
     expires_at: datetime | Literal["never"] | None = None
     ratelimit: RateLimit | Literal["none"] | None = None
+    remaining: int | Literal["none"] | None = None
+    refill: Refill | Literal["none"] | None = None
+
+    @property
+    def credits(self) -> bool:
+        """Whether the request sets the key's credits, which moves their epoch."""
+        return self.remaining is not None or self.refill is not None
 
 
 def parse_create(body: object, groups: ScopeGroups, now: datetime | None = None) -> KeyChanges:
@@ -79,6 +88,8 @@ def parse_update(body: object, groups: ScopeGroups, now: datetime | None = None)
         "permitted_ips",
         "expires_at",
         "ratelimit",
+        "remaining",
+        "refill",
         *FLAG_ALIASES,
         *FLAG_ALIASES.values(),
         *groups,
@@ -122,6 +133,8 @@ def _parse(data: Mapping[str, Any], groups: ScopeGroups, now: datetime | None) -
         scopes={name: _level(name, data[name]) for name in groups if data.get(name) is not None},
         expires_at=_expires_at(data.get("expires_at"), now or datetime.now(UTC)),
         ratelimit=parse_rate_limit(data.get("ratelimit")),
+        remaining=parse_remaining(data.get("remaining")),
+        refill=parse_refill(data.get("refill")),
     )
 
 
@@ -245,7 +258,20 @@ def _printable(name: str) -> str:
 
 
 def apply(settings: KeySettings, changes: KeyChanges) -> KeySettings:
-    """``settings`` with every field that ``changes`` gives replaced."""
+    """``settings`` with every field that ``changes`` gives replaced.
+
+    Removing credits removes their refill; a refill without credits is refused.
+    """
+    remaining = _given(changes.remaining, settings.remaining)
+    refill = _given(changes.refill, settings.refill)
+    if remaining == NO_CREDITS:
+        remaining = refill = None
+    if refill == NO_CREDITS:
+        refill = None
+    if refill is not None and remaining is None:
+        raise InvalidInput("Refill needs remaining credits (remaining must be a number)", 422)
+    assert not isinstance(remaining, str)
+    assert not isinstance(refill, str)
     return KeySettings(
         label=changes.label if changes.label is not None else settings.label,
         active=_given(changes.active, settings.active),
@@ -255,6 +281,8 @@ def apply(settings: KeySettings, changes: KeyChanges) -> KeySettings:
         scopes=_granted({**settings.scopes, **changes.scopes}),
         expires_at=_expiry(changes.expires_at, settings.expires_at),
         ratelimit=_rate_limit(changes.ratelimit, settings.ratelimit),
+        remaining=remaining,
+        refill=refill,
     )
 
 

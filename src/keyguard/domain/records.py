@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, NamedTuple
 
+from keyguard.domain.credits import Refill
 from keyguard.domain.ratelimit import RateLimit
 from keyguard.domain.scopes import Level
 
@@ -74,6 +75,10 @@ class KeySettings:
     scopes: Mapping[str, Level] = field(default_factory=dict)
     expires_at: datetime | None = None  # refused from this second on; None: never
     ratelimit: RateLimit | None = None  # None: no rate limit
+    # Credits left as the store holds them (less what processes hold in leases);
+    # None: unlimited. Written only when a request gives them, never with the rest.
+    remaining: int | None = None
+    refill: Refill | None = None
 
 
 def is_expired(settings: KeySettings, now: datetime) -> bool:
@@ -110,6 +115,9 @@ class StoredKey:
     rolled_from: int | None = None
     leaked_at: datetime | None = None
     imported: Imported | None = None
+    # Moved by every change of the credits, so that leases taken before it are dropped.
+    credits_epoch: int = 0
+    credits_period: int = 0  # the refill period (domain.credits.period_of) last refilled
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,8 @@ class KeyState(NamedTuple):
     scopes: tuple[tuple[str, Level], ...] | None  # granted levels; None: full access
     expires: float | None  # a POSIX timestamp; None: never
     ratelimit: RateLimit | None
+    credits: int | None  # the epoch of the key's credits; None: unlimited
+    refill_interval: str | None
 
     @classmethod
     def of(cls, key: StoredKey) -> "KeyState":
@@ -158,6 +168,8 @@ class KeyState(NamedTuple):
             tuple(settings.scopes.items()) if settings.scopes_enabled else None,
             None if expires is None else expires.timestamp(),
             settings.ratelimit,
+            None if settings.remaining is None else key.credits_epoch,
+            None if settings.refill is None else settings.refill.interval,
         )
 
 
@@ -185,6 +197,8 @@ def settings_document(settings: KeySettings) -> dict[str, Any]:
         },
         "expires_at": timestamp(settings.expires_at),
         "ratelimit": None if settings.ratelimit is None else settings.ratelimit.document(),
+        "remaining": settings.remaining,
+        "refill": None if settings.refill is None else settings.refill.document(),
     }
 
 

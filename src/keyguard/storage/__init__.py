@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from keyguard.domain.counts import Granularity
+from keyguard.domain.credits import CreditGrant
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.leaks import Leak
@@ -269,6 +270,21 @@ class Store(Protocol):
         before, or was named earlier in ``leaks``, is returned as it is: nothing is
         written or audited again. ``None`` where no key has one of the digests.
         """
+
+    def lease_credits(self, wanted: Mapping[int, int], now: datetime) -> dict[int, CreditGrant]:
+        """Take up to ``wanted[key_id]`` credits of each key, for a process to spend.
+
+        First the refill of the period holding ``now`` is made where it is due. Each
+        key takes what it has if it has fewer; a key with no credits left gets a
+        grant of 0, and unlimited or deleted keys are absent. Each grant is one
+        atomic decrement: processes leasing at once never take more than there is.
+        It moves no revision.
+        """
+
+    def return_credits(self, returned: Mapping[int, CreditGrant]) -> None:
+        """Give back ``granted`` unspent credits of each key, unless the key's credits
+        changed (another epoch) or were refilled (another period) since the lease:
+        then they are dropped, never added to the new amount."""
 
     def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
         """One page of the audit records that match, and how many match in all."""

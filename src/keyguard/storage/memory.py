@@ -10,6 +10,7 @@ from typing import Any
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity, totals
+from keyguard.domain.credits import CreditGrant, period_of
 from keyguard.domain.events import Delivery, Sweep, expiry_notice
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.leaks import (
@@ -259,7 +260,53 @@ class MemoryStore:
                 return None
             refuse_activation(key, changes)
             self._next_revision()
-            return self._rewrite_settings(key, apply(key.settings, changes), actor, action)
+            settings = apply(key.settings, changes)
+            key = self._rewrite_settings(key, settings, actor, action)
+            if changes.credits:
+                refill = settings.refill
+                period = period_of(None if refill is None else refill.interval, _now())
+                key = replace(key, credits_epoch=key.credits_epoch + 1, credits_period=period)
+                self._keys[key.id] = key
+            return key
+
+    # -- usage credits ------------------------------------------------------------
+
+    def lease_credits(self, wanted: Mapping[int, int], now: datetime) -> dict[int, CreditGrant]:
+        grants: dict[int, CreditGrant] = {}
+        with self._lock:
+            for key_id, count in wanted.items():
+                key = self._keys.get(key_id)
+                if key is None or key.deleted or key.settings.remaining is None:
+                    continue
+                settings = key.settings
+                refill = settings.refill
+                if refill is not None and key.credits_period < period_of(refill.interval, now):
+                    key = replace(
+                        key,
+                        settings=replace(settings, remaining=refill.amount),
+                        credits_period=period_of(refill.interval, now),
+                    )
+                remaining = key.settings.remaining
+                assert remaining is not None
+                granted = min(count, remaining)
+                left = remaining - granted
+                key = replace(key, settings=replace(key.settings, remaining=left))
+                self._keys[key_id] = key
+                grants[key_id] = CreditGrant(granted, key.credits_epoch, key.credits_period, left)
+        return grants
+
+    def return_credits(self, returned: Mapping[int, CreditGrant]) -> None:
+        with self._lock:
+            for key_id, lease in returned.items():
+                key = self._keys.get(key_id)
+                if key is None or key.settings.remaining is None:
+                    continue
+                if (key.credits_epoch, key.credits_period) != (lease.epoch, lease.period):
+                    continue
+                remaining = key.settings.remaining + lease.granted
+                self._keys[key_id] = replace(
+                    key, settings=replace(key.settings, remaining=remaining)
+                )
 
     def roll_key(
         self,
@@ -544,6 +591,7 @@ class MemoryStore:
             revision=self._revision,
             changed_at=datetime.now(UTC),
             rolled_from=rolled_from,
+            credits_period=period_of(settings.refill.interval if settings.refill else None, _now()),
         )
         self._keys[key.id] = key
         after = settings_document(settings)

@@ -39,6 +39,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     column,
     create_engine,
@@ -62,6 +63,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyguard.domain.audit import STATUS_ACTIONS
 from keyguard.domain.counts import OUTCOMES, Granularity
+from keyguard.domain.credits import CreditGrant, Refill, period_of
 from keyguard.domain.events import Delivery, Sweep
 from keyguard.domain.fields import KeyChanges, apply, rolled_settings
 from keyguard.domain.leaks import (
@@ -588,6 +590,7 @@ class SQLStore:
     ) -> StoredKey:
         changed_at = datetime.now(UTC)
         created_at = changed_at.replace(microsecond=0)
+        credits = _credit_columns(settings, changed_at)
         key_id = _new_id(
             connection.execute(
                 insert(api_keys).values(
@@ -599,6 +602,7 @@ class SQLStore:
                     changed_at=changed_at,
                     rolled_from=rolled_from,
                     **_settings_columns(settings),
+                    **credits,
                 )
             )
         )
@@ -617,6 +621,7 @@ class SQLStore:
             revision=revision,
             changed_at=changed_at,
             rolled_from=rolled_from,
+            credits_period=credits["credits_period"],
         )
 
     def import_keys(
@@ -734,7 +739,89 @@ class SQLStore:
                 return None
             refuse_activation(key, changes)
             settings = apply(key.settings, changes)
-            return self._rewrite_settings(connection, revision, key, settings, actor, action)
+            key = self._rewrite_settings(connection, revision, key, settings, actor, action)
+            if not changes.credits:
+                return key
+            # Only what the request gives is written: leases move ``remaining`` meanwhile.
+            columns = _credit_columns(settings, key.changed_at or _now())
+            if changes.remaining is None:
+                del columns["remaining"]
+            connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key.id)
+                .values(credits_epoch=api_keys.c.credits_epoch + 1, **columns)
+            )
+            return replace(
+                key,
+                credits_epoch=key.credits_epoch + 1,
+                credits_period=columns["credits_period"],
+            )
+
+    # -- usage credits: leased to processes in blocks ----------------------------
+
+    def lease_credits(self, wanted: Mapping[int, int], now: datetime) -> dict[int, CreditGrant]:
+        if not wanted:
+            return {}
+        ids = list(wanted)
+        keys = api_keys.c
+        grants: dict[int, CreditGrant] = {}
+        with self._updating() as connection:
+            for interval in ("daily", "monthly"):
+                period = period_of(interval, now)
+                connection.execute(
+                    update(api_keys)
+                    .where(
+                        keys.id.in_(ids),
+                        keys.refill_interval == interval,
+                        keys.credits_period < period,
+                        keys.remaining.is_not(None),
+                    )
+                    .values(remaining=keys.refill_amount, credits_period=period)
+                )
+            rows = connection.execute(
+                select(keys.id, keys.remaining, keys.credits_epoch, keys.credits_period).where(
+                    keys.id.in_(ids), keys.remaining.is_not(None), keys.deleted_at.is_(None)
+                )
+            ).all()
+            for row in rows:
+                granted = min(wanted[row.id], row.remaining)
+                if granted > 0:
+                    # Atomic: a concurrent lease that got there first leaves too few
+                    # credits for the condition, and this one takes none this time.
+                    taken = connection.execute(
+                        update(api_keys)
+                        .where(
+                            keys.id == row.id,
+                            keys.remaining >= granted,
+                            keys.credits_epoch == row.credits_epoch,
+                        )
+                        .values(remaining=keys.remaining - granted)
+                        .returning(keys.remaining)
+                    ).first()
+                    if taken is None:
+                        continue
+                    left = taken.remaining
+                else:
+                    granted, left = 0, row.remaining
+                grants[row.id] = CreditGrant(granted, row.credits_epoch, row.credits_period, left)
+        return grants
+
+    def return_credits(self, returned: Mapping[int, CreditGrant]) -> None:
+        if not returned:
+            return
+        keys = api_keys.c
+        with self._updating() as connection:
+            for key_id, lease in returned.items():
+                connection.execute(
+                    update(api_keys)
+                    .where(
+                        keys.id == key_id,
+                        keys.credits_epoch == lease.epoch,
+                        keys.credits_period == lease.period,
+                        keys.remaining.is_not(None),
+                    )
+                    .values(remaining=keys.remaining + lease.granted)
+                )
 
     def _rewrite_settings(
         self,
@@ -1244,6 +1331,8 @@ def _key(row: Row[Any]) -> StoredKey:
         scopes=expand(_document(row.scopes)),
         expires_at=row.expires_at,
         ratelimit=RateLimit.of(_document(row.ratelimit)),
+        remaining=row.remaining,
+        refill=Refill.of(row.refill_amount, row.refill_interval),
     )
     return StoredKey(
         id=row.id,
@@ -1259,6 +1348,8 @@ def _key(row: Row[Any]) -> StoredKey:
         rolled_from=row.rolled_from,
         leaked_at=row.leaked_at,
         imported=row.imported,
+        credits_epoch=row.credits_epoch,
+        credits_period=row.credits_period,
     )
 
 
@@ -1364,6 +1455,8 @@ def _state_columns(revision: int) -> list[ColumnElement[Any]]:
         cast(key.scopes, Text).label("scopes"),
         type_coerce(key.expires_at, DateTime(timezone=True)),  # no decorator's call per row
         cast(key.ratelimit, Text).label("ratelimit"),
+        case((key.remaining.is_(None), null()), else_=key.credits_epoch).label("credits"),
+        key.refill_interval,
     ]
 
 
@@ -1380,7 +1473,8 @@ def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
     for batch in batches:
         for row in batch:
             (key_id, digest, revision, deleted, changed_at, imported, account_id, active,
-             restricted, ips, scoped, granted, expires, ratelimit) = row  # fmt: skip
+             restricted, ips, scoped, granted, expires, ratelimit, credits,
+             refill_interval) = row  # fmt: skip
             yield KeyState(
                 key_id,
                 digest,
@@ -1394,6 +1488,8 @@ def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
                 scopes[granted] if scoped else None,
                 None if expires is None else _timestamp(expires),
                 None if ratelimit is None else ratelimits[ratelimit],
+                credits,
+                refill_interval,
             )
 
 
@@ -1419,7 +1515,21 @@ def _timestamp(value: datetime) -> float:
 
 
 def _settings_columns(settings: KeySettings) -> dict[str, Any]:
-    return {**settings_document(settings), "expires_at": settings.expires_at}
+    """The columns of ``settings`` but the credits, which leases move meanwhile."""
+    columns = {**settings_document(settings), "expires_at": settings.expires_at}
+    del columns["remaining"], columns["refill"]
+    return columns
+
+
+def _credit_columns(settings: KeySettings, now: datetime) -> dict[str, Any]:
+    refill = settings.refill
+    interval = None if refill is None else refill.interval
+    return {
+        "remaining": settings.remaining,
+        "refill_amount": None if refill is None else refill.amount,
+        "refill_interval": interval,
+        "credits_period": period_of(interval, now),
+    }
 
 
 __all__ = ["SQLStore", "create_engine_for"]

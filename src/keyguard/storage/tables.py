@@ -104,6 +104,15 @@ api_keys = Table(
     Column("ratelimit", JSON(none_as_null=True), nullable=True),
     # "value" or "sha256" for a key brought in by `keyguard import`; NULL: made here
     Column("imported", String(8), nullable=True),
+    # Usage credits (keyguard.credits): what is left, less what processes hold in
+    # leases; NULL: unlimited. The epoch moves with every change of the credits, so
+    # that leases taken before it are dropped rather than given back; the period is
+    # the refill period (domain.credits.period_of) last refilled.
+    Column("remaining", BigInteger, nullable=True),
+    Column("refill_amount", BigInteger, nullable=True),
+    Column("refill_interval", String(8), nullable=True),
+    Column("credits_epoch", BigInteger, nullable=False, server_default="0"),
+    Column("credits_period", BigInteger, nullable=False, server_default="0"),
     Index(
         "ix_api_keys_live",
         "account_id",
