@@ -72,7 +72,7 @@ def test_created_key_shows_its_credits_after_its_rate_limit(
 ) -> None:
     key = create_key(client, tenant, remaining=500, refill=REFILL)
 
-    assert list(key)[-3:] == ["ratelimit", "remaining", "refill"]
+    assert list(key)[-4:] == ["ratelimit", "remaining", "refill", "imported"]
     assert (key["remaining"], key["refill"]) == (500, REFILL)
     shown = client.get(f"{KEYS}/{key['id']}", headers=tenant.headers).json()
     assert shown["refill"] == REFILL
