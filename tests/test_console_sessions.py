@@ -1,5 +1,7 @@
 """Console sessions and sign-in links in the database, on every backend, without a browser."""
 
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -94,3 +96,9 @@ def test_the_cookie_is_secure_over_https_only_and_tokens_differ_per_session() ->
     assert "SameSite=Strict" in cookie_header("c", "v", secure=False)
     assert csrf_token("a") != csrf_token("b")
     assert csrf_token("a") == csrf_token("a")
+
+
+@pytest.mark.parametrize("package", ["keyguard.console", "keyguard.api", "keyguard.cli"])
+def test_each_web_package_imports_on_its_own(package: str) -> None:
+    """Whichever a program imports first, nothing is circular."""
+    subprocess.run([sys.executable, "-c", f"import {package}"], check=True, timeout=60)

@@ -43,7 +43,6 @@ from keyguard.api.tokens import token_holder
 from keyguard.api.usage import usage_router
 from keyguard.api.verify import VerifyRequest, verify_router
 from keyguard.config import Settings, load_settings
-from keyguard.console import Console, console_link_router, console_router, open_sessions
 from keyguard.domain.routes import UnknownRoutes
 from keyguard.edge import send_error
 from keyguard.forward import FORWARD_PATH, ForwardAuth, is_forward_auth
@@ -204,6 +203,15 @@ def _reachable(reached: bool) -> str:
 
 def _console(app: FastAPI, runtime: Keyguard) -> None:
     """The web console at /console/, and the operator's sign-in links when enabled."""
+    # Imported here: the console's pages use the API's schemas and token checks, so a
+    # module-level import would make `import keyguard.console` circular.
+    from keyguard.console import (
+        Console,
+        console_link_router,
+        console_router,
+        open_sessions,
+    )
+
     console = Console(
         runtime.service,
         runtime.decider,
