@@ -1410,7 +1410,8 @@ _CONVERTED = ("permitted_ips", "scopes", "ratelimit", "expires_at")
 
 
 def _converted(dialect: Dialect, name: str, value: Any) -> Any:
-    convert = api_keys.c[name].type._cached_bind_processor(dialect)
+    """``value`` of column ``name`` as the driver takes it (what SQLAlchemy would bind)."""
+    convert = api_keys.c[name].type.dialect_impl(dialect).bind_processor(dialect)
     return value if convert is None or value is None else convert(value)
 
 
