@@ -284,6 +284,24 @@ def test_patch_raises_the_credits_of_an_exhausted_key(
     assert stored_credits(keyguard, tenant, key["id"]) == 0
 
 
+def test_a_rolled_key_passes_its_credits_on_and_keeps_its_own_until_told(
+    client: TestClient, tenant: Tenant
+) -> None:
+    old = create_key(client, tenant, remaining=30, refill=REFILL)
+    held = client.get(f"{KEYS}/{old['id']}", headers=tenant.headers).json()["remaining"]
+
+    rolled = client.post(f"{KEYS}/{old['id']}/roll", json={}, headers=tenant.headers).json()
+    emptied = client.patch(f"{KEYS}/{old['id']}", json={"remaining": 0}, headers=tenant.headers)
+
+    # What the store holds passes on: less what this process leased of the old key.
+    assert 29 <= held <= 30
+    assert (rolled["remaining"], rolled["refill"]) == (held, REFILL)
+    assert emptied.json()["remaining"] == 0
+    assert drain(lambda: forward(client, old["value"]).status_code) == 0
+    assert forward(client, old["value"]).json() == EXHAUSTED
+    assert drain(lambda: forward(client, rolled["value"]).status_code) == held
+
+
 def test_refusals_for_credits_are_counted_and_exported(
     client: TestClient, keyguard: Keyguard, tenant: Tenant
 ) -> None:
