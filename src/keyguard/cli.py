@@ -441,9 +441,10 @@ class _Credits(click.ParamType[object, "str | object"]):
         text = value.strip().lower()
         if text == NO_CREDITS:
             return NO_CREDITS
-        if not (text.isascii() and text.isdigit()) or len(text) > 13:
+        credits = _count(text)
+        if credits is None:
             self.fail(f"{value!r} is not a number of credits such as 1000, or none", param, ctx)
-        return int(text)
+        return credits
 
 
 class _Refill(click.ParamType[object, "str | object"]):
@@ -460,13 +461,19 @@ class _Refill(click.ParamType[object, "str | object"]):
         if text == NO_CREDITS:
             return NO_CREDITS
         amount, _, interval = text.partition("/")
-        if not (amount.isascii() and amount.isdigit()) or len(amount) > 13:
-            amount = ""
-        if not amount or interval not in INTERVALS:
+        count = _count(amount)
+        if count is None or interval not in INTERVALS:
             self.fail(
                 f"{value!r} is not a refill such as 1000/daily, 5000/monthly or none", param, ctx
             )
-        return {"amount": int(amount), "interval": interval}
+        return {"amount": count, "interval": interval}
+
+
+def _count(text: str) -> int | None:
+    """A whole number of credits written in ASCII digits (the API bounds it), or None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 13:
+        return None
+    return int(text)
 
 
 @main.group("keys")
