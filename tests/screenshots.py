@@ -31,6 +31,8 @@ KEYS: tuple[dict[str, object], ...] = (
         "scopes_enabled": True,
         "billing": {"allow": "read"},
         "ratelimit": {"limit": 600, "duration": 60},
+        "remaining": 48_000,
+        "refill": {"amount": 50_000, "interval": "monthly"},
     },
     {
         "label": "SMS campaigns (production)",
@@ -99,6 +101,10 @@ def take(folder: Path = FOLDER, browser: Browser | None = None) -> list[Path]:
         page.get_by_role("group", name="numbers", exact=True).get_by_label("write").check()
         page.get_by_role("group", name="Rate limit").get_by_label("Requests").fill("100")
         page.get_by_role("group", name="Rate limit").get_by_label("Seconds").fill("60")
+        credits = page.get_by_role("group", name="Credits")
+        credits.get_by_label("Credits left").fill("10000")
+        credits.get_by_label("Refill amount").fill("10000")
+        credits.get_by_label("Refill interval").select_option("daily")
         create = folder / "create.png"
         page.screenshot(path=create, full_page=True)
         page.goto(f"http://{server.address}/console/keys/{made[0]}/usage?window=day")

@@ -208,6 +208,8 @@ def create_in_console(page: Page, label: str, **choices: Any) -> tuple[int, str]
             page.get_by_role("group", name=group, exact=True).get_by_label(level).check()
     if "ratelimit" in choices:
         fill_rate_limit(page, *choices["ratelimit"])
+    if "credits" in choices:
+        fill_credits(page, *choices["credits"])
     page.get_by_role("button", name="Create key").click()
     secret = page.get_by_label("Secret key").input_value()
     match = re.search(r"/console/keys/(\d+)/secret$", page.url)
@@ -219,6 +221,13 @@ def fill_rate_limit(page: Page, requests: str, seconds: str) -> None:
     fieldset = page.get_by_role("group", name="Rate limit")
     fieldset.get_by_label("Requests").fill(requests)
     fieldset.get_by_label("Seconds").fill(seconds)
+
+
+def fill_credits(page: Page, left: str, amount: str, interval: str) -> None:
+    fieldset = page.get_by_role("group", name="Credits")
+    fieldset.get_by_label("Credits left").fill(left)
+    fieldset.get_by_label("Refill amount").fill(amount)
+    fieldset.get_by_label("Refill interval").select_option(interval)
 
 
 def row(page: Page, label: str) -> Any:
@@ -288,6 +297,143 @@ def test_a_bad_rate_limit_shows_the_apis_message_next_to_the_field_and_changes_n
     expect(fieldset.get_by_label("Requests")).to_have_value(requests)
     assert live.key(key, made["id"])["ratelimit"] is None
     assert len(live.api(key, "GET", "/v1/api-keys").json()) == 2
+
+
+# -- usage credits -------------------------------------------------------------------------
+
+
+def credits_of(shown: dict[str, Any]) -> str:
+    """How the keys table words the credits of a key object the API returned."""
+    if shown["remaining"] is None:
+        return "Unlimited"
+    left = f"{shown['remaining']:,} left"
+    refill = shown["refill"]
+    return left if refill is None else f"{left}, {refill['amount']:,} {refill['interval']}"
+
+
+def test_credits_set_in_the_form_are_what_the_api_returns_and_emptying_them_removes_them(
+    page: Page, live: Live
+) -> None:
+    _, key = live.account()
+    sign_in(page, key)
+    key_id, _ = create_in_console(page, "metered", credits=("500", "500", "daily"))
+    shown = live.key(key, key_id)
+    assert shown["refill"] == {"amount": 500, "interval": "daily"}
+    assert shown["remaining"] in (499, 500)  # this process may lease one at once
+
+    page.get_by_role("link", name="Done").click()
+    expect(row(page, "metered")).to_contain_text(credits_of(shown))
+    row(page, "metered").get_by_role("link", name="Edit").click()
+    fieldset = page.get_by_role("group", name="Credits")
+    expect(fieldset.get_by_label("Credits left")).to_have_value(str(shown["remaining"]))
+    expect(fieldset.get_by_label("Refill amount")).to_have_value("500")
+    expect(fieldset.get_by_label("Refill interval")).to_have_value("daily")
+    fill_credits(page, "1200", "2000", "monthly")
+    page.get_by_role("button", name="Save key").click()
+    shown = live.key(key, key_id)
+    assert shown["refill"] == {"amount": 2000, "interval": "monthly"}
+    assert shown["remaining"] in (1199, 1200)
+    expect(row(page, "metered")).to_contain_text(credits_of(shown))
+
+    row(page, "metered").get_by_role("link", name="Edit").click()
+    fill_credits(page, "", "", "")
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("status")).to_have_text("The key was saved.")
+    shown = live.key(key, key_id)
+    assert (shown["remaining"], shown["refill"]) == (None, None)
+    expect(row(page, "metered")).to_contain_text("Unlimited")
+
+
+def test_saving_the_form_leaves_credits_it_did_not_change_as_the_api_holds_them(
+    page: Page, live: Live
+) -> None:
+    _, key = live.account()
+    body = {"label": "spent", "remaining": 900, "refill": {"amount": 900, "interval": "daily"}}
+    made = live.api(key, "POST", "/v1/api-keys", json=body).json()
+    sign_in(page, key)
+    row(page, "spent").get_by_role("link", name="Edit").click()
+    # Meanwhile the credits change (as requests spend them): the open form is stale.
+    path = f"/v1/api-keys/{made['id']}"
+    live.api(key, "PATCH", path, json={"remaining": 7}).raise_for_status()
+    before = live.key(key, made["id"])
+    page.get_by_label("Label").fill("spent twice")
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("status")).to_have_text("The key was saved.")
+    after = live.key(key, made["id"])
+    assert after["label"] == "spent twice"
+    assert (after["remaining"], after["refill"]) == (before["remaining"], before["refill"])
+    assert after["remaining"] in (6, 7)
+
+
+@pytest.mark.parametrize(
+    ("left", "amount", "interval", "sent"),
+    [
+        ("-1", "", "", {"remaining": -1}),
+        ("2.5", "", "", {"remaining": 2.5}),
+        ("1000000000001", "", "", {"remaining": 1_000_000_000_001}),
+        ("100", "50", "", {"remaining": 100, "refill": {"amount": 50, "interval": ""}}),
+    ],
+    ids=["negative", "fraction", "huge", "amount-without-interval"],
+)
+def test_bad_credits_show_the_apis_message_next_to_the_field_and_change_nothing(
+    page: Page, live: Live, left: str, amount: str, interval: str, sent: dict[str, Any]
+) -> None:
+    _, key = live.account()
+    made = live.api(key, "POST", "/v1/api-keys", json={"label": "allowance", "remaining": 9})
+    key_id = made.json()["id"]
+    before = live.key(key, key_id)
+    refused = live.api(key, "PATCH", f"/v1/api-keys/{key_id}", json=sent)
+    assert refused.status_code in (400, 422)
+    sign_in(page, key)
+
+    row(page, "allowance").get_by_role("link", name="Edit").click()
+    # The browser's own checks would stop some values first: the API is the judge here.
+    page.locator("form.key-form").evaluate("form => form.noValidate = true")
+    fill_credits(page, left, amount, interval)
+    page.get_by_role("button", name="Save key").click()
+
+    expect(page.locator("#credits-error")).to_have_text(refused.json()["message"])
+    fieldset = page.get_by_role("group", name="Credits")
+    expect(fieldset.get_by_label("Credits left")).to_have_attribute("aria-invalid", "true")
+    expect(fieldset.get_by_label("Credits left")).to_have_value(left)
+    expect(fieldset.get_by_label("Refill amount")).to_have_value(amount)
+    assert live.key(key, key_id) == before
+    assert len(live.api(key, "GET", "/v1/api-keys").json()) == 2
+
+
+def test_the_keyboard_alone_sets_credits_and_a_refill(page: Page, live: Live) -> None:
+    _, key = live.account()
+    sign_in(page, key)
+    page.goto("/console/keys/new")
+    page.get_by_label("Label").focus()
+    page.keyboard.type("typed")
+
+    def tab_to(name: str) -> None:
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            if (
+                page.evaluate("document.activeElement.id || document.activeElement.textContent")
+                == name
+            ):
+                return
+        pytest.fail(f"Tab never reached {name}")
+
+    tab_to("remaining")
+    page.keyboard.type("300")
+    tab_to("refill_amount")
+    page.keyboard.type("250")
+    tab_to("refill_interval")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    expect(page.get_by_label("Refill interval")).to_have_value("monthly")
+    tab_to("Create key")
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Secret key")).to_be_visible()
+    match = re.search(r"/console/keys/(\d+)/secret$", page.url)
+    assert match is not None, page.url
+    shown = live.key(key, int(match.group(1)))
+    assert shown["refill"] == {"amount": 250, "interval": "monthly"}
+    assert shown["remaining"] in (299, 300)
 
 
 # -- usage ---------------------------------------------------------------------------------
@@ -714,7 +860,8 @@ def test_every_page_passes_axe_at_390_pixels(page: Page, live: Live) -> None:
         "/v1/api-keys",
         json={"label": "a fairly long label for a narrow screen", "restricted": True,
               "permitted_ips": ["203.0.113.0/24"], "scopes_enabled": True,
-              "messages": {"allow": "write"}},
+              "messages": {"allow": "write"}, "remaining": 1000,
+              "refill": {"amount": 1000, "interval": "monthly"}},
     ).json()  # fmt: skip
     visited: dict[str, list[str]] = {}
 
@@ -735,6 +882,12 @@ def test_every_page_passes_axe_at_390_pixels(page: Page, live: Live) -> None:
     page.get_by_role("button", name="Create key").click()
     check("create form with an error")
     page.get_by_label("Permitted IPs").fill("203.0.113.3")
+    page.locator("form.key-form").evaluate("form => form.noValidate = true")
+    fill_credits(page, "-1", "5", "daily")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.locator("#credits-error")).to_be_visible()
+    check("create form with a credits error")
+    fill_credits(page, "5", "5", "daily")
     page.get_by_role("button", name="Create key").click()
     check("secret")
     for action in ("edit", "roll", "delete"):

@@ -4,6 +4,11 @@ The console validates nothing itself: it builds the body the API would receive
 and lets :class:`~keyguard.service.KeyService` refuse it, so that a key set in
 the browser is exactly what ``GET /v1/api-keys/{id}`` returns afterwards, and a
 refusal carries the API's own message, shown next to the field it names.
+
+Credits are the one exception to "the form sends every field": leases spend a
+key's ``remaining`` while the form is open, and every change of it restarts the
+key's leases, so an update sends ``remaining`` and ``refill`` only when they
+differ from what the form showed.
 """
 
 import re
@@ -12,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from keyguard.console.present import remaining
+from keyguard.domain.credits import NO_CREDITS
 from keyguard.domain.fields import NEVER
 from keyguard.domain.ratelimit import NO_LIMIT
 from keyguard.domain.records import settings_document
@@ -34,6 +41,49 @@ def first(form: Form, name: str, default: str = "") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Credits:
+    """The Credits fieldset as text: ``remaining`` empty for unlimited, ``amount``
+    and ``interval`` empty for no refill."""
+
+    remaining: str = ""
+    amount: str = ""
+    interval: str = ""
+
+    @classmethod
+    def of(cls, view: KeyView) -> "Credits":
+        left, refill = remaining(view), view.key.settings.refill
+        if refill is None:
+            return cls("" if left is None else str(left))
+        return cls("" if left is None else str(left), str(refill.amount), refill.interval)
+
+    @classmethod
+    def posted(cls, form: Form, prefix: str = "") -> "Credits":
+        return cls(
+            first(form, f"{prefix}remaining").strip(),
+            first(form, f"{prefix}refill_amount").strip(),
+            first(form, f"{prefix}refill_interval"),
+        )
+
+    def body(self, shown: "Credits | None") -> dict[str, Any]:
+        """``remaining`` and ``refill`` of the API's body: all given on create
+        (``shown`` None), only what differs from ``shown`` on update, where an
+        emptied field removes what it held."""
+        body: dict[str, Any] = {}
+        if shown is None or self.remaining != shown.remaining:
+            if self.remaining:
+                body["remaining"] = _whole(self.remaining)
+            elif shown is not None:
+                body["remaining"] = NO_CREDITS
+        if shown is None or (self.amount, self.interval) != (shown.amount, shown.interval):
+            if self.amount or self.interval:
+                # An interval is passed on as chosen, for the API to refuse by its rule.
+                body["refill"] = {"amount": _whole(self.amount), "interval": self.interval[:16]}
+            elif shown is not None:
+                body["refill"] = NO_CREDITS
+        return body
+
+
+@dataclass(frozen=True, slots=True)
 class KeyForm:
     """The values the create and edit form shows: blank, a key's, or as last posted."""
 
@@ -45,6 +95,8 @@ class KeyForm:
     scopes: dict[str, str] = field(default_factory=dict)
     expires_at: str = ""  # as the datetime-local input shows it, in UTC
     numbers: dict[str, dict[str, str]] = field(default_factory=dict)  # by NUMBER_GROUPS
+    credits: Credits = Credits()
+    shown: Credits = Credits()  # the credits the edit form was opened with
 
     @classmethod
     def blank(cls, groups: ScopeGroups) -> "KeyForm":
@@ -63,6 +115,8 @@ class KeyForm:
             scopes={name: level.label for name, level in groups.complete(settings.scopes).items()},
             expires_at="" if expires is None else expires.strftime("%Y-%m-%dT%H:%M"),
             numbers=_numbers(settings_document(settings)),
+            credits=Credits.of(view),
+            shown=Credits.of(view),
         )
 
     @classmethod
@@ -79,6 +133,8 @@ class KeyForm:
                 name: {part: first(form, f"{name}_{part}").strip() for part in parts}
                 for name, (parts, _none) in NUMBER_GROUPS.items()
             },
+            credits=Credits.posted(form),
+            shown=Credits.posted(form, "shown_"),
         )
 
     def body(self, *, editing: bool) -> dict[str, Any]:
@@ -105,6 +161,7 @@ class KeyForm:
                 body[name] = {part: _whole(text) for part, text in given.items()}
             elif editing:
                 body[name] = none  # emptied fields remove the limit
+        body.update(self.credits.body(self.shown if editing else None))
         return body
 
 
@@ -136,6 +193,8 @@ def _as_utc(local: str) -> str:
 def field_of(message: str, groups: ScopeGroups) -> str | None:
     """Which form field an API refusal is about, so it is shown next to that field."""
     lowered = message.lower()
+    if "remaining" in lowered or "refill" in lowered:
+        return "credits"
     if "rate limit" in lowered or "ratelimit" in lowered:
         return "ratelimit"
     if "label" in lowered:

@@ -4,9 +4,10 @@ Plain functions of a :class:`~keyguard.service.KeyView` and the clock; the
 templates call them and decide nothing themselves.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from keyguard.domain import keys
+from keyguard.domain.credits import remaining_at
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.service import NOT_DISPLAYABLE, KeyView
 
@@ -49,6 +50,23 @@ def rate_limit(view: KeyView) -> str:
         return "None"
     per = PER.get(limit.duration, f"{limit.duration:,} seconds")
     return f"{limit.limit:,} per {per}"
+
+
+def remaining(view: KeyView, now: datetime | None = None) -> int | None:
+    """The key's credits as its API object shows them: refilled if a period began."""
+    key = view.key
+    moment = now or datetime.now(UTC)
+    return remaining_at(key.settings.remaining, key.settings.refill, key.credits_period, moment)
+
+
+def credits(view: KeyView, now: datetime) -> str:
+    """``480 left, 500 daily``, ``480 left``, or ``Unlimited``."""
+    left = remaining(view, now)
+    if left is None:
+        return "Unlimited"
+    refill = view.key.settings.refill
+    shown = f"{left:,} left"
+    return shown if refill is None else f"{shown}, {refill.amount:,} {refill.interval}"
 
 
 def scopes(view: KeyView, groups: ScopeGroups) -> str:
