@@ -174,6 +174,21 @@ def test_a_refill_without_credits_is_refused(client: TestClient, tenant: Tenant)
     assert created.json() == {"success": False, "message": NEEDS_CREDITS}
 
 
+def test_removing_credits_while_giving_a_refill_is_refused(
+    client: TestClient, tenant: Tenant
+) -> None:
+    key = create_key(client, tenant, remaining=5)
+    change = {"remaining": "none", "refill": REFILL}
+
+    patched = client.patch(f"{KEYS}/{key['id']}", json=change, headers=tenant.headers)
+
+    assert patched.status_code == 422
+    assert patched.json() == {"success": False, "message": NEEDS_CREDITS}
+    shown = client.get(f"{KEYS}/{key['id']}", headers=tenant.headers).json()
+    assert shown["refill"] is None
+    assert shown["remaining"] is not None
+
+
 # -- spending -------------------------------------------------------------------------
 
 

@@ -260,12 +260,15 @@ def _printable(name: str) -> str:
 def apply(settings: KeySettings, changes: KeyChanges) -> KeySettings:
     """``settings`` with every field that ``changes`` gives replaced.
 
-    Removing credits removes their refill; a refill without credits is refused.
+    Removing credits removes their refill, unless the same change gives a new one: a
+    refill without credits is refused, on PATCH as on create.
     """
     remaining = _given(changes.remaining, settings.remaining)
     refill = _given(changes.refill, settings.refill)
     if remaining == NO_CREDITS:
-        remaining = refill = None
+        remaining = None
+        if changes.refill is None:  # not given: it goes with the credits
+            refill = None
     if refill == NO_CREDITS:
         refill = None
     if refill is not None and remaining is None:
