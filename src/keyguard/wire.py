@@ -46,7 +46,9 @@ def _key_body(
     ratelimit, refill = settings.ratelimit, settings.refill
     # What the store holds, refilled if a period began since: credits that
     # processes hold in leases are not in it until given back.
-    remaining = remaining_at(settings.remaining, refill, key.credits_period, datetime.now(UTC))
+    remaining = settings.remaining
+    if remaining is not None and refill is not None:
+        remaining = remaining_at(remaining, refill, key.credits_period, datetime.now(UTC))
     return {
         "id": key.id,
         "label": settings.label,

@@ -1563,7 +1563,8 @@ def _listed(rows: Result[tuple[Any, ...]]) -> list[StoredKey]:
     """
     networks, scopes, ratelimits = _parsers()
     keys = []
-    for row in rows:
+    found: Sequence[Sequence[Any]] = rows.all()
+    for row in found:
         (key_id, account_id, digest, sealed, label, active, restricted, ips, scoped, granted,
          expires, ratelimit, remaining, refill_amount, refill_interval, created, used,
          revision, changed, rolled_from, leaked, imported, epoch, period) = row  # fmt: skip
@@ -1587,8 +1588,8 @@ def _listed(rows: Result[tuple[Any, ...]]) -> list[StoredKey]:
     return keys
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A stored time as :class:`~keyguard.storage.tables.UTCDateTime` gives it."""
+def _utc(value: Any) -> Any:
+    """A stored time (or None) as :class:`~keyguard.storage.tables.UTCDateTime` gives it."""
     if value is None or value.tzinfo is UTC:
         return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
