@@ -703,7 +703,9 @@ class SQLStore:
         """The id of the live key after ``offset`` others in id order, or None.
 
         A deep page is found from the end of the list, which the account's key
-        count (``counted``: no filter) tells, so no walk crosses more than half.
+        count (``counted``: no filter) tells, so no walk crosses more than half. That
+        is the count every write keeps (and ``X-Total-Count`` shows); while processes
+        older than 0005 still write, pages from the end are off as that count is.
         """
         ids = select(api_keys.c.id).where(*live)
         total = self._key_count(connection, account_id) if counted else None
