@@ -29,6 +29,7 @@ from benchmarks import (
     forward,
     importing,
     limits,
+    lists,
     management,
     memory,
     postgres,
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "snapshot": snapshot.run,
     "baseline": baseline.run,
     "credits": credits.run,
+    "lists": lists.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

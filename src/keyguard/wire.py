@@ -1,7 +1,10 @@
 """The Wavix wire format: key objects and error bodies, as plain dicts."""
 
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from keyguard.domain.credits import remaining_at
 from keyguard.domain.records import Account, AuditRecord
@@ -15,8 +18,38 @@ _LEVEL_LABELS = {level: level.label for level in Level}
 def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
     """A key in Wavix's field order, with both generations of flag names, then
     keyguard's own fields: the key's life, and how it was imported, if it was."""
+    return _key_body(view, _scope_section(view.key.settings.scopes, groups), _timestamp)
+
+
+def key_list(views: Iterable[KeyView], groups: ScopeGroups) -> bytes:
+    """Key objects as a JSON array: the bytes of :func:`key_object`'s dicts as orjson
+    renders them, with less work for each key of a long list.
+
+    Keys that share their scopes (a store's list shares them) share their groups'
+    rendering, and orjson writes the times itself (UTC, whole seconds, ``Z``).
+    """
+    sections: dict[int, dict[str, Any]] = {}  # by the scopes' identity: they live on
+    bodies = []
+    for view in views:
+        scopes = view.key.settings.scopes
+        section = sections.get(id(scopes))
+        if section is None:
+            section = sections[id(scopes)] = _scope_section(scopes, groups)
+        bodies.append(_key_body(view, section, _as_it_is))
+    return orjson.dumps(bodies, option=orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS)
+
+
+def _key_body(
+    view: KeyView, section: dict[str, Any], time: Callable[[datetime | None], Any]
+) -> dict[str, Any]:
     key, settings = view.key, view.key.settings
-    body: dict[str, Any] = {
+    ratelimit, refill = settings.ratelimit, settings.refill
+    # What the store holds, refilled if a period began since: credits that
+    # processes hold in leases are not in it until given back.
+    remaining = settings.remaining
+    if remaining is not None and refill is not None:
+        remaining = remaining_at(remaining, refill, key.credits_period, datetime.now(UTC))
+    return {
         "id": key.id,
         "label": settings.label,
         "value": view.value,
@@ -27,27 +60,27 @@ def key_object(view: KeyView, groups: ScopeGroups) -> dict[str, Any]:
         "permitted_ips": list(settings.permitted_ips),
         "is_scopes_enabled": settings.scopes_enabled,
         "scopes_enabled": settings.scopes_enabled,
-        "last_used_at": _timestamp(view.last_used_at),
+        "last_used_at": time(view.last_used_at),
+        **section,
+        "created_at": time(key.created_at),
+        "expires_at": time(settings.expires_at),
+        "rolled_from": key.rolled_from,
+        "leaked_at": time(key.leaked_at),
+        "ratelimit": None if ratelimit is None else ratelimit.document(),
+        "remaining": remaining,
+        "refill": None if refill is None else refill.document(),
+        # "sha256": imported by its digest, so ``value`` is "" and can never be shown.
+        "imported": key.imported,
     }
-    # A list renders 13 groups per key: the labels come from a table, not the enum.
-    scopes, labels = settings.scopes, _LEVEL_LABELS
-    for group in groups:
-        body[group] = {"allow": labels[scopes.get(group, Level.NONE)]}
-    body["created_at"] = _timestamp(key.created_at)
-    body["expires_at"] = _timestamp(settings.expires_at)
-    body["rolled_from"] = key.rolled_from
-    body["leaked_at"] = _timestamp(key.leaked_at)
-    body["ratelimit"] = None if settings.ratelimit is None else settings.ratelimit.document()
-    # What the store holds, refilled if a period began since: credits that
-    # processes hold in leases are not in it until given back.
-    refill = settings.refill
-    body["remaining"] = remaining_at(
-        settings.remaining, refill, key.credits_period, datetime.now(UTC)
-    )
-    body["refill"] = None if refill is None else refill.document()
-    # "sha256": imported by its digest, so ``value`` is "" and can never be shown.
-    body["imported"] = key.imported
-    return body
+
+
+def _scope_section(scopes: Mapping[str, Level], groups: ScopeGroups) -> dict[str, Any]:
+    """Every group as ``{"allow": level}``; a list renders 13 of them per key."""
+    return {group: {"allow": _LEVEL_LABELS[scopes.get(group, Level.NONE)]} for group in groups}
+
+
+def _as_it_is(value: datetime | None) -> datetime | None:
+    return value
 
 
 def account_object(account: Account) -> dict[str, Any]:

@@ -531,6 +531,9 @@ def test_keys_are_listed_in_pages_by_id_and_counted(store: Store) -> None:
     assert [key.id for key in live] == sorted(key.id for key in live)
     assert store.list_keys(account_id, offset=1, limit=2) == live[1:3]
     assert store.list_keys(account_id, offset=5, limit=2) == []
+    for offset in range(len(live) + 1):  # pages deep in the list, found from its end
+        assert store.list_keys(account_id, offset=offset, limit=2) == live[offset : offset + 2]
+        assert store.list_keys(account_id, offset=offset) == live[offset:]
     assert store.count_keys(account_id) == len(live) == 5  # the first key and four more
     assert store.count_keys(account_id, "K") == 4
     assert (

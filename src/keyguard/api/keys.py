@@ -7,7 +7,6 @@ has allowed them; :data:`~keyguard.api.requests.KeyCaller` is the key it allowed
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +26,7 @@ from keyguard.domain.fields import MAX_LABEL_LENGTH
 from keyguard.errors import RateLimited
 from keyguard.limits import WindowLimiter
 from keyguard.service import KeyService
-from keyguard.wire import key_object
+from keyguard.wire import key_list, key_object
 
 MAX_KEY_ID = 2**63 - 1
 MAX_PAGE = 10**9
@@ -110,16 +109,14 @@ def key_router(service: KeyService, writes: WindowLimiter | None, max_body_bytes
         account_id = caller.account_id
         if page is None and per_page is None:
             views = await run_in_threadpool(service.list_keys, account_id, label)
-            return _keys_response(
-                [render(view) for view in views], {"X-Total-Count": str(len(views))}
-            )
+            return _keys_response(key_list(views, groups), {"X-Total-Count": str(len(views))})
         number, size = page or 1, per_page or DEFAULT_PER_PAGE
         found = await run_in_threadpool(service.page_of_keys, account_id, label, number, size)
         headers = {
             "X-Total-Count": str(found.total),
             "Link": page_links(request.url.path, label, number, size, found.total),
         }
-        return _keys_response([render(view) for view in found.views], headers)
+        return _keys_response(key_list(found.views, groups), headers)
 
     @router.post(
         "",
@@ -209,9 +206,8 @@ def key_router(service: KeyService, writes: WindowLimiter | None, max_body_bytes
     return router
 
 
-def _keys_response(keys: list[dict[str, Any]], headers: dict[str, str]) -> Response:
-    # orjson: a list of 10,000 key objects renders in ~5 ms, not ~60 ms.
-    return Response(orjson.dumps(keys), media_type="application/json", headers=headers)
+def _keys_response(body: bytes, headers: dict[str, str]) -> Response:
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def page_links(path: str, label: str | None, number: int, per_page: int, total: int) -> str:

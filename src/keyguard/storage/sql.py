@@ -681,18 +681,53 @@ class SQLStore:
         offset: int = 0,
         limit: int | None = None,
     ) -> list[StoredKey]:
-        query = select(*_KEY_COLUMNS).where(*self._live_keys(account_id, label))
-        query = query.order_by(api_keys.c.id).offset(offset or None).limit(limit)
-        with self._reading() as connection:
-            return [_key(row) for row in connection.execute(query)]
+        live = self._live_keys(account_id, label)
+        query = select(*_LISTED_COLUMNS).where(*live).order_by(api_keys.c.id).limit(limit)
+        with self._reading() as connection, connection.begin():
+            if offset:
+                # The page's first id, through the index alone; then only the page's rows.
+                first = self._nth_key(connection, account_id, live, offset, counted=not label)
+                if first is None:
+                    return []
+                query = query.where(api_keys.c.id >= first)
+            return _listed(connection.execute(query))
+
+    def _nth_key(
+        self,
+        connection: Connection,
+        account_id: int,
+        live: list[ColumnElement[bool]],
+        offset: int,
+        counted: bool,
+    ) -> int | None:
+        """The id of the live key after ``offset`` others in id order, or None.
+
+        A deep page is found from the end of the list, which the account's key
+        count (``counted``: no filter) tells, so no walk crosses more than half. That
+        is the count every write keeps (and ``X-Total-Count`` shows); while processes
+        older than 0005 still write, pages from the end are off as that count is.
+        """
+        ids = select(api_keys.c.id).where(*live)
+        total = self._key_count(connection, account_id) if counted else None
+        if total is not None and offset > total // 2:
+            if offset >= total:
+                return None
+            ids = ids.order_by(api_keys.c.id.desc()).offset(total - 1 - offset)
+        else:
+            ids = ids.order_by(api_keys.c.id).offset(offset)
+        found = connection.execute(ids.limit(1)).scalar()
+        return None if found is None else int(found)
 
     def count_keys(self, account_id: int, label: str | None = None) -> int:
-        if label:
-            query = select(func.count()).where(*self._live_keys(account_id, label))
-        else:
-            query = select(accounts.c.key_count).where(accounts.c.id == account_id)
         with self._reading() as connection:
+            if not label:
+                return self._key_count(connection, account_id)
+            query = select(func.count()).where(*self._live_keys(account_id, label))
             return int(connection.execute(query).scalar() or 0)
+
+    def _key_count(self, connection: Connection, account_id: int) -> int:
+        query = select(accounts.c.key_count).where(accounts.c.id == account_id)
+        return int(connection.execute(query).scalar() or 0)
 
     def _live_keys(self, account_id: int, label: str | None) -> list[ColumnElement[bool]]:
         conditions = [api_keys.c.account_id == account_id, api_keys.c.deleted_at.is_(None)]
@@ -1467,9 +1502,8 @@ def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
     Most keys share their settings: a first load sees the same allow-list, scopes
     and rate limit text again and again, and parses each once.
     """
-    networks = _Parsed(lambda text: tuple(_document(text)))
-    scopes = _Parsed(lambda text: tuple(expand(_document(text)).items()))
-    ratelimits = _Parsed(lambda text: RateLimit.of(_document(text)))
+    networks, expanded, ratelimits = _parsers()
+    scopes = _Parsed(lambda text: tuple(expanded[text].items()))
     batches: Iterator[Sequence[Sequence[Any]]] = rows.partitions()
     for batch in batches:
         for row in batch:
@@ -1492,6 +1526,85 @@ def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
                 credits,
                 refill_interval,
             )
+
+
+# What a list reads of a key, in :func:`_listed`'s order; settings as text, times
+# without the decorator's call per value.
+_LISTED_COLUMNS = [
+    api_keys.c.id,
+    api_keys.c.account_id,
+    api_keys.c.digest,
+    api_keys.c.sealed_value,
+    api_keys.c.label,
+    api_keys.c.active,
+    api_keys.c.restricted,
+    cast(api_keys.c.permitted_ips, Text),
+    api_keys.c.scopes_enabled,
+    cast(api_keys.c.scopes, Text),
+    type_coerce(api_keys.c.expires_at, DateTime(timezone=True)),
+    cast(api_keys.c.ratelimit, Text),
+    api_keys.c.remaining,
+    api_keys.c.refill_amount,
+    api_keys.c.refill_interval,
+    type_coerce(api_keys.c.created_at, DateTime(timezone=True)),
+    type_coerce(api_keys.c.last_used_at, DateTime(timezone=True)),
+    api_keys.c.revision,
+    type_coerce(api_keys.c.changed_at, DateTime(timezone=True)),
+    api_keys.c.rolled_from,
+    type_coerce(api_keys.c.leaked_at, DateTime(timezone=True)),
+    api_keys.c.imported,
+    api_keys.c.credits_epoch,
+    api_keys.c.credits_period,
+]
+
+
+def _listed(rows: Result[tuple[Any, ...]]) -> list[StoredKey]:
+    """Live keys from rows of :data:`_LISTED_COLUMNS`, each settings text parsed once.
+
+    The keys of a list share their settings more often than not, so they share
+    what those parse to too.
+    """
+    networks, scopes, ratelimits = _parsers()
+    keys = []
+    found: Sequence[Sequence[Any]] = rows.all()
+    for row in found:
+        (key_id, account_id, digest, sealed, label, active, restricted, ips, scoped, granted,
+         expires, ratelimit, remaining, refill_amount, refill_interval, created, used,
+         revision, changed, rolled_from, leaked, imported, epoch, period) = row  # fmt: skip
+        settings = KeySettings(
+            label,
+            active,
+            restricted,
+            networks[ips],
+            scoped,
+            scopes[granted],
+            _utc(expires),
+            None if ratelimit is None else ratelimits[ratelimit],
+            remaining,
+            Refill.of(refill_amount, refill_interval),
+        )
+        times = _utc(created), _utc(used), _utc(changed), _utc(leaked)
+        created, used, changed, leaked = times
+        keys.append(StoredKey(key_id, account_id, digest, sealed, settings, created, used,
+                              revision, False, changed, rolled_from, leaked, imported, epoch,
+                              period))  # fmt: skip
+    return keys
+
+
+def _utc(value: Any) -> Any:
+    """A stored time (or None) as :class:`~keyguard.storage.tables.UTCDateTime` gives it."""
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _parsers() -> tuple["_Parsed", "_Parsed", "_Parsed"]:
+    """Allow-list, scopes (expanded) and rate-limit texts, each parsed when first met."""
+    return (
+        _Parsed(lambda text: tuple(_document(text))),
+        _Parsed(lambda text: expand(_document(text))),
+        _Parsed(lambda text: RateLimit.of(_document(text))),
+    )
 
 
 class _Parsed(dict[str, Any]):
