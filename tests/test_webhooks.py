@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 from keyguard.config import Settings, load_settings
 from keyguard.domain.events import EVENT_ACTIONS, RETRY_CAP
 from keyguard.errors import ConfigurationError
+from keyguard.importing import Importer
 from keyguard.runtime import Keyguard
 from keyguard.storage import AuditQuery, open_store
 from keyguard.webhooks import LEASE, POLL_INTERVAL, WebhookDeliverer, WebhookEndpoint
@@ -240,6 +241,30 @@ def test_each_change_through_the_api_arrives_signed_as_its_lifecycle_event(
         assert key["value"][-4:] not in event.body  # not even the tail a masked key shows
     assert receiver.forged == []
     assert receiver.duplicates() == 0
+
+
+def test_each_import_batch_arrives_as_one_event_with_counts_and_no_secret(
+    keyguard: Keyguard,
+    tenant: Tenant,
+    client: TestClient,  # noqa: ARG001 - the app it runs delivers the events
+    receiver: Receiver,
+) -> None:
+    values = [f"legacy_{index}" for index in range(3)]
+    importer = Importer(
+        keyguard.store, keyguard.vault, keyguard.service.groups, tenant.account_id, batch=2
+    )
+
+    importer.run(enumerate(({"value": value} for value in values), start=1))
+
+    events = receiver.wait_for(2)
+    assert [(event.type, event.data["action"]) for event in events] == [
+        ("key.imported", "key.import"),
+        ("key.imported", "key.import"),
+    ]
+    assert [event.data["after"]["imported"] for event in events] == [2, 1]
+    assert {event.data["actor"]["type"] for event in events} == {"cli"}
+    for event in events:
+        assert not any(value in event.body for value in values)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -26,7 +26,8 @@ def test_every_action_but_an_accounts_creation_is_announced() -> None:
     assert set(get_args(Action)) - set(EVENT_TYPES) == {"account.create"}
     assert set(EVENT_TYPES.values()) == {
         "key.created", "key.updated", "key.deleted", "key.rolled", "key.expiring",
-        "key.expired", "key.leaked", "account.suspended", "account.resumed", "account.deleted",
+        "key.expired", "key.leaked", "key.imported", "account.suspended", "account.resumed",
+        "account.deleted",
     }  # fmt: skip
 
 

@@ -24,6 +24,7 @@ EVENT_TYPES: dict[Action, str] = {
     "key.leak": "key.leaked",
     "key.expiring": "key.expiring",
     "key.expire": "key.expired",
+    "key.import": "key.imported",
     "account.suspend": "account.suspended",
     "account.resume": "account.resumed",
     "account.delete": "account.deleted",
