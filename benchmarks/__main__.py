@@ -22,6 +22,7 @@ from rich.console import Console
 from benchmarks import (
     analytics,
     baseline,
+    bounded,
     console_keys,
     credits,
     decide,
@@ -60,6 +61,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "baseline": baseline.run,
     "credits": credits.run,
     "lists": lists.run,
+    "bounded": bounded.run,
 }
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 

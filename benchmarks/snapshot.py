@@ -92,7 +92,8 @@ def fill(url: str, account_id: int, count: int, unique: bool = False) -> float:
     """``count`` keys of one account by one ``INSERT … SELECT``; seconds taken.
 
     As keyguard's own writes leave them, each row gets its own revision and a
-    ``changed_at``, and keyguard_meta then holds the newest revision.
+    ``changed_at``, keyguard_meta then holds the newest revision and the account
+    counts its keys.
     """
     engine = create_engine(url)
     dialect = engine.dialect.name
@@ -127,6 +128,10 @@ def fill(url: str, account_id: int, count: int, unique: bool = False) -> float:
             )
             connection.execute(
                 text("UPDATE keyguard_meta SET revision = :revision"), {"revision": base + count}
+            )
+            connection.execute(
+                text("UPDATE accounts SET key_count = key_count + :count WHERE id = :account"),
+                {"account": account_id, "count": count},
             )
         with engine.connect() as connection:
             connection.execute(text("ANALYZE"))

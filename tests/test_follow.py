@@ -16,7 +16,7 @@ from functools import partial
 import psycopg
 import pytest
 
-from keyguard.cache import ChangeFollower, KeyCache
+from keyguard.cache import ChangeFollower, KeyCache, Snapshot
 from keyguard.config import Settings
 from keyguard.domain.records import KeySettings
 from keyguard.runtime import Keyguard
@@ -99,7 +99,7 @@ def eventually(condition: Callable[[], bool], within: float) -> float:
     return time.monotonic() - started
 
 
-def cached(cache: KeyCache, digest: bytes) -> bool:
+def cached(cache: Snapshot, digest: bytes) -> bool:
     return cache.get(digest) is not None
 
 

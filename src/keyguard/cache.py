@@ -1,4 +1,4 @@
-"""The in-memory snapshot of every live key, by digest.
+"""The in-memory snapshot of live keys, by digest: every one, or (bounded) those used lately.
 
 Decisions read it without locks or I/O. It is kept current three ways: a
 management call in this process puts its result in at once; a periodic
@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -128,34 +128,22 @@ class CachedKey(NamedTuple):
 Found = tuple[int, Profile]  # what a lookup by digest answers: the key's id and profile
 
 
-class KeyCache:
-    """Live keys by digest, plus the revision the snapshot has reached.
+class Snapshot:
+    """What every key snapshot shares: accounts, profiles, the change feed.
 
-    Per key it holds about 200 bytes: one dict entry from the digest to the key
-    id, and columns indexed by key id (ids are dense) of the revision held
-    (tombstones too), the digest the key is held under and a reference to the
-    key's profile. The dict keyed by the whole digest costs some 30 bytes a key
-    more than one keyed by part of it, and spares each lookup the comparison of
-    the rest: a lookup costs what a plain dict's does.
-
-    Decisions read it without a lock: a key's profile is one reference, replaced
-    at once, so a reader sees a key's settings of one revision or the next,
-    never a mix.
+    A snapshot answers :meth:`get` by digest without locks or I/O. Subclasses
+    decide which keys it holds: :class:`KeyCache` every live key,
+    :class:`~keyguard.workingset.WorkingSet` those recently used.
     """
+
+    bounded = False  # whether a key it does not hold may still exist (see may_hold)
 
     def __init__(self, store: Store, observe_lag: Callable[[float], None] | None = None) -> None:
         self._store = store
         self._observe_lag = observe_lag
         self._lock = threading.Lock()
-        self._ids: dict[bytes, int] = {}  # digest -> key id
-        # By key id: 1 + the revision held, tombstones too (0: never seen); 4 bytes
-        # each until a revision needs 8.
-        self._revisions = array("I")
-        self._digests: list[bytes | None] = []  # by key id: the digest it is held under
-        self._profiles: list[Profile | None] = []  # by key id: None unless live
         self._shared: dict[Shared, Profile] = {}
-        self._credited: set[int] = set()  # live keys with credits, by id
-        self._live = 0
+        self._credited: set[int] = set()  # live keys held with credits, by id
         self._account_revisions: dict[int, int] = {}
         # Accounts whose keys must fail: suspended or deleted. Decisions check it.
         self.blocked_accounts: set[int] = set()
@@ -167,43 +155,36 @@ class KeyCache:
         self.revision = 0
         self.refreshed_at: float | None = None  # time.monotonic() of the last refresh
         self.store_reachable = False  # did the last refresh reach the store?
+        self.reads = 0  # store reads of keys not held (a bounded snapshot's)
+        self.evictions = 0  # keys let go to hold others (a bounded snapshot's)
 
     def __len__(self) -> int:
-        return self._live
+        raise NotImplementedError
 
     def get(self, digest: bytes) -> Found | None:
-        """The live key with this digest: its id and profile (a plain tuple, the
-        cheapest answer to build), or None."""
-        key_id = self._ids.get(digest)
-        if key_id is None:
-            return None
-        profile = self._profiles[key_id]
-        return None if profile is None else (key_id, profile)
+        """The live key held under this digest: its id and profile, or None."""
+        raise NotImplementedError
+
+    def may_hold(self, digest: bytes) -> bool:  # noqa: ARG002
+        """Whether a key with this digest may exist though :meth:`get` has none."""
+        return False
+
+    def fetch(self, digests: Sequence[bytes]) -> None:
+        """Read from the store what :meth:`may_hold` is unsure of (a full snapshot
+        never is)."""
 
     def by_id(self, key_id: int) -> CachedKey | None:
         """The live key with this id, or None once it is deleted (or was never seen)."""
-        profile = self._profiles[key_id] if 0 <= key_id < len(self._profiles) else None
-        return None if profile is None else CachedKey(key_id, profile)
+        raise NotImplementedError
 
-    def live_keys(self) -> list[CachedKey]:
-        """Every live key in the snapshot, as of now."""
-        with self._lock:
-            return [
-                CachedKey(key_id, profile)
-                for key_id, profile in enumerate(self._profiles)
-                if profile is not None
-            ]
+    def credited(self) -> list[CachedKey]:
+        """Every live key held with credits, as of now."""
+        raise NotImplementedError
 
     def profiles(self) -> list[Profile]:
         """Every profile live keys hold, as of now; ``holders`` says how many."""
         with self._lock:
             return list(self._shared.values())
-
-    def credited(self) -> list[CachedKey]:
-        """Every live key with credits, as of now."""
-        with self._lock:
-            profiles = self._profiles
-            return [CachedKey(key_id, profiles[key_id]) for key_id in self._credited]  # type: ignore[arg-type]
 
     def put(self, key: StoredKey) -> None:
         """Take in a key written by this process; older copies are ignored."""
@@ -235,8 +216,7 @@ class KeyCache:
                         if observe and key.changed_at is not None:
                             lags.append(key.changed_at)
                 self.revision = max(self.revision, changes.revision)
-                self.refreshed_at = time.monotonic()
-                self.store_reachable = True
+                self._refreshed()
         except Exception:
             self.store_reachable = False
             raise
@@ -247,6 +227,10 @@ class KeyCache:
     def age(self) -> float | None:
         """Seconds since the last successful refresh."""
         return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at
+
+    def _refreshed(self) -> None:
+        self.refreshed_at = time.monotonic()
+        self.store_reachable = True
 
     def _observe(self, changed: Iterable[datetime]) -> None:
         if self._observe_lag is None:
@@ -263,6 +247,89 @@ class KeyCache:
             self.blocked_accounts.discard(account.id)
         else:
             self.blocked_accounts.add(account.id)
+
+    def _apply(self, key: KeyState) -> bool:
+        """Take in a key's state under the lock: whether it was newer than what is held."""
+        raise NotImplementedError
+
+    def _note_imported(self, imported: str | None) -> None:
+        if imported is not None:  # once set, they stay set (see __init__)
+            self.imported = True
+            self.imported_sha256 = self.imported_sha256 or imported == "sha256"
+
+    def _hold_profile(self, key_id: int, key: KeyState) -> Profile:
+        """The shared profile for ``key``'s settings, counted as held by it."""
+        self._note_imported(key.imported)
+        shared = shared_of(key)
+        profile = self._shared.get(shared)
+        if profile is None:
+            profile = self._shared[shared] = Profile.of(shared)
+        profile.holders += 1
+        if profile.credits is not None:
+            self._credited.add(key_id)
+        return profile
+
+    def _release_profile(self, key_id: int, profile: Profile) -> None:
+        self._credited.discard(key_id)
+        profile.holders -= 1
+        if not profile.holders:
+            del self._shared[profile.shared]
+
+
+class KeyCache(Snapshot):
+    """Every live key by digest, plus the revision the snapshot has reached.
+
+    Per key it holds about 200 bytes: one dict entry from the digest to the key
+    id, and columns indexed by key id (ids are dense) of the revision held
+    (tombstones too), the digest the key is held under and a reference to the
+    key's profile. The dict keyed by the whole digest costs some 30 bytes a key
+    more than one keyed by part of it, and spares each lookup the comparison of
+    the rest: a lookup costs what a plain dict's does.
+
+    Decisions read it without a lock: a key's profile is one reference, replaced
+    at once, so a reader sees a key's settings of one revision or the next,
+    never a mix.
+    """
+
+    def __init__(self, store: Store, observe_lag: Callable[[float], None] | None = None) -> None:
+        super().__init__(store, observe_lag)
+        self._ids: dict[bytes, int] = {}  # digest -> key id
+        # By key id: 1 + the revision held, tombstones too (0: never seen); 4 bytes
+        # each until a revision needs 8.
+        self._revisions = array("I")
+        self._digests: list[bytes | None] = []  # by key id: the digest it is held under
+        self._profiles: list[Profile | None] = []  # by key id: None unless live
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def get(self, digest: bytes) -> Found | None:
+        """The live key with this digest: its id and profile (a plain tuple, the
+        cheapest answer to build), or None."""
+        key_id = self._ids.get(digest)
+        if key_id is None:
+            return None
+        profile = self._profiles[key_id]
+        return None if profile is None else (key_id, profile)
+
+    def by_id(self, key_id: int) -> CachedKey | None:
+        profile = self._profiles[key_id] if 0 <= key_id < len(self._profiles) else None
+        return None if profile is None else CachedKey(key_id, profile)
+
+    def live_keys(self) -> list[CachedKey]:
+        """Every live key in the snapshot, as of now."""
+        with self._lock:
+            return [
+                CachedKey(key_id, profile)
+                for key_id, profile in enumerate(self._profiles)
+                if profile is not None
+            ]
+
+    def credited(self) -> list[CachedKey]:
+        with self._lock:
+            profiles = self._profiles
+            return [CachedKey(key_id, profiles[key_id]) for key_id in self._credited]  # type: ignore[arg-type]
 
     def _apply(self, key: KeyState) -> bool:
         key_id = key.id
@@ -290,17 +357,7 @@ class KeyCache:
     def _hold(self, key_id: int, key: KeyState) -> None:
         digest = key.digest
         self._digests[key_id] = digest
-        if key.imported is not None:  # once set, they stay set (see __init__)
-            self.imported = True
-            self.imported_sha256 = self.imported_sha256 or key.imported == "sha256"
-        shared = shared_of(key)
-        profile = self._shared.get(shared)
-        if profile is None:
-            profile = self._shared[shared] = Profile.of(shared)
-        profile.holders += 1
-        self._profiles[key_id] = profile
-        if profile.credits is not None:
-            self._credited.add(key_id)
+        self._profiles[key_id] = self._hold_profile(key_id, key)
         self._ids[digest] = key_id
         self._live += 1
 
@@ -309,10 +366,7 @@ class KeyCache:
         if profile is None:
             return
         self._profiles[key_id] = None
-        self._credited.discard(key_id)
-        profile.holders -= 1
-        if not profile.holders:
-            del self._shared[profile.shared]
+        self._release_profile(key_id, profile)
         digest = self._digests[key_id]
         self._digests[key_id] = None
         if digest is not None and self._ids.get(digest) == key_id:
@@ -327,7 +381,7 @@ class ChangeFollower:
     propagation faster than the polling interval.
     """
 
-    def __init__(self, cache: KeyCache, signal: ChangeSignal) -> None:
+    def __init__(self, cache: Snapshot, signal: ChangeSignal) -> None:
         self._cache = cache
         self._signal = signal
         self._stop = threading.Event()

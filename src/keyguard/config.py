@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     refresh_interval: float = Field(
         default=0.25, gt=0, le=1, description="Seconds between reads of the change feed."
     )
+    snapshot_max_keys: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hold at most this many keys per process, those used lately (a "
+        "bounded snapshot, for key bases beyond memory); unset: every live key.",
+    )
     usage_flush_interval: float = Field(
         default=1.0, gt=0, le=3600, description="Seconds between last_used_at flushes."
     )

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from keyguard.domain.credits import NO_END, CreditGrant, period_end
 
 if TYPE_CHECKING:  # the middleware imports this module, and must not load SQLAlchemy
-    from keyguard.cache import CachedKey, KeyCache, Profile
+    from keyguard.cache import CachedKey, Profile, Snapshot
     from keyguard.storage import Store
 
 log = logging.getLogger("keyguard.credits")
@@ -85,7 +85,7 @@ class CreditLeases:
     def __init__(
         self,
         store: "Store | None",
-        cache: "KeyCache | None" = None,
+        cache: "Snapshot | None" = None,
         clock: Callable[[], float] = time.time,
         *,
         inline: bool = False,
@@ -187,10 +187,14 @@ class CreditLeases:
         with self._lock:
             now = self._clock()
             keys = {key.key_id: key for key in self._cache.credited()}
-            for key_id in [key_id for key_id in self._leases if key_id not in keys]:
-                del self._leases[key_id]  # deleted, or unlimited now: nothing to give back to
             wanted: dict[int, int] = {}
             returned: dict[int, CreditGrant] = {}
+            for key_id in [key_id for key_id in self._leases if key_id not in keys]:
+                # Deleted, unlimited now, or out of a bounded snapshot's working set: what
+                # is unspent goes back, and the store drops it if the credits changed.
+                gone = self._leases.pop(key_id)
+                if gone.granted > gone.spent:
+                    returned[key_id] = self._unspent(gone)
             for key_id, key in keys.items():
                 lease = self._leases.get(key_id)
                 if lease is None and not key.active:
@@ -230,12 +234,16 @@ class CreditLeases:
             return
         with self._lock:
             returned = {
-                key_id: CreditGrant(lease.granted - lease.spent, lease.epoch, lease.period, 0)
+                key_id: self._unspent(lease)
                 for key_id, lease in self._leases.items()
                 if lease.granted > lease.spent
             }
             self._leases.clear()
             self._store.return_credits(returned)
+
+    @staticmethod
+    def _unspent(lease: "Lease") -> CreditGrant:
+        return CreditGrant(lease.granted - lease.spent, lease.epoch, lease.period, 0)
 
     def held(self) -> int:
         """Credits this process holds unspent, over all keys."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ipaddress import ip_network
 from typing import NamedTuple
 
-from keyguard.cache import KeyCache, Profile
+from keyguard.cache import Found, Profile, Snapshot
 from keyguard.credits import USAGE_EXCEEDED, CreditLeases
 from keyguard.domain.keys import is_well_formed
 from keyguard.domain.network import parse_address, parse_client
@@ -53,6 +53,20 @@ class Decision(NamedTuple):
 
 
 UNAUTHORIZED = Decision(False, 401, "Unauthorized")
+# No decision yet: the key must first be read from the store (a bounded snapshot's
+# miss; see Decider.decide). Never sent to a client.
+UNCACHED = Decision(False, 0, "Not decided: the key is to be read from the store first")
+
+
+class _Unsure(Exception):  # noqa: N818 (a signal, not an error)
+    """A bounded snapshot holds none of these digests, and its filter says one may
+    be a key's."""
+
+    def __init__(self, digests: list[bytes]) -> None:
+        super().__init__()
+        self.digests = digests
+
+
 # Keys brought in by `keyguard import` keep the shape another system gave them; a
 # longer token than this is no key of any system worth a digest.
 MAX_IMPORTED_LENGTH = 512
@@ -69,7 +83,7 @@ class Decider:
     def __init__(
         self,
         vault: Vault,
-        cache: KeyCache,
+        cache: Snapshot,
         routes: RouteMap,
         usage: UsageRecorder,
         observe_latency: Callable[[float], None] | None = None,
@@ -108,21 +122,54 @@ class Decider:
         method: str,
         path: str,
         failures_of: str | None = None,
+        *,
+        fetch: bool = True,
     ) -> Decision:
         """The decision for one request; never raises for any input.
 
         Failed authentications count against ``failures_of`` (default: ``ip``) for the
         failure limit; an IPv6 client is counted by its /64, which one client holds.
+
+        A bounded snapshot may have to read the key from the store first. With
+        ``fetch`` it does so here; without, it answers :data:`UNCACHED` instead,
+        and the caller runs :meth:`fetch` where it may wait (an event loop's worker
+        thread) and asks again: then the key is held.
         """
         self._calls = calls = self._calls + 1
-        if calls % SAMPLE_EVERY or self._observe_latency is None:
-            decision = self._decide(token, ip, method, path, failures_of or ip)
-        else:
-            started = time.perf_counter()
-            decision = self._decide(token, ip, method, path, failures_of or ip)
-            self._observe_latency(time.perf_counter() - started)
+        try:
+            if calls % SAMPLE_EVERY or self._observe_latency is None:
+                decision = self._decide(token, ip, method, path, failures_of or ip)
+            else:
+                started = time.perf_counter()
+                decision = self._decide(token, ip, method, path, failures_of or ip)
+                self._observe_latency(time.perf_counter() - started)
+        except _Unsure as unsure:
+            if not fetch:
+                return UNCACHED
+            self._cache.fetch(unsure.digests)
+            try:
+                decision = self._decide(token, ip, method, path, failures_of or ip)
+            except _Unsure:  # the read failed or raced a change: no key to decide with
+                decision = self._unauthorized(failures_of or ip)
         self.outcomes[decision.status] += 1
         return decision
+
+    def fetch(self, token: str | None) -> None:
+        """Read into a bounded snapshot the key ``token`` may be: the store read that
+        :meth:`decide` with ``fetch=False`` leaves to its caller. Safe in any thread."""
+        if token is not None and self._cache.bounded:
+            self._cache.fetch(self._digests(token))
+
+    def _digests(self, token: str, digest: bytes | None = None) -> list[bytes]:
+        """Every digest ``token`` is looked up by: under the server secret (``digest``,
+        when known), under the previous one while it is rotated, and as imported by
+        SHA-256."""
+        digests = [self._vault.digest(token) if digest is None else digest]
+        if self._previous is not None:
+            digests.append(self._previous.digest(token))
+        if self._cache.imported_sha256:
+            digests.append(self._vault.imported_digest(token))
+        return digests
 
     def _decide(
         self, token: str | None, ip: str | None, method: str, path: str, failures_of: str | None
@@ -135,13 +182,12 @@ class Decider:
             is_well_formed(token) or (cache.imported and len(token) <= MAX_IMPORTED_LENGTH)
         ):
             return self._unauthorized(failures_of)
-        key = cache.get(self._vault.digest(token))
-        if key is None and self._previous is not None:
-            key = cache.get(self._previous.digest(token))
-        if key is None and cache.imported_sha256:
-            key = cache.get(self._vault.imported_digest(token))
+        digest = self._vault.digest(token)
+        key = cache.get(digest)
         if key is None:
-            return self._unauthorized(failures_of)
+            key = self._miss(token, digest)
+            if key is None:
+                return self._unauthorized(failures_of)
         key_id, profile = key
         account_id = profile.account_id
         if (
@@ -182,6 +228,21 @@ class Decider:
             allowed = Decision(True, 200, "OK", account_id, key_id, needed, None, window)
             self._allowed[key_id, needed] = allowed
         return allowed
+
+    def _miss(self, token: str, digest: bytes) -> Found | None:
+        """The key a token not found by its digest is, by its other digests; raises
+        :class:`_Unsure` when a bounded snapshot must read the store to know."""
+        cache = self._cache
+        digests = self._digests(token, digest)
+        for other in digests[1:]:
+            key = cache.get(other)
+            if key is not None:
+                return key
+        if cache.bounded:
+            unsure = [digest for digest in digests if cache.may_hold(digest)]
+            if unsure:
+                raise _Unsure(unsure)
+        return None
 
     def _unauthorized(self, failures_of: str | None) -> Decision:
         failures = self._failures

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 from starlette.types import Scope, Send
 
 from keyguard.decide import Decider, Decision
@@ -139,6 +140,19 @@ class Gate:
     def decide(
         self, facts: ProxiedRequest, scope: Scope, method: str, path: str, query: str
     ) -> tuple[Decision, str | None]:
-        """The decision for ``method`` ``path``, and the client address it judged."""
+        """The decision for ``method`` ``path``, and the client address it judged.
+
+        It never waits: a key a bounded snapshot must read first answers
+        :data:`~keyguard.decide.UNCACHED`, for :meth:`decide_after_read`."""
         client = facts.client(scope, self.trusted_proxies)
-        return self.decider.decide(facts.credential(query), client, method, path), client
+        token = facts.credential(query)
+        return self.decider.decide(token, client, method, path, fetch=False), client
+
+    async def decide_after_read(
+        self, facts: ProxiedRequest, scope: Scope, method: str, path: str, query: str
+    ) -> tuple[Decision, str | None]:
+        """:meth:`decide`, once the key is read from the store in a worker thread."""
+        token = facts.credential(query)
+        await anyio.to_thread.run_sync(self.decider.fetch, token)
+        client = facts.client(scope, self.trusted_proxies)
+        return self.decider.decide(token, client, method, path), client

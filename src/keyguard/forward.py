@@ -12,7 +12,7 @@ import logging
 
 from starlette.types import Receive, Scope, Send
 
-from keyguard.decide import Decider, Decision
+from keyguard.decide import UNCACHED, Decider, Decision
 from keyguard.domain.network import ClientIPHeader, Network
 from keyguard.edge import Gate, send_decision
 
@@ -67,6 +67,10 @@ class ForwardAuth:
             else:
                 path, _, query = uri.partition("?")
                 decision, _ = self.gate.decide(facts, scope, method, path, query)
+                if decision is UNCACHED:
+                    decision, _ = await self.gate.decide_after_read(
+                        facts, scope, method, path, query
+                    )
         except Exception as error:  # a bug must still answer, and must not log input
             log.error("unexpected %s in forward auth", type(error).__name__)
             await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})

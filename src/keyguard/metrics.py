@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from keyguard.cache import KeyCache
+    from keyguard.cache import Snapshot
     from keyguard.decide import Decider
     from keyguard.replica import ReplicaLag
     from keyguard.usage import UsageRecorder
@@ -46,7 +46,7 @@ class Metrics:
         self.pid = os.getpid()
         self._registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self._watched: tuple[Decider, KeyCache, UsageRecorder] | None = None
+        self._watched: tuple[Decider, Snapshot, UsageRecorder] | None = None
         self._exported: dict[int, int] = {}
         self._webhooks: _WebhookMetrics | None = None
         self._replica: _ReplicaMetrics | None = None
@@ -75,7 +75,19 @@ class Metrics:
             "Requests refused because their key had no credits left (all keys together).",
             registry=self._registry,
         )
-        self._snapshot_keys = self._gauge("keyguard_snapshot_keys", "Live keys in the snapshot.")
+        self._snapshot_reads = Counter(
+            "keyguard_snapshot_reads",
+            "Store reads of keys a bounded snapshot did not hold (KEYGUARD_SNAPSHOT_MAX_KEYS).",
+            registry=self._registry,
+        )
+        self._snapshot_evictions = Counter(
+            "keyguard_snapshot_evictions",
+            "Keys a bounded snapshot let go to hold others.",
+            registry=self._registry,
+        )
+        self._snapshot_keys = self._gauge(
+            "keyguard_snapshot_keys", "Live keys in the snapshot (held, when it is bounded)."
+        )
         self._snapshot_age = self._gauge(
             "keyguard_snapshot_age_seconds",
             "Seconds since the snapshot last caught up with the database.",
@@ -107,7 +119,7 @@ class Metrics:
             return Gauge(name, documentation, registry=self._registry, multiprocess_mode="liveall")
         return Gauge(name, documentation, ["pid"], registry=self._registry).labels(str(self.pid))
 
-    def watch(self, decider: "Decider", cache: "KeyCache", usage: "UsageRecorder") -> None:
+    def watch(self, decider: "Decider", cache: "Snapshot", usage: "UsageRecorder") -> None:
         """Report on the parts of a running keyguard that the figures come from."""
         self._watched = (decider, cache, usage)
 
@@ -140,6 +152,13 @@ class Metrics:
             if refused > 0:  # key -1: no status; the credit leases' count
                 self._credits_refused.inc(refused)
                 self._exported[-1] = decider.credits.refused
+            for counter, mark, count in (
+                (self._snapshot_reads, -2, cache.reads),
+                (self._snapshot_evictions, -3, cache.evictions),
+            ):  # keys -2 and -3: the snapshot's counts
+                if count > self._exported.get(mark, 0):
+                    counter.inc(count - self._exported.get(mark, 0))
+                    self._exported[mark] = count
             self._snapshot_keys.set(len(cache))
             self._snapshot_age.set(cache.age if cache.age is not None else float("nan"))
             self._snapshot_revision.set(cache.revision)
@@ -219,7 +238,7 @@ class _ReplicaMetrics:
             "Revisions the primary has that the snapshot has not read from the replica yet.",
         )
 
-    def export(self, cache: "KeyCache") -> None:
+    def export(self, cache: "Snapshot") -> None:
         self._up.set(1.0 if cache.store_reachable else 0.0)
         self._seconds.set(self.lag.seconds)
         self._behind.set(self.lag.behind)

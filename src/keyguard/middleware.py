@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keyguard.decide import Decider
+from keyguard.decide import UNCACHED, Decider
 from keyguard.domain.network import ClientIPHeader, Network
 from keyguard.edge import Gate, send_decision
 
@@ -50,7 +50,10 @@ class KeyguardMiddleware:
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         gate = self.gate
-        decision, ip = gate.decide(gate.scan(scope), scope, scope["method"], path, query)
+        facts = gate.scan(scope)
+        decision, ip = gate.decide(facts, scope, scope["method"], path, query)
+        if decision is UNCACHED:
+            decision, ip = await gate.decide_after_read(facts, scope, scope["method"], path, query)
         if not decision.allowed:
             await send_decision(send, decision)
             return

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from keyguard.cache import KeyCache
+from keyguard.cache import Snapshot
 from keyguard.storage import Store
 
 MAX_PENDING = 1024  # revisions remembered while the snapshot is behind
@@ -28,7 +28,7 @@ class ReplicaLag:
     """How long the snapshot has lacked a change the primary has committed."""
 
     def __init__(
-        self, primary: Store, cache: KeyCache, clock: Callable[[], float] = time.monotonic
+        self, primary: Store, cache: Snapshot, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._primary = primary
         self._cache = cache

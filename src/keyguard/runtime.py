@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
-from keyguard.cache import ChangeFollower, KeyCache
+from keyguard.cache import ChangeFollower, KeyCache, Snapshot
 from keyguard.config import Settings
 from keyguard.credits import CreditLeases
 from keyguard.decide import Decider
@@ -34,6 +34,7 @@ from keyguard.storage import Store, open_store
 from keyguard.storage.counters import open_counters
 from keyguard.usage import UsageRecorder
 from keyguard.vault import Vault, load_or_create_secret, read_secret, verify_secret, wrong_secret
+from keyguard.workingset import WorkingSet
 
 if TYPE_CHECKING:
     from keyguard.webhooks import WebhookDeliverer
@@ -82,7 +83,7 @@ def load_route_map(path: Path | None, unknown: UnknownRoutes) -> RouteMap:
     return route_map.with_routes(MANAGEMENT_ROUTES)
 
 
-def warn_about_missing_groups(route_map: RouteMap, cache: KeyCache, source: Path | None) -> None:
+def warn_about_missing_groups(route_map: RouteMap, cache: Snapshot, source: Path | None) -> None:
     """Log once if keys grant scope groups that ``route_map`` lacks.
 
     Such grants allow nothing: the usual cause is a new ``KEYGUARD_ROUTES`` (or
@@ -199,7 +200,12 @@ class Keyguard:
             self.feed = open_store(
                 settings.database_read_url, REPLICA_POOL_SIZE, "KEYGUARD_DATABASE_READ_URL"
             )
-        self.cache = KeyCache(self.feed, observe_lag=self.metrics.propagation_seconds.observe)
+        observe_lag = self.metrics.propagation_seconds.observe
+        self.cache: Snapshot = (
+            KeyCache(self.feed, observe_lag)
+            if settings.snapshot_max_keys is None
+            else WorkingSet(self.feed, settings.snapshot_max_keys, observe_lag)
+        )
         self.replica = None if self.feed is self.store else ReplicaLag(self.store, self.cache)
         # Uses are whole seconds: a key is rewritten once its stored time is a full
         # interval old, so all processes together write it at most once per interval.

@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from keyguard.cache import KeyCache
+from keyguard.cache import Snapshot
 from keyguard.config import SecretDisplay
 from keyguard.credits import CreditLeases
 from keyguard.domain import keys
@@ -87,7 +87,7 @@ class KeyService:
         self,
         store: Store,
         vault: Vault,
-        cache: KeyCache,
+        cache: Snapshot,
         usage: UsageRecorder,
         *,
         groups: ScopeGroups,

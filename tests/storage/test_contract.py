@@ -224,6 +224,35 @@ def test_streamed_feed_holds_what_the_change_feed_holds(store: Store) -> None:
     assert gone.id not in [state.id for state in first]
 
 
+def test_a_bounded_snapshot_reads_live_digests_and_keys_by_digest_or_id(store: Store) -> None:
+    account_id = _account(store)
+    imported = store.import_keys(
+        account_id, [NewKey(_digest(), b"", KeySettings(label="i"), "sha256")]
+    )
+    assert len(imported.created) == 1
+    kept = [store.create_key(account_id, _digest(), b"s", KeySettings(label=f"{n}")) for n in "ab"]
+    gone = store.create_key(account_id, _digest(), b"s", KeySettings(label="gone"))
+    store.delete_key(account_id, gone.id)
+    other = _account(store, "other")
+    store.set_account_status(other, AccountStatus.SUSPENDED)
+    feed = store.changes_since(0)
+    with store.stream_digests() as stream:
+        digests = sorted((bytes(digest), how) for digest, how in stream.digests)
+        assert (stream.revision, stream.accounts) == (feed.revision, feed.accounts)
+        assert stream.live == len(feed.keys) == 5  # two roots, the import, two kept
+    assert digests == sorted((key.digest, key.imported) for key in feed.keys)
+    assert "sha256" in [how for _, how in digests]
+    assert gone.digest not in dict(digests)
+    by_digest = store.key_states(digests=[kept[0].digest, gone.digest, _digest()])
+    stored = store.get_key(account_id, kept[0].id)
+    assert stored is not None
+    assert by_digest == [KeyState.of(stored)]
+    by_id = store.key_states(ids=[kept[1].id, gone.id])
+    assert [state.id for state in by_id] == [kept[1].id]
+    assert by_id[0].changed_at is not None
+    assert store.key_states() == []
+
+
 def test_usage_moves_forward_only_and_does_not_touch_revision(store: Store) -> None:
     account_id = _account(store)
     key = store.create_key(account_id, _digest(), b"s", KeySettings(label="k"))

@@ -6,6 +6,7 @@ The same question as ``/auth/forward`` (:mod:`keyguard.forward`), asked with a b
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from keyguard.api.requests import peer_address, read_json
 from keyguard.api.schemas import ERROR_RESPONSES, ErrorResponse, request_body
 from keyguard.api.tokens import token_holder
-from keyguard.decide import Decider, Decision
+from keyguard.decide import UNCACHED, Decider, Decision
 from keyguard.errors import InvalidInput
 from keyguard.limits import WindowLimiter
 
@@ -81,8 +82,13 @@ def verify_router(
         # charged itself, so that it cannot lock other clients out.
         failures_of = asked.ip if token is not None else caller
         decision = decider.decide(
-            asked.key, asked.ip, asked.method, asked.path, failures_of=failures_of
+            asked.key, asked.ip, asked.method, asked.path, failures_of=failures_of, fetch=False
         )
+        if decision is UNCACHED:  # a bounded snapshot's key: read it without blocking
+            await anyio.to_thread.run_sync(decider.fetch, asked.key)
+            decision = decider.decide(
+                asked.key, asked.ip, asked.method, asked.path, failures_of=failures_of
+            )
         return JSONResponse(
             {
                 "allowed": decision.allowed,

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from keyguard.cache import KeyCache
+from keyguard.cache import Snapshot
 from keyguard.console import charts, present
 from keyguard.console.forms import Form, first, level_names
 from keyguard.console.security import (
@@ -53,7 +53,7 @@ class Console:
 
     service: KeyService
     decider: Decider
-    cache: KeyCache
+    cache: Snapshot
     sessions: SessionStore
     trusted_proxies: tuple[Network, ...] = ()
     client_ip_header: ClientIPHeader = ClientIPHeader.X_FORWARDED_FOR

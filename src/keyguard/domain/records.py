@@ -182,6 +182,18 @@ class KeyStream:
     keys: Iterator[KeyState]
 
 
+@dataclass(frozen=True, slots=True)
+class DigestStream:
+    """What a bounded snapshot's first load reads: the newest revision, the accounts
+    that are not active, about how many keys are live (to size a filter by), and
+    every live key's digest with how it was imported."""
+
+    revision: int
+    accounts: list[Account]
+    live: int
+    digests: Iterator[tuple[bytes, Imported | None]]
+
+
 def settings_document(settings: KeySettings) -> dict[str, Any]:
     """A key's settings as plain JSON values, as stored and as audited: no secret."""
     return {

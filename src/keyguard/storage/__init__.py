@@ -24,8 +24,10 @@ from keyguard.domain.records import (
     Actor,
     AuditRecord,
     ChangeFeed,
+    DigestStream,
     Imported,
     KeySettings,
+    KeyState,
     KeyStream,
     StoredKey,
 )
@@ -305,6 +307,18 @@ class Store(Protocol):
         millions of keys holds one batch of rows at a time, never a list of them all.
         Each key comes once, in no particular order; a first load (from revision 0)
         carries no ``changed_at``, since it is no propagation."""
+
+    def stream_digests(self) -> AbstractContextManager[DigestStream]:
+        """Every live key's digest (and how it was imported, if it was), with the
+        newest revision and the accounts that are not active, read while the block
+        iterates them: a bounded snapshot's first load, which holds keys only
+        once they are used."""
+
+    def key_states(
+        self, digests: Collection[bytes] = (), ids: Collection[int] = ()
+    ) -> list[KeyState]:
+        """The live keys with these digests or these ids, as a snapshot holds them
+        (``changed_at`` included): one indexed read."""
 
     def record_usage(self, used: Mapping[int, datetime], settle: float = 0.0) -> None:
         """Move ``last_used_at`` forward, never back, for each key id given; skip a

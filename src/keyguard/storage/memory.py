@@ -29,6 +29,7 @@ from keyguard.domain.records import (
     Actor,
     AuditRecord,
     ChangeFeed,
+    DigestStream,
     KeySettings,
     KeyState,
     KeyStream,
@@ -389,6 +390,23 @@ class MemoryStore:
         if revision == 0:  # as a database's first load: no change times
             states = (state._replace(changed_at=None) for state in states)
         yield KeyStream(feed.revision, feed.accounts, states)
+
+    @contextmanager
+    def stream_digests(self) -> Iterator[DigestStream]:
+        feed = self.changes_since(0)
+        digests = [(key.digest, key.imported) for key in feed.keys]
+        yield DigestStream(feed.revision, feed.accounts, len(digests), iter(digests))
+
+    def key_states(
+        self, digests: Collection[bytes] = (), ids: Collection[int] = ()
+    ) -> list[KeyState]:
+        wanted_digests, wanted_ids = set(digests), set(ids)
+        with self._lock:
+            return [
+                KeyState.of(key)
+                for key in self._keys.values()
+                if not key.deleted and (key.digest in wanted_digests or key.id in wanted_ids)
+            ]
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         with self._lock:

@@ -83,6 +83,7 @@ from keyguard.domain.records import (
     Actor,
     AuditRecord,
     ChangeFeed,
+    DigestStream,
     KeySettings,
     KeyState,
     KeyStream,
@@ -999,6 +1000,37 @@ class SQLStore:
             streaming = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH)
             rows = streaming.execute(keys.where(api_keys.c.revision <= newest))
             yield KeyStream(newest, found, _states(rows))
+
+    @contextmanager
+    def stream_digests(self) -> Iterator[DigestStream]:
+        with self._reading() as connection, connection.begin():
+            newest = connection.execute(select(meta.c.revision)).scalar_one()
+            _keys, changed = _change_queries(0, select(api_keys.c.id))
+            account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
+            found = [_account(row) for row in account_rows]
+            live = connection.execute(select(func.sum(accounts.c.key_count))).scalar() or 0
+            streaming = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH)
+            rows = streaming.execute(
+                select(api_keys.c.digest, api_keys.c.imported).where(
+                    api_keys.c.deleted_at.is_(None), api_keys.c.revision <= newest
+                )
+            )
+            # Rows unpack as (digest, imported) pairs: no tuple built for each of millions.
+            digests: Any = (row for batch in rows.partitions() for row in batch)
+            yield DigestStream(newest, found, int(live), digests)
+
+    def key_states(
+        self, digests: Collection[bytes] = (), ids: Collection[int] = ()
+    ) -> list[KeyState]:
+        wanted = [
+            *([api_keys.c.digest.in_(list(digests))] if digests else []),
+            *([api_keys.c.id.in_(list(ids))] if ids else []),
+        ]
+        if not wanted:
+            return []
+        query = select(*_state_columns(1)).where(api_keys.c.deleted_at.is_(None), or_(*wanted))
+        with self._reading() as connection:
+            return list(_states(connection.execute(query)))
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         if not rewrites:

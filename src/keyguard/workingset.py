@@ -1,0 +1,359 @@
+"""A bounded snapshot, for key bases beyond one host's memory.
+
+With ``KEYGUARD_SNAPSHOT_MAX_KEYS`` set, a process holds the keys it has used
+lately, at most that many, instead of every live key. A key outside that working
+set costs one indexed read of the store, and is then held; a token that is no
+key costs no read at all, since a :class:`DigestFilter` of every live key's
+digest, kept current from the change feed, says so first.
+
+The working set follows the change feed as the full snapshot does, so a held
+key is revoked within the refresh interval; a key not held is read afresh when
+it is next used. Eviction is CLOCK: each slot has a bit a lookup sets, and the
+hand clears bits until it finds a slot nobody used since it last passed.
+"""
+
+import logging
+import math
+import struct
+import threading
+from collections.abc import Callable, Sequence
+
+from keyguard.cache import CachedKey, Found, Profile, Snapshot, shared_of
+from keyguard.domain.records import DigestStream, Imported, KeyState
+from keyguard.storage import Store
+
+log = logging.getLogger("keyguard.cache")
+
+_HASHES = struct.Struct("<7I")  # seven bit indices, read straight from a digest
+READS = 3  # reads of one lookup at most, while the keys it reads keep changing
+
+
+class DigestFilter:
+    """A Bloom filter of key digests: whether a digest may be a live key's.
+
+    Digests are HMAC-SHA256 outputs, as good as random, so the filter needs no
+    hashing of its own: its seven bit indices are the digest's first 28 bytes,
+    read as 32-bit numbers. At ten bits a key, seven indices give 0.82 % false
+    positives; the filter is built with room for a quarter more keys than it
+    starts with (so fewer, 0.2 %, at first) and :attr:`full` once that room is
+    used. A digest cannot be taken out: a deleted key's stays until the filter is
+    built again.
+    """
+
+    BITS_PER_KEY = 10
+    SMALLEST = 2**20  # bits: 128 KiB
+
+    def __init__(self, expected: int) -> None:
+        wanted = max(math.ceil(expected * 1.25) * self.BITS_PER_KEY, self.SMALLEST)
+        bits = 1 << (wanted - 1).bit_length()  # a power of two: an index is a mask away
+        self._mask = bits - 1
+        self._bits = bytearray(bits // 8)
+        self.capacity = bits // self.BITS_PER_KEY
+        self.count = 0
+
+    def add(self, digest: bytes) -> None:
+        bits, mask = self._bits, self._mask
+        for index in _HASHES.unpack_from(digest):
+            index &= mask
+            bits[index >> 3] |= 1 << (index & 7)
+        self.count += 1
+
+    def __contains__(self, digest: bytes) -> bool:
+        bits, mask = self._bits, self._mask
+        for index in _HASHES.unpack_from(digest):
+            index &= mask
+            if not bits[index >> 3] >> (index & 7) & 1:
+                return False
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self.count > self.capacity
+
+    @property
+    def false_positive_rate(self) -> float:
+        """The expected share of digests of no key that the filter lets through."""
+        hashes = _HASHES.size // 4
+        return float((1 - math.exp(-hashes * self.count / (self._mask + 1))) ** hashes)
+
+    @property
+    def size(self) -> int:
+        """Bytes the filter's bits take."""
+        return len(self._bits)
+
+
+class WorkingSet(Snapshot):
+    """At most ``max_keys`` keys by digest: those used lately, and digests known to
+    be no key's.
+
+    Slots hold the keys; per slot, the digest it holds and the key's id and
+    profile (``None`` for a digest the store said is no key's). A lookup checks
+    the slot still holds its digest, so a slot taken over by another key while
+    it looks answers a miss, never the other key.
+    """
+
+    bounded = True
+    # Deleted keys whose digests stay in the filter: past this share of its keys
+    # the filter is built again, as such digests each cost a read when used.
+    STALE_SHARE = 0.25
+
+    def __init__(
+        self,
+        store: Store,
+        max_keys: int,
+        observe_lag: Callable[[float], None] | None = None,
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError("a working set holds at least one key")
+        super().__init__(store, observe_lag)
+        self.max_keys = max_keys
+        self._slots: dict[bytes, int] = {}  # digest -> slot
+        self._digests: list[bytes] = []  # by slot: the digest it holds (b"": none)
+        self._entries: list[Found | None] = []  # by slot: None for no key's digest
+        self._revisions: list[int] = []  # by slot: the revision of the key held
+        self._by_id: dict[int, int] = {}  # key id -> slot
+        self._referenced = bytearray(max_keys)
+        self._free: list[int] = []
+        self._hand = 0
+        self._live = 0
+        self.filter = DigestFilter(0)
+        self._stale = 0  # digests in the filter of keys since deleted
+        self._building: list[bytes] | None = None  # digests added while a filter is built
+        self._builder: threading.Thread | None = None
+        # While reads are under way: what the change feed said meanwhile of keys not
+        # held, so that a read's older answer is not taken over a newer change.
+        self._reading = 0
+        self._read_ids: dict[int, int] = {}
+        self._read_digests: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return self._live
+
+    def get(self, digest: bytes) -> Found | None:
+        slot = self._slots.get(digest)
+        if slot is None:
+            return None
+        entry = self._entries[slot]
+        if entry is None or self._digests[slot] != digest:
+            return None
+        self._referenced[slot] = 1
+        return entry
+
+    def may_hold(self, digest: bytes) -> bool:
+        slot = self._slots.get(digest)
+        if slot is not None and self._digests[slot] == digest:
+            self._referenced[slot] = 1
+            return False  # held: a key (get found it) or no key's
+        return digest in self.filter
+
+    def fetch(self, digests: Sequence[bytes]) -> None:
+        """Read the keys with these digests from the store and hold them, or hold
+        each digest as no key's. A failed read is logged and holds nothing: the
+        next use reads again. A key that changed while it was read is read again."""
+        for _ in range(READS):
+            with self._lock:
+                wanted = [digest for digest in digests if self.may_hold(digest)]
+                if not wanted:
+                    return
+                self._reading += 1
+                self.reads += 1
+            states: list[KeyState] = []
+            try:
+                states = self._store.key_states(digests=wanted)
+            except Exception as error:
+                log.warning(
+                    "reading a key outside the working set failed: %s", type(error).__name__
+                )
+                wanted = []
+            finally:
+                with self._lock:
+                    self._take(wanted, states)
+                    self._reading -= 1
+                    if not self._reading:
+                        self._read_ids.clear()
+                        self._read_digests.clear()
+            if not wanted:
+                return
+
+    def by_id(self, key_id: int) -> CachedKey | None:
+        """The live key with this id: from the working set, else read from the store
+        (a management path, such as a console session's check; not a decision's)."""
+        slot = self._by_id.get(key_id)
+        entry = None if slot is None else self._entries[slot]
+        if entry is not None:
+            return CachedKey(*entry)
+        states = self._store.key_states(ids=[key_id])
+        return CachedKey(key_id, Profile.of(shared_of(states[0]))) if states else None
+
+    def credited(self) -> list[CachedKey]:
+        with self._lock:
+            entries = self._entries
+            held = (entries[self._by_id[key_id]] for key_id in self._credited)
+            return [CachedKey(*entry) for entry in held if entry is not None]
+
+    def refresh(self) -> int:
+        if self.revision == 0:
+            self._first_load()
+            return 0
+        applied = super().refresh()
+        with self._lock:
+            worn = self.filter.full or self._stale > self.filter.count * self.STALE_SHARE
+            if worn and self._builder is None:
+                self._builder = threading.Thread(
+                    target=self._rebuild, name="keyguard-filter", daemon=True
+                )
+                self._builder.start()
+        return applied
+
+    # -- the filter ---------------------------------------------------------------
+
+    def _first_load(self) -> None:
+        try:
+            with self._store.stream_digests() as stream, self._lock:
+                for account in stream.accounts:
+                    self._apply_account(account)
+                self.filter = self._filter_of(stream)
+                self.revision = max(self.revision, stream.revision)
+                self._refreshed()
+        except Exception:
+            self.store_reachable = False
+            raise
+
+    def _rebuild(self) -> None:
+        """Build the filter again from the store, without the digests of deleted keys.
+
+        Runs beside the refresh: digests the feed adds meanwhile go to both filters."""
+        with self._lock:
+            self._building = []
+            stale = self._stale
+        try:
+            with self._store.stream_digests() as stream:
+                rebuilt = self._filter_of(stream)
+            with self._lock:
+                for digest in self._building:
+                    rebuilt.add(digest)
+                self.filter = rebuilt
+                self._stale -= stale
+        except Exception as error:  # the old filter stays: more reads, no wrong answer
+            log.warning("rebuilding the digest filter failed: %s", type(error).__name__)
+        finally:
+            with self._lock:
+                self._building = None
+                self._builder = None
+
+    def _filter_of(self, stream: DigestStream) -> DigestFilter:
+        built = DigestFilter(stream.live)
+        add = built.add
+        imported: set[Imported] = set()
+        for digest, how in stream.digests:
+            add(digest)
+            if how is not None:
+                imported.add(how)
+        for how in imported:
+            self._note_imported(how)
+        return built
+
+    def _remember(self, digest: bytes) -> None:
+        """A live key has this digest: the filter must say so."""
+        self.filter.add(digest)
+        if self._building is not None:
+            self._building.append(digest)
+        if self._reading:
+            self._read_digests.add(digest)
+        slot = self._slots.get(digest)
+        if slot is not None and self._entries[slot] is None:  # held as no key's
+            self._release(slot)
+            self._free.append(slot)
+
+    # -- keys ---------------------------------------------------------------------
+
+    def _apply(self, key: KeyState) -> bool:
+        slot = self._by_id.get(key.id)
+        if slot is None:  # not held: the filter learns a new digest; nothing else
+            if self._reading:
+                self._read_ids[key.id] = max(self._read_ids.get(key.id, -1), key.revision)
+            if key.deleted:
+                self._stale += 1
+            else:
+                self._note_imported(key.imported)
+                self._remember(key.digest)
+            return True
+        if self._revisions[slot] > key.revision:
+            return False
+        if key.deleted or key.digest != self._digests[slot]:
+            self._release(slot)
+            self._free.append(slot)
+            self._stale += 1
+            if not key.deleted:
+                self._remember(key.digest)
+            return True
+        entry = self._entries[slot]
+        assert entry is not None
+        self._release_profile(key.id, entry[1])
+        self._entries[slot] = (key.id, self._hold_profile(key.id, key))
+        self._revisions[slot] = key.revision
+        return True
+
+    def _take(self, wanted: Sequence[bytes], states: Sequence[KeyState]) -> None:
+        """Hold what a read found, and the digests it did not find as no key's,
+        unless the feed said more of them while it read."""
+        found = set()
+        for key in states:
+            found.add(key.digest)
+            if self._read_ids.get(key.id, -1) > key.revision:
+                continue  # changed while it was read: the next use reads it again
+            slot = self._by_id.get(key.id)
+            if slot is not None:  # another read took it meanwhile
+                self._apply(key)
+                continue
+            slot = self._slot()
+            self._digests[slot] = key.digest
+            self._entries[slot] = (key.id, self._hold_profile(key.id, key))
+            self._revisions[slot] = key.revision
+            self._slots[key.digest] = slot
+            self._by_id[key.id] = slot
+            self._live += 1
+        for digest in wanted:
+            known = digest in found or digest in self._read_digests or digest in self._slots
+            if not known:  # no key's, so far as the feed has said: held as such
+                slot = self._slot()
+                self._digests[slot] = digest
+                self._slots[digest] = slot
+
+    def _slot(self) -> int:
+        """A slot to fill: a free one, else the one the clock's hand evicts."""
+        if self._free:
+            slot = self._free.pop()
+        elif len(self._digests) < self.max_keys:
+            slot = len(self._digests)
+            self._digests.append(b"")
+            self._entries.append(None)
+            self._revisions.append(-1)
+        else:
+            referenced, size = self._referenced, self.max_keys
+            hand = self._hand
+            while referenced[hand]:
+                referenced[hand] = 0
+                hand = (hand + 1) % size
+            self._hand = (hand + 1) % size
+            slot = hand
+            self._release(slot)
+            self.evictions += 1
+        self._referenced[slot] = 1  # read because it is about to be used
+        return slot
+
+    def _release(self, slot: int) -> None:
+        """Empty a slot. The digest goes first: a lookup that finds the slot's
+        entry then compares digests, so it never answers with what comes next."""
+        digest = self._digests[slot]
+        self._digests[slot] = b""
+        entry = self._entries[slot]
+        self._entries[slot] = None
+        self._revisions[slot] = -1
+        if self._slots.get(digest) == slot:
+            del self._slots[digest]
+        if entry is not None:
+            key_id, profile = entry
+            del self._by_id[key_id]
+            self._release_profile(key_id, profile)
+            self._live -= 1
