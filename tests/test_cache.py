@@ -1,9 +1,10 @@
 from dataclasses import replace
 from ipaddress import ip_address
 
-from keyguard.cache import KeyCache
+from keyguard.cache import KeyCache, Profile
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.records import KeySettings
+from keyguard.domain.scopes import Level
 from keyguard.storage import open_store
 
 
@@ -75,3 +76,35 @@ def test_late_copy_does_not_resurrect_a_deleted_key() -> None:
     cache.put(tombstone)
     cache.put(replace(old))
     assert cache.get(b"d" * 32) is None
+
+
+def test_a_first_load_holds_what_taking_in_each_key_holds() -> None:
+    store = open_store("memory://")
+    account, _ = store.create_account("a", b"a" * 32, b"s", KeySettings(label="k"))
+    varied = [
+        KeySettings(label="r", restricted=True, permitted_ips=("10.0.0.0/8",)),
+        KeySettings(label="s", scopes_enabled=True, scopes={"numbers": Level.READ}),
+        KeySettings(label="c", remaining=10),
+        KeySettings(label="r2", restricted=True, permitted_ips=("10.0.0.0/8",)),
+    ]
+    keys = [store.create_key(account.id, bytes([n]) * 32, b"s", s) for n, s in enumerate(varied)]
+    tombstone = store.delete_key(account.id, keys[3].id)
+    assert tombstone is not None
+    fast = KeyCache(store)  # has seen nothing: the first load's own path
+    fast.refresh()
+    slow = KeyCache(store)  # has seen a key: each key taken in as a refresh takes it
+    slow.put(tombstone)
+    slow.refresh()
+    digests = [b"a" * 32, *(key.digest for key in keys)]
+    for cache in (fast, slow):
+        assert len(cache) == 4
+    assert [_shared(fast.get(d)) for d in digests] == [_shared(slow.get(d)) for d in digests]
+    assert {p.shared: p.holders for p in fast.profiles()} == {
+        p.shared: p.holders for p in slow.profiles()
+    }
+    assert [key.key_id for key in fast.credited()] == [keys[2].id]
+    assert [key.key_id for key in slow.credited()] == [keys[2].id]
+
+
+def _shared(found: tuple[int, Profile] | None) -> tuple[int, object] | None:
+    return None if found is None else (found[0], found[1].shared)

@@ -210,7 +210,9 @@ class Snapshot:
             with self._store.stream_changes(self.revision) as changes, self._lock:
                 for account in changes.accounts:
                     self._apply_account(account)
-                for key in changes.keys:
+                if first_load:
+                    applied = self._load(changes.keys)
+                for key in [] if first_load else changes.keys:
                     if self._apply(key):
                         applied += 1
                         if observe and key.changed_at is not None:
@@ -251,6 +253,10 @@ class Snapshot:
     def _apply(self, key: KeyState) -> bool:
         """Take in a key's state under the lock: whether it was newer than what is held."""
         raise NotImplementedError
+
+    def _load(self, keys: Iterable[KeyState]) -> int:
+        """A first load, under the lock: every live key once. How many were taken in."""
+        return sum(1 for key in keys if self._apply(key))
 
     def _note_imported(self, imported: str | None) -> None:
         if imported is not None:  # once set, they stay set (see __init__)
@@ -346,6 +352,40 @@ class KeyCache(Snapshot):
         if not key.deleted:
             self._hold(key_id, key)
         return True
+
+    def _load(self, keys: Iterable[KeyState]) -> int:
+        """What :meth:`_apply` does for each key, but for a snapshot that holds none
+        yet (nor ever did, as when this process wrote keys before its first refresh),
+        with no key twice: of millions of keys, each is taken in with nothing to
+        compare or drop."""
+        if len(self._revisions):
+            return super()._load(keys)
+        loaded = 0
+        shared_profiles, ids, credited = self._shared, self._ids, self._credited
+        for key in keys:
+            key_id, digest, revision = key.id, key.digest, key.revision
+            if key_id >= len(self._revisions):
+                self._grow(key_id)
+            if revision >= _NARROW and self._revisions.typecode == "I":
+                self._revisions = array("q", self._revisions)
+            self._revisions[key_id] = revision + 1
+            if key.deleted:
+                continue
+            if key.imported is not None:
+                self._note_imported(key.imported)
+            shared = key[6:]  # shared_of(key), without the call
+            profile = shared_profiles.get(shared)
+            if profile is None:
+                profile = shared_profiles[shared] = Profile.of(shared)
+            profile.holders += 1
+            if profile.credits is not None:
+                credited.add(key_id)
+            self._digests[key_id] = digest
+            self._profiles[key_id] = profile
+            ids[digest] = key_id
+            loaded += 1
+        self._live += loaded
+        return loaded
 
     def _grow(self, key_id: int) -> None:
         more = max(key_id + 1 - len(self._revisions), len(self._revisions) // 8, 1024)

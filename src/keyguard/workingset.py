@@ -24,6 +24,7 @@ from keyguard.storage import Store
 
 log = logging.getLogger("keyguard.cache")
 
+Held = tuple[int, Profile | None, int]  # a digest's key id, profile and slot
 _HASHES = struct.Struct("<7I")  # seven bit indices, read straight from a digest
 READS = 3  # reads of one lookup at most, while the keys it reads keep changing
 
@@ -86,10 +87,11 @@ class WorkingSet(Snapshot):
     """At most ``max_keys`` keys by digest: those used lately, and digests known to
     be no key's.
 
-    Slots hold the keys; per slot, the digest it holds and the key's id and
-    profile (``None`` for a digest the store said is no key's). A lookup checks
-    the slot still holds its digest, so a slot taken over by another key while
-    it looks answers a miss, never the other key.
+    A dict maps each digest held to its key's id and profile (``None`` for a
+    digest the store said is no key's) and its slot; per slot, the digest and
+    the revision held, and the bit the clock reads. A lookup reads one dict entry,
+    so a slot taken over by another key while it looks cannot make it answer
+    with the other key.
     """
 
     bounded = True
@@ -107,9 +109,10 @@ class WorkingSet(Snapshot):
             raise ValueError("a working set holds at least one key")
         super().__init__(store, observe_lag)
         self.max_keys = max_keys
-        self._slots: dict[bytes, int] = {}  # digest -> slot
+        # digest -> (key id, profile, slot); the profile None for a digest the store
+        # said is no key's. One entry, replaced whole: a lookup never sees a mix.
+        self._held: dict[bytes, Held] = {}
         self._digests: list[bytes] = []  # by slot: the digest it holds (b"": none)
-        self._entries: list[Found | None] = []  # by slot: None for no key's digest
         self._revisions: list[int] = []  # by slot: the revision of the key held
         self._by_id: dict[int, int] = {}  # key id -> slot
         self._referenced = bytearray(max_keys)
@@ -130,19 +133,17 @@ class WorkingSet(Snapshot):
         return self._live
 
     def get(self, digest: bytes) -> Found | None:
-        slot = self._slots.get(digest)
-        if slot is None:
+        held = self._held.get(digest)
+        if held is None:
             return None
-        entry = self._entries[slot]
-        if entry is None or self._digests[slot] != digest:
-            return None
+        key_id, profile, slot = held
         self._referenced[slot] = 1
-        return entry
+        return None if profile is None else (key_id, profile)
 
     def may_hold(self, digest: bytes) -> bool:
-        slot = self._slots.get(digest)
-        if slot is not None and self._digests[slot] == digest:
-            self._referenced[slot] = 1
+        held = self._held.get(digest)
+        if held is not None:
+            self._referenced[held[2]] = 1
             return False  # held: a key (get found it) or no key's
         return digest in self.filter
 
@@ -179,17 +180,17 @@ class WorkingSet(Snapshot):
         """The live key with this id: from the working set, else read from the store
         (a management path, such as a console session's check; not a decision's)."""
         slot = self._by_id.get(key_id)
-        entry = None if slot is None else self._entries[slot]
-        if entry is not None:
-            return CachedKey(*entry)
+        if slot is not None:
+            held = self._held[self._digests[slot]]
+            if held[1] is not None:
+                return CachedKey(held[0], held[1])
         states = self._store.key_states(ids=[key_id])
         return CachedKey(key_id, Profile.of(shared_of(states[0]))) if states else None
 
     def credited(self) -> list[CachedKey]:
         with self._lock:
-            entries = self._entries
-            held = (entries[self._by_id[key_id]] for key_id in self._credited)
-            return [CachedKey(*entry) for entry in held if entry is not None]
+            held = (self._held[self._digests[self._by_id[key_id]]] for key_id in self._credited)
+            return [CachedKey(key_id, profile) for key_id, profile, _ in held if profile]
 
     def refresh(self) -> int:
         if self.revision == 0:
@@ -260,10 +261,10 @@ class WorkingSet(Snapshot):
             self._building.append(digest)
         if self._reading:
             self._read_digests.add(digest)
-        slot = self._slots.get(digest)
-        if slot is not None and self._entries[slot] is None:  # held as no key's
-            self._release(slot)
-            self._free.append(slot)
+        held = self._held.get(digest)
+        if held is not None and held[1] is None:  # held as no key's
+            self._release(held[2])
+            self._free.append(held[2])
 
     # -- keys ---------------------------------------------------------------------
 
@@ -287,10 +288,10 @@ class WorkingSet(Snapshot):
             if not key.deleted:
                 self._remember(key.digest)
             return True
-        entry = self._entries[slot]
-        assert entry is not None
-        self._release_profile(key.id, entry[1])
-        self._entries[slot] = (key.id, self._hold_profile(key.id, key))
+        held = self._held[key.digest]
+        assert held[1] is not None
+        self._release_profile(key.id, held[1])
+        self._held[key.digest] = (key.id, self._hold_profile(key.id, key), slot)
         self._revisions[slot] = key.revision
         return True
 
@@ -308,17 +309,16 @@ class WorkingSet(Snapshot):
                 continue
             slot = self._slot()
             self._digests[slot] = key.digest
-            self._entries[slot] = (key.id, self._hold_profile(key.id, key))
             self._revisions[slot] = key.revision
-            self._slots[key.digest] = slot
+            self._held[key.digest] = (key.id, self._hold_profile(key.id, key), slot)
             self._by_id[key.id] = slot
             self._live += 1
         for digest in wanted:
-            known = digest in found or digest in self._read_digests or digest in self._slots
+            known = digest in found or digest in self._read_digests or digest in self._held
             if not known:  # no key's, so far as the feed has said: held as such
                 slot = self._slot()
                 self._digests[slot] = digest
-                self._slots[digest] = slot
+                self._held[digest] = (-1, None, slot)
 
     def _slot(self) -> int:
         """A slot to fill: a free one, else the one the clock's hand evicts."""
@@ -327,7 +327,6 @@ class WorkingSet(Snapshot):
         elif len(self._digests) < self.max_keys:
             slot = len(self._digests)
             self._digests.append(b"")
-            self._entries.append(None)
             self._revisions.append(-1)
         else:
             referenced, size = self._referenced, self.max_keys
@@ -343,17 +342,16 @@ class WorkingSet(Snapshot):
         return slot
 
     def _release(self, slot: int) -> None:
-        """Empty a slot. The digest goes first: a lookup that finds the slot's
-        entry then compares digests, so it never answers with what comes next."""
+        """Empty a slot: its digest and, if it held a key, the key."""
         digest = self._digests[slot]
         self._digests[slot] = b""
-        entry = self._entries[slot]
-        self._entries[slot] = None
         self._revisions[slot] = -1
-        if self._slots.get(digest) == slot:
-            del self._slots[digest]
-        if entry is not None:
-            key_id, profile = entry
+        held = self._held.get(digest)
+        if held is None or held[2] != slot:
+            return
+        del self._held[digest]
+        key_id, profile, _ = held
+        if profile is not None:
             del self._by_id[key_id]
             self._release_profile(key_id, profile)
             self._live -= 1

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -997,9 +997,12 @@ class SQLStore:
             newest = connection.execute(select(meta.c.revision)).scalar_one()
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
             found = [_account(row) for row in account_rows]
+            keys = keys.where(api_keys.c.revision <= newest)
+            if revision == 0:  # a first load's millions of rows: straight from the driver
+                yield KeyStream(newest, found, _states(_driver_batches(connection, keys)))
+                return
             streaming = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH)
-            rows = streaming.execute(keys.where(api_keys.c.revision <= newest))
-            yield KeyStream(newest, found, _states(rows))
+            yield KeyStream(newest, found, _states(streaming.execute(keys).partitions()))
 
     @contextmanager
     def stream_digests(self) -> Iterator[DigestStream]:
@@ -1030,7 +1033,7 @@ class SQLStore:
             return []
         query = select(*_state_columns(1)).where(api_keys.c.deleted_at.is_(None), or_(*wanted))
         with self._reading() as connection:
-            return list(_states(connection.execute(query)))
+            return list(_states([connection.execute(query).all()]))
 
     def rewrite_keys(self, rewrites: Sequence[KeyRewrite]) -> int:
         if not rewrites:
@@ -1528,15 +1531,36 @@ def _state_columns(revision: int) -> list[ColumnElement[Any]]:
     ]
 
 
-def _states(rows: Result[tuple[Any, ...]]) -> Iterator[KeyState]:
-    """Rows of :func:`_state_columns` as key states, each settings text parsed once.
+def _driver_batches(connection: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
+    """The rows of ``query`` as the database driver returns them, :data:`STREAM_BATCH`
+    at a time: by a server-side cursor on PostgreSQL (SQLite's cursor streams as it
+    is). No result processing: a first load's rows are plain tuples, booleans are 0
+    and 1 on SQLite, and a time is what the driver gives (see :func:`_timestamp`)."""
+    compiled = query.compile(dialect=connection.dialect)
+    driver: Any = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        cursor = driver.cursor(name="keyguard_first_load")
+        cursor.execute(compiled.string, compiled.params)
+    else:
+        cursor = driver.cursor()
+        order = compiled.positiontup or []
+        cursor.execute(compiled.string, [compiled.params[name] for name in order])
+    try:
+        while batch := cursor.fetchmany(STREAM_BATCH):
+            yield batch
+    finally:
+        cursor.close()
+
+
+def _states(batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[KeyState]:
+    """Batches of rows of :func:`_state_columns` as key states, each settings text
+    parsed once.
 
     Most keys share their settings: a first load sees the same allow-list, scopes
     and rate limit text again and again, and parses each once.
     """
     networks, expanded, ratelimits = _parsers()
     scopes = _Parsed(lambda text: tuple(expanded[text].items()))
-    batches: Iterator[Sequence[Sequence[Any]]] = rows.partitions()
     for batch in batches:
         for row in batch:
             (key_id, digest, revision, deleted, changed_at, imported, account_id, active,
@@ -1655,8 +1679,11 @@ class _Parsed(dict[str, Any]):
         return parsed
 
 
-def _timestamp(value: datetime) -> float:
-    """A stored time as POSIX seconds; SQLite's come without their zone, which is UTC."""
+def _timestamp(value: datetime | str) -> float:
+    """A stored time as POSIX seconds; SQLite's come without their zone, which is UTC
+    (and, straight from its driver, as text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).timestamp()
 
 
