@@ -75,3 +75,19 @@ def test_a_read_replica_on_postgresql_is_accepted(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("KEYGUARD_DATABASE_URL", "postgresql+psycopg://kg@primary/kg")
     monkeypatch.setenv("KEYGUARD_DATABASE_READ_URL", "postgresql://kg@replica/kg")
     assert load_settings().database_read_url == "postgresql://kg@replica/kg"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_a_bounded_snapshot_holds_at_least_one_key(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KEYGUARD_SNAPSHOT_MAX_KEYS", value)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert refused.value.message.startswith("Invalid settings: KEYGUARD_SNAPSHOT_MAX_KEYS: ")
+
+
+def test_a_bounded_snapshot_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().snapshot_max_keys is None
+    monkeypatch.setenv("KEYGUARD_SNAPSHOT_MAX_KEYS", "100000")
+    assert load_settings().snapshot_max_keys == 100_000

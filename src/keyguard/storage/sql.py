@@ -1012,15 +1012,11 @@ class SQLStore:
             account_rows = connection.execute(changed.where(accounts.c.revision <= newest))
             found = [_account(row) for row in account_rows]
             live = connection.execute(select(func.sum(accounts.c.key_count))).scalar() or 0
-            streaming = connection.execution_options(stream_results=True, yield_per=STREAM_BATCH)
-            rows = streaming.execute(
-                select(api_keys.c.digest, api_keys.c.imported).where(
-                    api_keys.c.deleted_at.is_(None), api_keys.c.revision <= newest
-                )
+            query = select(api_keys.c.digest, api_keys.c.imported).where(
+                api_keys.c.deleted_at.is_(None), api_keys.c.revision <= newest
             )
-            # Rows unpack as (digest, imported) pairs: no tuple built for each of millions.
-            digests: Any = (row for batch in rows.partitions() for row in batch)
-            yield DigestStream(newest, found, int(live), digests)
+            rows = (row for batch in _driver_batches(connection, query) for row in batch)
+            yield DigestStream(newest, found, int(live), rows)
 
     def key_states(
         self, digests: Collection[bytes] = (), ids: Collection[int] = ()
