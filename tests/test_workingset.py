@@ -1,8 +1,11 @@
 """The bounded snapshot: a working set of keys, a digest filter, reads on a miss."""
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +14,7 @@ from keyguard.cache import KeyCache
 from keyguard.decide import UNAUTHORIZED, UNCACHED, Decider, Decision
 from keyguard.domain.fields import KeyChanges
 from keyguard.domain.keys import generate
-from keyguard.domain.records import AccountStatus, KeySettings
+from keyguard.domain.records import AccountStatus, DigestStream, KeySettings
 from keyguard.domain.scopes import Level, ScopeGroups
 from keyguard.errors import StorageUnavailable
 from keyguard.importing import Importer
@@ -300,3 +303,111 @@ def test_a_working_set_decides_as_the_full_snapshot_does(
         for token in TOKENS:
             assert world.decide(token) == judge.decide(token, IP, "GET", "/v1/numbers")
         assert len(world.cache) <= size
+
+
+def test_an_older_read_never_brings_back_a_key_deleted_while_it_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = World(size=3)
+    digest = VAULT.digest(TOKENS[0])
+    read = world.store.key_states
+    raced: list[bool] = []
+
+    def racing(*args: object, **kwargs: object) -> object:
+        found = read(*args, **kwargs)  # type: ignore[arg-type]
+        if not raced:  # while this read is out, another takes the key, then it is deleted
+            raced.append(True)
+            world.cache.fetch([digest])
+            assert world.cache.get(digest) is not None
+            world.store.delete_key(world.account.id, world.keys[TOKENS[0]])
+            world.cache.refresh()
+            assert world.cache.get(digest) is None
+        return found
+
+    monkeypatch.setattr(world.store, "key_states", racing)
+    assert world.decide(TOKENS[0]) is UNAUTHORIZED
+    world.cache.refresh()
+    assert world.cache.get(digest) is None
+    assert world.decide(TOKENS[0]) is UNAUTHORIZED
+
+
+def test_an_older_read_never_brings_back_a_key_revoked_then_evicted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = World(size=1)
+    digest = VAULT.digest(TOKENS[0])
+    read = world.store.key_states
+    raced: list[bool] = []
+
+    def racing(*args: object, **kwargs: object) -> object:
+        found = read(*args, **kwargs)  # type: ignore[arg-type]
+        if not raced:
+            raced.append(True)
+            world.cache.fetch([digest])  # held by another read
+            world.store.update_key(
+                world.account.id, world.keys[TOKENS[0]], KeyChanges(active=False)
+            )
+            world.cache.refresh()  # the held copy is revoked
+            world.cache.fetch([VAULT.digest(TOKENS[1])])  # and evicted
+            assert world.cache.get(digest) is None
+        return found
+
+    monkeypatch.setattr(world.store, "key_states", racing)
+    assert world.decide(TOKENS[0]) is UNAUTHORIZED
+    held = world.cache.get(digest)
+    assert held is None or not held[1].active
+
+
+def test_keys_not_held_are_read_from_the_reader_not_the_feed() -> None:
+    feed = open_store("memory://")  # a replica that has not replayed the key yet
+    world = World(size=3)
+    cache = WorkingSet(feed, 3, reader=world.store)
+    cache.refresh()
+    cache.filter.add(VAULT.digest(TOKENS[0]))  # the feed will say so in a moment
+    decider = Decider(VAULT, cache, ROUTES, UsageRecorder(world.store))
+    assert decider.decide(TOKENS[0], IP, "GET", "/v1/numbers").allowed
+
+
+def test_a_rebuilt_filter_keeps_the_digests_of_held_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(size=3)
+    digest = VAULT.digest(TOKENS[0])
+    assert world.decide(TOKENS[0]).allowed
+    stream = world.store.stream_digests
+
+    @contextmanager
+    def missing_one() -> Iterator[DigestStream]:  # a row changed after the stream began
+        with stream() as found:
+            rows = [(d, how) for d, how in found.digests if d != digest]
+            yield DigestStream(found.revision, found.accounts, found.live, iter(rows))
+
+    monkeypatch.setattr(world.store, "stream_digests", missing_one)
+    world.cache._rebuild()
+    assert digest in world.cache.filter
+
+
+def test_digests_of_no_key_never_evict_the_key_their_read_found() -> None:
+    world = World(size=1)
+    previous = Vault(b"p" * 32)
+    vault = Vault(b"k" * 32, previous=b"p" * 32)
+    decider = Decider(vault, world.cache, ROUTES, UsageRecorder(world.store))
+    world.cache.filter.add(previous.digest(TOKENS[0]))  # a false positive of the filter
+    assert decider.decide(TOKENS[0], IP, "GET", "/v1/numbers").allowed
+    assert world.cache.reads == 1
+
+
+def test_after_a_failed_read_the_event_loop_does_not_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = World(size=3)
+    reads: list[bool] = []
+
+    def unavailable(*_: object, **__: object) -> None:
+        reads.append(True)
+        raise StorageUnavailable("down")
+
+    monkeypatch.setattr(world.store, "key_states", unavailable)
+    decider = world.decider
+    assert decider.decide(TOKENS[0], IP, "GET", "/v1/numbers", fetch=False) is UNCACHED
+    decision = anyio.run(decider.decide_after_read, TOKENS[0], IP, "GET", "/v1/numbers")
+    assert decision is UNAUTHORIZED
+    assert len(reads) == 1  # in the worker thread; none on the loop after it

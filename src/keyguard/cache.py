@@ -362,29 +362,31 @@ class KeyCache(Snapshot):
             return super()._load(keys)
         loaded = 0
         shared_profiles, ids, credited = self._shared, self._ids, self._credited
-        for key in keys:
-            key_id, digest, revision = key.id, key.digest, key.revision
-            if key_id >= len(self._revisions):
-                self._grow(key_id)
-            if revision >= _NARROW and self._revisions.typecode == "I":
-                self._revisions = array("q", self._revisions)
-            self._revisions[key_id] = revision + 1
-            if key.deleted:
-                continue
-            if key.imported is not None:
-                self._note_imported(key.imported)
-            shared = key[6:]  # shared_of(key), without the call
-            profile = shared_profiles.get(shared)
-            if profile is None:
-                profile = shared_profiles[shared] = Profile.of(shared)
-            profile.holders += 1
-            if profile.credits is not None:
-                credited.add(key_id)
-            self._digests[key_id] = digest
-            self._profiles[key_id] = profile
-            ids[digest] = key_id
-            loaded += 1
-        self._live += loaded
+        try:
+            for key in keys:
+                key_id, digest, revision = key.id, key.digest, key.revision
+                if key_id >= len(self._revisions):
+                    self._grow(key_id)
+                if revision >= _NARROW and self._revisions.typecode == "I":
+                    self._revisions = array("q", self._revisions)
+                self._revisions[key_id] = revision + 1
+                if key.deleted:
+                    continue
+                if key.imported is not None:
+                    self._note_imported(key.imported)
+                shared = key[6:]  # shared_of(key), without the call
+                profile = shared_profiles.get(shared)
+                if profile is None:
+                    profile = shared_profiles[shared] = Profile.of(shared)
+                profile.holders += 1
+                if profile.credits is not None:
+                    credited.add(key_id)
+                self._digests[key_id] = digest
+                self._profiles[key_id] = profile
+                ids[digest] = key_id
+                loaded += 1
+        finally:  # a stream that fails part way leaves the count right
+            self._live += loaded
         return loaded
 
     def _grow(self, key_id: int) -> None:

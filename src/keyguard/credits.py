@@ -131,8 +131,9 @@ class CreditLeases:
             return self._take({key_id: 1}, {key_id: CachedKey(key_id, profile)}) > 0
 
     def prime(self, key_id: int) -> None:
-        """Lease one credit of a key that was just given credits, unless a lease of
-        its current credits is held already (a management call, not the hot path).
+        """Lease one credit of a key that was just given credits, or just read into a
+        bounded snapshot, unless a lease of its current credits with one left is held
+        already (a management call or a worker thread's, not the hot path).
 
         Only while this process leases (it serves requests): a command line that
         manages keys must not carry credits away."""
@@ -141,7 +142,7 @@ class CreditLeases:
             return
         with self._lock:
             lease = self._leases.get(key_id)
-            if lease is None or lease.epoch < key.credits:
+            if lease is None or lease.epoch < key.credits or lease.spent >= lease.granted:
                 self._take({key_id: 1}, {key_id: key})
 
     # -- in the background --------------------------------------------------------
@@ -193,8 +194,9 @@ class CreditLeases:
                 # Deleted, unlimited now, or out of a bounded snapshot's working set: what
                 # is unspent goes back, and the store drops it if the credits changed.
                 gone = self._leases.pop(key_id)
-                if gone.granted > gone.spent:
-                    returned[key_id] = self._unspent(gone)
+                given = self._shrink(gone, keep=0)  # room left for a spend under way
+                if given > 0:
+                    returned[key_id] = CreditGrant(given, gone.epoch, gone.period, 0)
             for key_id, key in keys.items():
                 lease = self._leases.get(key_id)
                 if lease is None and not key.active:

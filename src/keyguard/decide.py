@@ -17,6 +17,8 @@ from collections.abc import Callable
 from ipaddress import ip_network
 from typing import NamedTuple
 
+import anyio.to_thread
+
 from keyguard.cache import Found, Profile, Snapshot
 from keyguard.credits import USAGE_EXCEEDED, CreditLeases
 from keyguard.domain.keys import is_well_formed
@@ -132,8 +134,8 @@ class Decider:
 
         A bounded snapshot may have to read the key from the store first. With
         ``fetch`` it does so here; without, it answers :data:`UNCACHED` instead,
-        and the caller runs :meth:`fetch` where it may wait (an event loop's worker
-        thread) and asks again: then the key is held.
+        and an event loop awaits :meth:`decide_after_read`, which reads in a worker
+        thread and asks again.
         """
         self._calls = calls = self._calls + 1
         try:
@@ -143,10 +145,10 @@ class Decider:
                 started = time.perf_counter()
                 decision = self._decide(token, ip, method, path, failures_of or ip)
                 self._observe_latency(time.perf_counter() - started)
-        except _Unsure as unsure:
+        except _Unsure:
             if not fetch:
                 return UNCACHED
-            self._cache.fetch(unsure.digests)
+            self.fetch(token)
             try:
                 decision = self._decide(token, ip, method, path, failures_of or ip)
             except _Unsure:  # the read failed or raced a change: no key to decide with
@@ -154,11 +156,36 @@ class Decider:
         self.outcomes[decision.status] += 1
         return decision
 
+    async def decide_after_read(
+        self,
+        token: str | None,
+        ip: str | None,
+        method: str,
+        path: str,
+        failures_of: str | None = None,
+    ) -> Decision:
+        """:meth:`decide`, for a request that got :data:`UNCACHED`: the key is read in a
+        worker thread, then decided on the event loop, which never waits on the store.
+        A key still not read (the store failed, or the key kept changing) is refused."""
+        await anyio.to_thread.run_sync(self.fetch, token)
+        decision = self.decide(token, ip, method, path, failures_of, fetch=False)
+        if decision is UNCACHED:
+            decision = self._unauthorized(failures_of or ip)
+            self.outcomes[decision.status] += 1
+        return decision
+
     def fetch(self, token: str | None) -> None:
-        """Read into a bounded snapshot the key ``token`` may be: the store read that
-        :meth:`decide` with ``fetch=False`` leaves to its caller. Safe in any thread."""
-        if token is not None and self._cache.bounded:
-            self._cache.fetch(self._digests(token))
+        """Read into a bounded snapshot the key ``token`` may be, and lease credits
+        for it if it has some: the blocking work :meth:`decide` with ``fetch=False``
+        leaves to its caller. Safe in any thread."""
+        if token is None or not self._cache.bounded:
+            return
+        digests = self._digests(token)
+        self._cache.fetch(digests)
+        for digest in digests:
+            key = self._cache.get(digest)
+            if key is not None and key[1].credits is not None:
+                self.credits.prime(key[0])
 
     def _digests(self, token: str, digest: bytes | None = None) -> list[bytes]:
         """Every digest ``token`` is looked up by: under the server secret (``digest``,

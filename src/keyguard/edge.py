@@ -13,7 +13,6 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
-import anyio.to_thread
 from starlette.types import Scope, Send
 
 from keyguard.decide import Decider, Decision
@@ -152,7 +151,6 @@ class Gate:
         self, facts: ProxiedRequest, scope: Scope, method: str, path: str, query: str
     ) -> tuple[Decision, str | None]:
         """:meth:`decide`, once the key is read from the store in a worker thread."""
-        token = facts.credential(query)
-        await anyio.to_thread.run_sync(self.decider.fetch, token)
         client = facts.client(scope, self.trusted_proxies)
-        return self.decider.decide(token, client, method, path), client
+        token = facts.credential(query)
+        return await self.decider.decide_after_read(token, client, method, path), client

@@ -204,7 +204,7 @@ class Keyguard:
         self.cache: Snapshot = (
             KeyCache(self.feed, observe_lag)
             if settings.snapshot_max_keys is None
-            else WorkingSet(self.feed, settings.snapshot_max_keys, observe_lag)
+            else WorkingSet(self.feed, settings.snapshot_max_keys, observe_lag, reader=self.store)
         )
         self.replica = None if self.feed is self.store else ReplicaLag(self.store, self.cache)
         # Uses are whole seconds: a key is rewritten once its stored time is a full

@@ -27,6 +27,7 @@ log = logging.getLogger("keyguard.cache")
 Held = tuple[int, Profile | None, int]  # a digest's key id, profile and slot
 _HASHES = struct.Struct("<7I")  # seven bit indices, read straight from a digest
 READS = 3  # reads of one lookup at most, while the keys it reads keep changing
+FORGET_AFTER = 10_000  # notes of changes kept for reads under way before pruning them
 
 
 class DigestFilter:
@@ -104,10 +105,15 @@ class WorkingSet(Snapshot):
         store: Store,
         max_keys: int,
         observe_lag: Callable[[float], None] | None = None,
+        reader: Store | None = None,
     ) -> None:
+        """``store`` feeds the snapshot (it may be a read replica); ``reader`` (default:
+        ``store``) answers the reads of keys not held, and should be the primary: a
+        replica's answer may be older than what this process wrote or already took in."""
         if max_keys < 1:
             raise ValueError("a working set holds at least one key")
         super().__init__(store, observe_lag)
+        self._reader = store if reader is None else reader
         self.max_keys = max_keys
         # digest -> (key id, profile, slot); the profile None for a digest the store
         # said is no key's. One entry, replaced whole: a lookup never sees a mix.
@@ -123,11 +129,13 @@ class WorkingSet(Snapshot):
         self._stale = 0  # digests in the filter of keys since deleted
         self._building: list[bytes] | None = None  # digests added while a filter is built
         self._builder: threading.Thread | None = None
-        # While reads are under way: what the change feed said meanwhile of keys not
-        # held, so that a read's older answer is not taken over a newer change.
-        self._reading = 0
+        # While reads are under way (by number, the revision the snapshot had when each
+        # began): the newest revision the snapshot took in or let go of each key since,
+        # and the digests it learnt are keys', so that a read's older answer is refused.
+        self._reads: dict[int, int] = {}
+        self._read_count = 0
         self._read_ids: dict[int, int] = {}
-        self._read_digests: set[bytes] = set()
+        self._read_digests: dict[bytes, int] = {}
 
     def __len__(self) -> int:
         return self._live
@@ -156,35 +164,51 @@ class WorkingSet(Snapshot):
                 wanted = [digest for digest in digests if self.may_hold(digest)]
                 if not wanted:
                     return
-                self._reading += 1
+                self._read_count += 1
+                read = self._read_count
+                self._reads[read] = self.revision
                 self.reads += 1
             states: list[KeyState] = []
             try:
-                states = self._store.key_states(digests=wanted)
+                states = self._reader.key_states(digests=wanted)
             except Exception as error:
                 log.warning(
                     "reading a key outside the working set failed: %s", type(error).__name__
                 )
-                wanted = []
+                wanted = []  # nothing is known: nothing is held, nothing read again
             finally:
                 with self._lock:
-                    self._take(wanted, states)
-                    self._reading -= 1
-                    if not self._reading:
-                        self._read_ids.clear()
-                        self._read_digests.clear()
-            if not wanted:
+                    digests = self._take(wanted, states)
+                    del self._reads[read]
+                    self._forget_reads()
+            if not digests:
                 return
+
+    def _forget_reads(self) -> None:
+        """Drop what no read under way can still be older than."""
+        if not self._reads:
+            self._read_ids.clear()
+            self._read_digests.clear()
+            return
+        if len(self._read_ids) + len(self._read_digests) < FORGET_AFTER:
+            return
+        oldest = min(self._reads.values())  # later reads began after the feed took these in
+        self._read_ids = {k: r for k, r in self._read_ids.items() if r > oldest}
+        self._read_digests = {d: r for d, r in self._read_digests.items() if r > oldest}
+
+    def _note_change(self, key_id: int, revision: int) -> None:
+        if self._reads:
+            self._read_ids[key_id] = max(self._read_ids.get(key_id, -1), revision)
 
     def by_id(self, key_id: int) -> CachedKey | None:
         """The live key with this id: from the working set, else read from the store
         (a management path, such as a console session's check; not a decision's)."""
-        slot = self._by_id.get(key_id)
-        if slot is not None:
-            held = self._held[self._digests[slot]]
-            if held[1] is not None:
-                return CachedKey(held[0], held[1])
-        states = self._store.key_states(ids=[key_id])
+        with self._lock:
+            slot = self._by_id.get(key_id)
+            held = None if slot is None else self._held.get(self._digests[slot])
+        if held is not None and held[0] == key_id and held[1] is not None:
+            return CachedKey(key_id, held[1])
+        states = self._reader.key_states(ids=[key_id])
         return CachedKey(key_id, Profile.of(shared_of(states[0]))) if states else None
 
     def credited(self) -> list[CachedKey]:
@@ -231,7 +255,10 @@ class WorkingSet(Snapshot):
             with self._store.stream_digests() as stream:
                 rebuilt = self._filter_of(stream)
             with self._lock:
-                for digest in self._building:
+                # A key changed between the stream's revision and its rows (PostgreSQL
+                # reads each statement afresh) may be missing: the held ones are added,
+                # and the feed adds the others as they come.
+                for digest in [*self._building, *self._held]:
                     rebuilt.add(digest)
                 self.filter = rebuilt
                 self._stale -= stale
@@ -254,13 +281,14 @@ class WorkingSet(Snapshot):
             self._note_imported(how)
         return built
 
-    def _remember(self, digest: bytes) -> None:
+    def _remember(self, digest: bytes, revision: int) -> None:
         """A live key has this digest: the filter must say so."""
-        self.filter.add(digest)
+        if digest not in self.filter:  # its bits are set already otherwise
+            self.filter.add(digest)
         if self._building is not None:
             self._building.append(digest)
-        if self._reading:
-            self._read_digests.add(digest)
+        if self._reads:
+            self._read_digests[digest] = revision
         held = self._held.get(digest)
         if held is not None and held[1] is None:  # held as no key's
             self._release(held[2])
@@ -269,15 +297,14 @@ class WorkingSet(Snapshot):
     # -- keys ---------------------------------------------------------------------
 
     def _apply(self, key: KeyState) -> bool:
+        self._note_change(key.id, key.revision)  # held or not: a read began before it
         slot = self._by_id.get(key.id)
         if slot is None:  # not held: the filter learns a new digest; nothing else
-            if self._reading:
-                self._read_ids[key.id] = max(self._read_ids.get(key.id, -1), key.revision)
             if key.deleted:
                 self._stale += 1
             else:
                 self._note_imported(key.imported)
-                self._remember(key.digest)
+                self._remember(key.digest, key.revision)
             return True
         if self._revisions[slot] > key.revision:
             return False
@@ -286,7 +313,7 @@ class WorkingSet(Snapshot):
             self._free.append(slot)
             self._stale += 1
             if not key.deleted:
-                self._remember(key.digest)
+                self._remember(key.digest, key.revision)
             return True
         held = self._held[key.digest]
         assert held[1] is not None
@@ -295,16 +322,24 @@ class WorkingSet(Snapshot):
         self._revisions[slot] = key.revision
         return True
 
-    def _take(self, wanted: Sequence[bytes], states: Sequence[KeyState]) -> None:
+    def _take(self, wanted: Sequence[bytes], states: Sequence[KeyState]) -> list[bytes]:
         """Hold what a read found, and the digests it did not find as no key's,
-        unless the feed said more of them while it read."""
-        found = set()
+        unless the feed said more of them while it read; those digests are returned,
+        to be read again. The digests of no key go first, so that they never evict a
+        key the same read found."""
+        again = [digest for digest in wanted if digest in self._read_digests]
+        found = {key.digest for key in states}
+        for digest in wanted:
+            known = digest in found or digest in self._read_digests or digest in self._held
+            if not known:  # no key's, so far as the feed has said: held as such
+                slot = self._slot()
+                self._digests[slot] = digest
+                self._held[digest] = (-1, None, slot)
         for key in states:
-            found.add(key.digest)
             if self._read_ids.get(key.id, -1) > key.revision:
-                continue  # changed while it was read: the next use reads it again
-            slot = self._by_id.get(key.id)
-            if slot is not None:  # another read took it meanwhile
+                again.append(key.digest)  # changed while it was read: read it again
+                continue
+            if key.id in self._by_id:  # another read took it meanwhile
                 self._apply(key)
                 continue
             slot = self._slot()
@@ -313,12 +348,7 @@ class WorkingSet(Snapshot):
             self._held[key.digest] = (key.id, self._hold_profile(key.id, key), slot)
             self._by_id[key.id] = slot
             self._live += 1
-        for digest in wanted:
-            known = digest in found or digest in self._read_digests or digest in self._held
-            if not known:  # no key's, so far as the feed has said: held as such
-                slot = self._slot()
-                self._digests[slot] = digest
-                self._held[digest] = (-1, None, slot)
+        return again
 
     def _slot(self) -> int:
         """A slot to fill: a free one, else the one the clock's hand evicts."""
@@ -343,7 +373,7 @@ class WorkingSet(Snapshot):
 
     def _release(self, slot: int) -> None:
         """Empty a slot: its digest and, if it held a key, the key."""
-        digest = self._digests[slot]
+        digest, revision = self._digests[slot], self._revisions[slot]
         self._digests[slot] = b""
         self._revisions[slot] = -1
         held = self._held.get(digest)
@@ -352,6 +382,8 @@ class WorkingSet(Snapshot):
         del self._held[digest]
         key_id, profile, _ = held
         if profile is not None:
+            # A read under way may bring an older copy: it must not be taken for this.
+            self._note_change(key_id, revision)
             del self._by_id[key_id]
             self._release_profile(key_id, profile)
             self._live -= 1

@@ -87,3 +87,16 @@ def test_a_key_revoked_in_the_api_is_refused_held_or_not(
         assert _forward(proxy, view.value) == 401
     keyguard.service.delete_key(tenant.account_id, views[1].key.id)
     assert _forward(proxy, views[1].value) == 401
+
+
+def test_a_key_with_credits_is_allowed_on_its_first_request_after_each_read(
+    keyguard: Keyguard, tenant: Tenant, client_from: Any
+) -> None:
+    credited = keyguard.service.create_key(tenant.account_id, {"label": "c", "remaining": 50})
+    others = [keyguard.service.create_key(tenant.account_id, {"label": f"k{n}"}) for n in "ab"]
+    proxy = client_from(PROXY)
+    for _ in range(3):
+        assert _forward(proxy, credited.value) == 200  # its lease taken as it was read
+        for other in others:  # evict it
+            assert _forward(proxy, other.value) == 200
+        assert keyguard.cache.get(keyguard.vault.digest(credited.value)) is None

@@ -6,7 +6,6 @@ The same question as ``/auth/forward`` (:mod:`keyguard.forward`), asked with a b
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -85,9 +84,8 @@ def verify_router(
             asked.key, asked.ip, asked.method, asked.path, failures_of=failures_of, fetch=False
         )
         if decision is UNCACHED:  # a bounded snapshot's key: read it without blocking
-            await anyio.to_thread.run_sync(decider.fetch, asked.key)
-            decision = decider.decide(
-                asked.key, asked.ip, asked.method, asked.path, failures_of=failures_of
+            decision = await decider.decide_after_read(
+                asked.key, asked.ip, asked.method, asked.path, failures_of
             )
         return JSONResponse(
             {

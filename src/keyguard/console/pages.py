@@ -182,7 +182,9 @@ class Pages:
             return None
         client = self.console.client(request)
         at = now()
-        if session.idle(at) or not self.console.usable(session, client):
+        # In the threadpool: a bounded snapshot reads a key it does not hold.
+        usable = await run_in_threadpool(self.console.usable, session, client)
+        if session.idle(at) or not usable:
             await run_in_threadpool(self.sessions.end, id_hash)
             return None
         if at - session.seen_at >= SEEN_RESOLUTION:

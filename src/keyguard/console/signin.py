@@ -31,7 +31,7 @@ from keyguard.console.security import (
     tokens_match,
 )
 from keyguard.console.sessions import LINK_LIFETIME, Session, hashed, new_secret, now
-from keyguard.decide import Decision
+from keyguard.decide import UNCACHED, Decision
 from keyguard.limits import WindowLimiter
 
 SIGN_IN_PROBE = ("GET", "/v1/api-keys")
@@ -119,7 +119,10 @@ def add_sign_in(router: APIRouter, pages: Pages) -> None:
             return form
         token = first(form, "api_key").strip() or None
         method, path = SIGN_IN_PROBE
-        decision = console.decider.decide(token, console.client(request), method, path)
+        client, decider = console.client(request), console.decider
+        decision = decider.decide(token, client, method, path, fetch=False)
+        if decision is UNCACHED:  # a bounded snapshot's key: read it without blocking
+            decision = await decider.decide_after_read(token, client, method, path)
         if decision.allowed and decision.account_id is not None:
             return await sign_in.begin(request, decision.account_id, decision.key_id)
         return sign_in.form(request, decision.status, sign_in_error(decision))
